@@ -1,0 +1,160 @@
+"""Config classes of the ``gated_paper`` architecture and the pydantic schema that validates them.
+
+The SAELens config objects are plain dataclasses (SAELens builds them from cfg.json and runner
+dicts); every one of them is checked against a pydantic model when it is constructed, so a bad
+value fails early with a message that names the field, however the config was made.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sae_lens.saes.gated_sae import GatedSAEConfig, GatedTrainingSAEConfig
+from typing_extensions import override
+
+ARCHITECTURE = "gated_paper"
+
+AuxDecoder = Literal["frozen", "trainable"]
+SparsityPenalty = Literal["l1", "decoder_norm_weighted"]
+DecoderNorm = Literal["unit", "free"]
+NormalizeActivations = Literal[
+    "none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "covariance_whitening"
+]
+
+
+class GatedPaperSAESchema(BaseModel):
+    """Validated fields of an inference ``gated_paper`` SAE config (cfg.json)."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    d_in: int = Field(gt=0, description="Width of the activations the SAE reads (d_model).")
+    d_sae: int = Field(gt=0, description="Number of latents in the dictionary (M in the paper).")
+    dtype: str = Field(default="float32", description="Parameter dtype, e.g. float32, bfloat16.")
+    device: str = Field(default="cpu", description="Device of the parameters, e.g. cpu, cuda.")
+    apply_b_dec_to_input: bool = Field(
+        default=True, description="Centre inputs by the decoder bias, x - b_dec (the paper: yes)."
+    )
+    normalize_activations: NormalizeActivations = Field(
+        default="none", description="SAELens activation normalisation applied before encoding."
+    )
+    reshape_activations: Literal["none", "hook_z"] = Field(
+        default="none", description="Flatten attention heads for hook_z SAEs."
+    )
+
+
+class GatedPaperTrainingSAESchema(GatedPaperSAESchema):
+    """Validated fields of the ``gated_paper`` training config (the ``sae`` part of a run)."""
+
+    decoder_init_norm: float | None = Field(
+        default=1.0,
+        gt=0,
+        description="Norm of each decoder row at initialisation (the paper: unit norm). "
+        "null keeps SAELens's kaiming-uniform rows.",
+    )
+    l1_coefficient: float = Field(
+        default=1.0,
+        ge=0,
+        description="Sparsity coefficient lambda on ||ReLU(pi_gate)||_1. SAELens sums the MSE "
+        "over d_in, so the paper's lambda corresponds to about lambda * d_in here.",
+    )
+    l1_warm_up_steps: int = Field(
+        default=0, ge=0, description="Steps over which lambda rises linearly from 0."
+    )
+    aux_decoder: AuxDecoder = Field(
+        default="frozen",
+        description="Decoder used by the auxiliary reconstruction of ReLU(pi_gate): 'frozen' "
+        "(the paper: stop-gradient W_dec and b_dec, so the term trains the gate encoder only) or "
+        "'trainable' (SAELens's built-in gated).",
+    )
+    sparsity_penalty: SparsityPenalty = Field(
+        default="l1",
+        description="'l1' (the paper: plain L1 of ReLU(pi_gate)) or 'decoder_norm_weighted' "
+        "(each latent's L1 scaled by its decoder row norm, as SAELens's built-in gated).",
+    )
+    decoder_norm: DecoderNorm = Field(
+        default="unit",
+        description="'unit' (the paper: decoder rows held at norm 1, the gradient parallel to "
+        "each row removed) or 'free' (no constraint, as SAELens's built-in gated).",
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> GatedPaperTrainingSAESchema:
+        if self.decoder_norm == "unit" and self.decoder_init_norm not in (None, 1.0):
+            raise ValueError(
+                f"decoder_init_norm={self.decoder_init_norm} contradicts decoder_norm='unit' "
+                "(rows are held at norm 1): set decoder_init_norm to 1.0 or decoder_norm to 'free'"
+            )
+        if self.decoder_norm == "free" and self.sparsity_penalty == "l1":
+            warnings.warn(
+                "gated_paper: sparsity_penalty='l1' with decoder_norm='free' lets the SAE shrink "
+                "the L1 by growing decoder rows; use decoder_norm='unit' or "
+                "sparsity_penalty='decoder_norm_weighted'",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.sparsity_penalty == "decoder_norm_weighted" and self.aux_decoder == "frozen":
+            warnings.warn(
+                "gated_paper: the paper's authors report that a decoder-norm-weighted L1 works "
+                "with a trainable auxiliary decoder, and worse with aux_decoder='frozen'",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self
+
+
+def validate_config_fields(config: Any, schema: type[BaseModel]) -> None:
+    """Check a config dataclass against ``schema`` and write back pydantic's coerced values.
+
+    Raises pydantic's ``ValidationError`` (a ``ValueError``) naming each offending field.
+    """
+    names = [f.name for f in fields(config) if f.name in schema.model_fields]
+    validated = schema.model_validate({name: getattr(config, name) for name in names})
+    for name in names:
+        object.__setattr__(config, name, getattr(validated, name))
+
+
+@dataclass
+class GatedPaperSAEConfig(GatedSAEConfig):
+    """Inference config of a ``gated_paper`` SAE (the parameters are SAELens's gated ones)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    def __post_init__(self) -> None:
+        validate_config_fields(self, GatedPaperSAESchema)
+        super().__post_init__()
+
+
+@dataclass(kw_only=True)
+class GatedPaperTrainingSAEConfig(GatedTrainingSAEConfig):
+    """Training config of a ``gated_paper`` SAE: the paper's recipe by default, ablations by switch.
+
+    See ``GatedPaperTrainingSAESchema`` for what each field means.
+    """
+
+    decoder_init_norm: float | None = 1.0
+    l1_coefficient: float = 1.0
+    l1_warm_up_steps: int = 0
+    aux_decoder: AuxDecoder = "frozen"
+    sparsity_penalty: SparsityPenalty = "l1"
+    decoder_norm: DecoderNorm = "unit"
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    @override
+    def get_inference_config_class(self) -> type[GatedPaperSAEConfig]:
+        # Not looked up through the registry: the training config must build even before (or
+        # without) the inference class being registered.
+        return GatedPaperSAEConfig
+
+    def __post_init__(self) -> None:
+        validate_config_fields(self, GatedPaperTrainingSAESchema)
+        super().__post_init__()

@@ -1,0 +1,19 @@
+"""Exceptions the plugin raises for bad input, so callers (and the CLI) can tell them apart."""
+
+from __future__ import annotations
+
+
+class GatedPluginError(ValueError):
+    """Invalid input: a config, file, argument or download. The message names what is wrong.
+
+    Subclasses ``ValueError`` so generic ``except ValueError`` code keeps working; the
+    ``sae-gated`` CLI turns it into exit status 2 with the message and no traceback.
+    """
+
+
+class MissingOptionalPackageError(GatedPluginError, ImportError):
+    """An optional package (embedded model, corpus, ...) is not installed; says what to install."""
+
+
+class CorruptArtifactError(GatedPluginError):
+    """A saved or downloaded SAE file is corrupted or does not match its config."""

@@ -1,0 +1,52 @@
+"""Registration of ``gated_paper`` in SAELens's two registries (inference and training).
+
+``register`` is the target of the ``sae_lens.architectures`` entry point: zero arguments,
+idempotent, and it never touches an id it does not own (SAELens's built-in ``gated`` stays).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sae_gated_plugin.config import ARCHITECTURE
+
+ENTRY_POINT_GROUP = "sae_lens.architectures"
+
+
+def _register_once(registry: dict[str, Any], register_fn: Any, classes: tuple[type, type]) -> None:
+    existing = registry.get(ARCHITECTURE)
+    if existing is None:
+        register_fn(ARCHITECTURE, *classes)
+    elif tuple(existing) != classes:
+        raise RuntimeError(
+            f"SAELens architecture id {ARCHITECTURE!r} is already registered to "
+            f"{existing[0].__module__}.{existing[0].__qualname__}; sae-gated-plugin will not "
+            "replace it (is a second copy of the plugin installed?)"
+        )
+
+
+def register() -> None:
+    """Register ``gated_paper`` with SAELens (inference first, as the training config needs it)."""
+    from sae_lens.registry import (
+        SAE_CLASS_REGISTRY,
+        SAE_TRAINING_CLASS_REGISTRY,
+        register_sae_class,
+        register_sae_training_class,
+    )
+
+    from sae_gated_plugin.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
+    from sae_gated_plugin.sae import GatedPaperSAE, GatedPaperTrainingSAE
+
+    _register_once(SAE_CLASS_REGISTRY, register_sae_class, (GatedPaperSAE, GatedPaperSAEConfig))
+    _register_once(
+        SAE_TRAINING_CLASS_REGISTRY,
+        register_sae_training_class,
+        (GatedPaperTrainingSAE, GatedPaperTrainingSAEConfig),
+    )
+
+
+def is_registered() -> bool:
+    """Whether ``gated_paper`` is present in both SAELens registries."""
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    return ARCHITECTURE in SAE_CLASS_REGISTRY and ARCHITECTURE in SAE_TRAINING_CLASS_REGISTRY

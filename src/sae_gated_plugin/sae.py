@@ -1,0 +1,199 @@
+"""The ``gated_paper`` SAE: the Gated SAE exactly as arXiv:2404.16014 defines it.
+
+Parameters and file format are SAELens's ``gated`` ones (``W_enc`` = W_gate, ``b_gate``,
+``r_mag``, ``b_mag``, ``W_dec``, ``b_dec``), so conversion either way is a rename of the
+architecture. What differs is the training pass (see ``GatedPaperTrainingSAE``) and that the
+encoder does one matmul for both paths: x_c W_mag = (x_c W_gate) * exp(r_mag).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from sae_lens.saes.gated_sae import GatedSAE, GatedTrainingSAE
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from typing_extensions import override
+
+from sae_gated_plugin.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
+from sae_gated_plugin.ops import centred_matmul, tangent_gradient
+
+
+class GatedPreActivations(NamedTuple):
+    """The two pre-activations of a gated encoder and the features they make."""
+
+    pi_gate: torch.Tensor
+    """Gate pre-activation x_c W_gate + b_gate; a latent fires where it is > 0."""
+    magnitude: torch.Tensor
+    """Magnitude pre-activation x_c W_mag + b_mag (after ``hook_sae_acts_pre``)."""
+    feature_acts: torch.Tensor
+    """f = 1[pi_gate > 0] * ReLU(magnitude) (after ``hook_sae_acts_post``)."""
+
+
+def _gated_features(
+    sae: GatedPaperSAE | GatedPaperTrainingSAE, encoder_pre: torch.Tensor
+) -> GatedPreActivations:
+    """Both paths from one encoder product ``x_c @ W_gate`` (no d_in x d_sae temporary)."""
+    pi_gate = encoder_pre + sae.b_gate
+    magnitude = sae.hook_sae_acts_pre(encoder_pre * sae.r_mag.exp() + sae.b_mag)
+    features = torch.where(pi_gate > 0, sae.activation_fn(magnitude), 0.0)
+    return GatedPreActivations(pi_gate, magnitude, sae.hook_sae_acts_post(features))
+
+
+class GatedPaperSAE(GatedSAE):
+    """Inference Gated SAE of the paper; outputs equal SAELens's ``gated`` on the same weights."""
+
+    cfg: GatedPaperSAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: GatedPaperSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+
+    @override
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        sae_in = self.process_sae_in(x)
+        return _gated_features(self, sae_in @ self.W_enc).feature_acts
+
+
+class GatedPaperTrainingSAE(GatedTrainingSAE):
+    """Training Gated SAE with the paper's loss and decoder constraint.
+
+    L = ||x - x_hat(f)||^2 + lambda ||ReLU(pi_gate)||_1 + ||x - x_hat_frozen(ReLU(pi_gate))||^2,
+    with ``aux_decoder``, ``sparsity_penalty`` and ``decoder_norm`` switching each paper choice
+    to SAELens's built-in behaviour for ablations. With ``decoder_norm="unit"`` the rows of
+    ``W_dec`` are renormalised before every training forward pass and before every save, and
+    the gradient component parallel to each row is removed in the backward pass.
+    """
+
+    cfg: GatedPaperTrainingSAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: GatedPaperTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+
+    @property
+    def holds_unit_decoder(self) -> bool:
+        """Whether decoder rows are constrained to unit norm (the paper's recipe)."""
+        return self.cfg.decoder_norm == "unit"
+
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        if self.holds_unit_decoder:
+            self.normalize_decoder_rows()
+            self.W_enc.data = self.W_dec.data.T.clone().contiguous()
+
+    @torch.no_grad()
+    def normalize_decoder_rows(self) -> None:
+        """Rescale every decoder row (one per latent) to unit norm, in place."""
+        self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def _decoder_weight(self) -> torch.Tensor:
+        """``W_dec`` as the loss should see it: with the tangent-space gradient when unit norm."""
+        if self.holds_unit_decoder and torch.is_grad_enabled() and self.W_dec.requires_grad:
+            return tangent_gradient(self.W_dec)
+        return self.W_dec
+
+    def _uncentred_input(self, x: torch.Tensor) -> torch.Tensor:
+        # SAELens's process_sae_in minus its final "- b_dec": the centring is fused into the
+        # encoder matmul (ops.centred_matmul) so that b_dec's gradient costs no extra matmul.
+        sae_in = self.reshape_fn_in(x.to(self.dtype))
+        sae_in = self.hook_sae_input(sae_in)
+        return self.run_time_activation_norm_fn_in(sae_in)
+
+    def pre_activations(self, x: torch.Tensor) -> GatedPreActivations:
+        """Gate and magnitude pre-activations and features for input ``x``."""
+        centring = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        encoder_pre = centred_matmul(self._uncentred_input(x), centring, self.W_enc)
+        return _gated_features(self, encoder_pre)
+
+    @override
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        acts = self.pre_activations(x)
+        return acts.feature_acts, acts.magnitude
+
+    @override
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        sae_out = feature_acts @ self._decoder_weight() + self.b_dec
+        sae_out = self.hook_sae_recons(sae_out)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        return self.reshape_fn_out(sae_out, self.d_head)
+
+    def gated_auxiliary_losses(
+        self, sae_in: torch.Tensor, pi_gate: torch.Tensor, l1_coefficient: float
+    ) -> dict[str, torch.Tensor]:
+        """The sparsity and auxiliary reconstruction terms, given the gate pre-activation."""
+        gate_acts = torch.relu(pi_gate)
+        if self.cfg.sparsity_penalty == "l1":
+            penalty = gate_acts.sum(dim=-1).mean()
+        else:
+            penalty = (gate_acts * self._decoder_weight().norm(dim=-1)).sum(dim=-1).mean()
+        if self.cfg.aux_decoder == "frozen":
+            aux_w_dec, aux_b_dec = self.W_dec.detach(), self.b_dec.detach()
+        else:
+            aux_w_dec, aux_b_dec = self._decoder_weight(), self.b_dec
+        via_gate = gate_acts @ aux_w_dec + aux_b_dec
+        aux_recon = (via_gate - sae_in).pow(2).sum(dim=-1).mean()
+        return {"l1_loss": l1_coefficient * penalty, "auxiliary_reconstruction_loss": aux_recon}
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        pi_gate = self.pre_activations(step_input.sae_in).pi_gate
+        return self.gated_auxiliary_losses(
+            step_input.sae_in, pi_gate, step_input.coefficients["l1"]
+        )
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        # Same result as SAELens's TrainingSAE.training_forward_pass, but the encoder runs once:
+        # the auxiliary terms reuse pi_gate instead of recomputing it (calculate_aux_loss).
+        if self.holds_unit_decoder:
+            self.normalize_decoder_rows()
+        acts = self.pre_activations(step_input.sae_in)
+        sae_out = self.decode(acts.feature_acts)
+        mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
+        losses = {"mse_loss": mse_loss}
+        losses.update(
+            self.gated_auxiliary_losses(
+                step_input.sae_in, acts.pi_gate, step_input.coefficients["l1"]
+            )
+        )
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=acts.feature_acts,
+            hidden_pre=acts.magnitude,
+            loss=sum(losses.values()),  # type: ignore[arg-type]
+            losses=losses,
+        )
+
+    @override
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        if not self.holds_unit_decoder:
+            super().fold_activation_norm_scaling_factor(scaling_factor)
+            return
+        # SAELens folds the factor into W_dec, which would break unit-norm rows. Fold it into
+        # the features instead: dividing b_gate, b_mag and b_dec by s scales both
+        # pre-activations by 1/s (same gate signs, magnitudes / s) and W_dec stays unit norm.
+        self.b_gate.data /= scaling_factor
+        self.b_mag.data /= scaling_factor
+        self.b_dec.data /= scaling_factor
+        self.cfg.normalize_activations = "none"
+
+    @override
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        if self.holds_unit_decoder:
+            self.normalize_decoder_rows()
+        return super().save_model(path)
+
+    @override
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        if self.holds_unit_decoder:
+            self.normalize_decoder_rows()
+        return super().save_inference_model(path)
