@@ -33,8 +33,11 @@ def load_entry_points() -> None:
     try:
         found = list(entry_points(group=ENTRY_POINT_GROUP))
     except Exception as exc:  # a broken distribution's metadata must not break sae_lens
-        warnings.warn(f"sae-gated-plugin autoload: reading entry points failed: {exc!r}",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"sae-gated-plugin autoload: reading entry points failed: {exc!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return
     for entry_point in found:
         try:
@@ -89,7 +92,7 @@ def uninstall() -> None:
         sys.meta_path.remove(_watcher)
 
 
-try:
+try:  # noqa: SIM105 - start-up must never break because of this plugin
     install()
-except Exception:  # start-up must never break because of this plugin
+except Exception:
     pass

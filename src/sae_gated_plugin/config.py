@@ -15,13 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sae_lens.saes.gated_sae import GatedSAEConfig, GatedTrainingSAEConfig
 from typing_extensions import override
 
-ARCHITECTURE = "gated_paper"
+from sae_gated_plugin.registry import ARCHITECTURE
 
 AuxDecoder = Literal["frozen", "trainable"]
 SparsityPenalty = Literal["l1", "decoder_norm_weighted"]
 DecoderNorm = Literal["unit", "free"]
 NormalizeActivations = Literal[
-    "none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "covariance_whitening"
+    "none",
+    "expected_average_only_in",
+    "constant_norm_rescale",
+    "layer_norm",
+    "covariance_whitening",
 ]
 
 
@@ -45,8 +49,8 @@ class GatedPaperSAESchema(BaseModel):
     )
 
 
-class GatedPaperTrainingSAESchema(GatedPaperSAESchema):
-    """Validated fields of the ``gated_paper`` training config (the ``sae`` part of a run)."""
+class GatedPaperTrainingFields(BaseModel):
+    """The training-only fields of ``gated_paper``: the paper's recipe and its ablation switches."""
 
     decoder_init_norm: float | None = Field(
         default=1.0,
@@ -81,7 +85,7 @@ class GatedPaperTrainingSAESchema(GatedPaperSAESchema):
     )
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> GatedPaperTrainingSAESchema:
+    def _check_combinations(self) -> GatedPaperTrainingFields:
         if self.decoder_norm == "unit" and self.decoder_init_norm not in (None, 1.0):
             raise ValueError(
                 f"decoder_init_norm={self.decoder_init_norm} contradicts decoder_norm='unit' "
@@ -103,6 +107,10 @@ class GatedPaperTrainingSAESchema(GatedPaperSAESchema):
                 stacklevel=2,
             )
         return self
+
+
+class GatedPaperTrainingSAESchema(GatedPaperSAESchema, GatedPaperTrainingFields):
+    """Validated fields of a ``gated_paper`` training SAE config."""
 
 
 def validate_config_fields(config: Any, schema: type[BaseModel]) -> None:

@@ -17,3 +17,11 @@ class MissingOptionalPackageError(GatedPluginError, ImportError):
 
 class CorruptArtifactError(GatedPluginError):
     """A saved or downloaded SAE file is corrupted or does not match its config."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; nothing after the last good checkpoint is saved."""
+
+
+class TrainingInterruptedError(RuntimeError):
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint it can resume from."""

@@ -44,7 +44,7 @@ class _CentredMatmul(torch.autograd.Function):
 def centred_matmul(
     x: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor
 ) -> torch.Tensor:
-    """Return ``(x - bias) @ weight`` (``x @ weight`` when ``bias`` is None), cheap to differentiate."""
+    """``(x - bias) @ weight`` (``x @ weight`` if ``bias`` is None), cheap to differentiate."""
     if bias is None:
         return x @ weight
     return _CentredMatmul.apply(x, bias, weight)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sae_gated_plugin.config import ARCHITECTURE
-
+# Nothing imported at module level may import sae_lens: the autoload hook runs this module's
+# register() from inside `import sae_lens`, possibly while this package is still importing.
+ARCHITECTURE = "gated_paper"
 ENTRY_POINT_GROUP = "sae_lens.architectures"
 
 

@@ -1,0 +1,249 @@
+"""The ``sae-gated train`` config: one validated file from which SAELens's runner config is built.
+
+YAML or JSON, checked by pydantic (unknown fields and wrong types are errors that name the
+field), with the paper's recipe as defaults where SAELens exposes it. ``sae-gated schema``
+prints its JSON Schema for editor completion.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sae_gated_plugin.config import GatedPaperTrainingFields, NormalizeActivations
+from sae_gated_plugin.errors import GatedPluginError
+
+
+class SAESettings(GatedPaperTrainingFields):
+    """The dictionary to train: its size and the ``gated_paper`` loss options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_sae: int | None = Field(
+        default=None, gt=0, description="Number of latents; default expansion_factor * d_in."
+    )
+    expansion_factor: int = Field(
+        default=8, gt=0, description="d_sae = expansion_factor * d_in when d_sae is not set."
+    )
+    l1_warm_up_steps: int | None = Field(  # type: ignore[assignment]
+        default=None,
+        ge=0,
+        description="Steps over which lambda rises linearly from 0; default 5% of the steps.",
+    )
+    apply_b_dec_to_input: bool = Field(
+        default=True, description="Centre inputs by the decoder bias, x - b_dec (the paper: yes)."
+    )
+
+
+class WandbSettings(BaseModel):
+    """Weights & Biases logging through SAELens (off unless enabled)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Log to wandb (needs wandb login).")
+    project: str = Field(default="sae-gated-plugin", description="wandb project.")
+    entity: str | None = Field(default=None, description="wandb entity (team or user).")
+    run_name: str | None = Field(default=None, description="wandb run name.")
+    log_frequency: int = Field(default=10, gt=0, description="Log every N training steps.")
+    eval_every_n_logs: int = Field(
+        default=100, gt=0, description="Run SAELens's evals every N logs."
+    )
+
+
+class EvalSettings(BaseModel):
+    """The evaluation run after training, on the held-out split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Evaluate the SAE when training ends.")
+    n_sequences: int = Field(default=64, gt=0, description="Held-out windows to evaluate on.")
+    batch_size: int = Field(default=8, gt=0, description="Windows per forward pass.")
+
+
+class TrainRunConfig(BaseModel):
+    """Everything ``sae-gated train`` needs; defaults follow the paper where SAELens allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_path: str = Field(
+        description="Folder for the trained SAE, its checkpoints and its evaluation report."
+    )
+    model_name: str = Field(
+        default="smollm2-135m",
+        description="'smollm2-135m' (embedded, offline) or any TransformerLens model name.",
+    )
+    hook_name: str = Field(
+        default="blocks.11.hook_resid_post", description="TransformerLens hook to train on."
+    )
+    dataset: str = Field(
+        default="wiki-summaries",
+        description="'wiki-summaries' (embedded, offline; the train split) or a Hugging Face "
+        "dataset path with a 'text' column or pre-tokenised 'tokens'/'input_ids'.",
+    )
+    is_dataset_tokenized: bool = Field(
+        default=False, description="Whether a Hub dataset is pre-tokenised."
+    )
+    streaming: bool = Field(default=True, description="Stream a Hub dataset.")
+    context_size: int = Field(default=128, gt=1, description="Tokens per window.")
+    training_tokens: int = Field(default=2_000_000, gt=0, description="Tokens to train on.")
+    train_batch_size_tokens: int = Field(
+        default=4096, gt=0, description="Activations per optimiser step (the paper: 4096)."
+    )
+    store_batch_size_prompts: int = Field(
+        default=16, gt=0, description="Windows per LM forward pass when filling the buffer."
+    )
+    n_batches_in_buffer: int = Field(
+        default=16, gt=1, description="LM batches held in the shuffle buffer."
+    )
+    lr: float = Field(default=3e-4, gt=0, description="Adam learning rate (the paper: 3e-4).")
+    lr_warm_up_steps: int | None = Field(
+        default=None, ge=0, description="Linear lr warm-up steps; default 5% of the steps."
+    )
+    lr_scheduler_name: Literal["constant", "cosineannealing", "cosineannealingwarmrestarts"] = (
+        Field(default="constant", description="SAELens lr schedule after warm-up.")
+    )
+    lr_decay_steps: int = Field(default=0, ge=0, description="Linear lr decay steps at the end.")
+    adam_beta1: float = Field(default=0.0, ge=0, lt=1, description="Adam beta1 (the paper: 0).")
+    adam_beta2: float = Field(
+        default=0.999, ge=0, lt=1, description="Adam beta2 (the paper: 0.999)."
+    )
+    seqpos_slice: tuple[int | None, ...] = Field(
+        default=(1, None),
+        description="Positions of each window to train on, as a Python slice; (1, null) skips "
+        "position 0, the attention sink of models such as SmolLM2.",
+    )
+    exclude_special_tokens: bool | list[int] = Field(
+        default=True, description="Skip BOS/EOS/pad (True) or the listed token ids."
+    )
+    prepend_bos: bool = Field(default=True, description="Start each window with BOS.")
+    normalize_activations: NormalizeActivations = Field(
+        default="expected_average_only_in",
+        description="Scale activations to norm sqrt(d_in) in training (folded into the saved "
+        "SAE, which then works on raw activations).",
+    )
+    device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda'...")
+    dtype: str = Field(default="float32", description="SAE dtype.")
+    seed: int = Field(default=42, description="Random seed.")
+    n_checkpoints: int = Field(
+        default=4, ge=0, description="Checkpoints saved at even intervals during training."
+    )
+    dead_feature_window: int = Field(
+        default=1000, gt=0, description="Steps without firing after which a latent is dead."
+    )
+    feature_sampling_window: int = Field(
+        default=2000, gt=0, description="Steps per sparsity-statistics window."
+    )
+    sae: SAESettings = Field(default_factory=SAESettings, description="The dictionary.")
+    wandb: WandbSettings = Field(default_factory=WandbSettings, description="wandb logging.")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="Final evaluation.")
+    saelens: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other LanguageModelSAERunnerConfig field, passed through verbatim.",
+    )
+
+    @field_validator("seqpos_slice")
+    @classmethod
+    def _check_seqpos_slice(cls, value: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        if not 1 <= len(value) <= 3:
+            raise ValueError("seqpos_slice takes 1 to 3 entries, like Python's slice()")
+        if len(value) == 3 and value[2] is not None and value[2] <= 0:
+            raise ValueError("seqpos_slice step must be positive")
+        return value
+
+    @field_validator("saelens")
+    @classmethod
+    def _check_passthrough(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from sae_lens.config import LanguageModelSAERunnerConfig
+
+        known = {f.name for f in fields(LanguageModelSAERunnerConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown LanguageModelSAERunnerConfig field(s): {unknown}")
+        return value
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps the run takes."""
+        return self.training_tokens // self.train_batch_size_tokens
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where checkpoints go: ``<output_path>/checkpoints``."""
+        return Path(self.output_path) / "checkpoints"
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the ``sae-gated train`` config (for editors and validators)."""
+    schema = TrainRunConfig.model_json_schema()
+    schema["title"] = "sae-gated train config"
+    return schema
+
+
+def _set_dotted(target: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, leaf = dotted_key.split(".")
+    node = target
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise GatedPluginError(f"--set {dotted_key}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for sections; values parsed as YAML)."""
+    result = json.loads(json.dumps(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise GatedPluginError(f"--set expects key=value, got {item!r}")
+        _set_dotted(result, key.strip(), yaml.safe_load(text) if text else None)
+    return result
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainRunConfig:
+    """Validate a config mapping; errors become ``GatedPluginError`` naming field and source."""
+    try:
+        return TrainRunConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise GatedPluginError(f"{source}: invalid config: {problems}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GatedPluginError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise GatedPluginError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise GatedPluginError(
+            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise GatedPluginError(
+            f"{path}: the config must be a mapping of fields, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainRunConfig:
+    """Read, override and validate a config file."""
+    raw = apply_overrides(read_config_file(path), overrides)
+    return parse_config(raw, source=str(path))

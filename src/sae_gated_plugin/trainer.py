@@ -1,0 +1,125 @@
+"""The two behaviours SAELens's trainer lacks, added at its smallest seams.
+
+SAELens's ``LanguageModelSAETrainingRunner.run`` builds its ``SAETrainer`` itself, so there is
+no argument through which to pass a subclass. The first place the runner hands the trainer
+over is ``run_trainer_with_interruption_handling``; ``GatedRunner`` re-types the trainer there
+(``GuardedTrainer`` only overrides methods, it adds no state SAELens must know about) instead
+of copying ``run``.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+from sae_lens.saes.sae import TrainStepOutput
+from sae_lens.training._interruption import InterruptedException
+from sae_lens.training.sae_trainer import SAETrainer
+from tqdm.auto import tqdm
+
+from sae_gated_plugin.errors import TrainingDivergedError, TrainingInterruptedError
+
+PROGRESS_POSTFIX_EVERY = 10
+"""Steps between progress-bar postfix refreshes (each costs a device sync)."""
+
+
+class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]
+    """SAETrainer with a stop at the first non-finite loss, step-boundary interrupts and a
+    progress bar showing tokens/s, loss and L0."""
+
+    stop_requested: bool = False
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint folder of this run, if any."""
+        if self.cfg.checkpoint_path is None or not Path(self.cfg.checkpoint_path).is_dir():
+            return None
+        folders = [p for p in Path(self.cfg.checkpoint_path).iterdir() if p.name.isdigit()]
+        return max(folders, key=lambda p: int(p.name), default=None)
+
+    def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        """One optimiser step; raises ``TrainingDivergedError`` if the loss is not finite."""
+        output = super().step(batch)
+        if not torch.isfinite(output.loss.detach()).item():
+            last = self.last_checkpoint()
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in output.losses.items())
+            raise TrainingDivergedError(
+                f"training loss became {output.loss.item()} at step {self.n_training_steps} "
+                f"({self.n_training_samples} tokens; {terms}); training stopped and nothing "
+                f"after it was saved: {where}. Lower lr or l1_coefficient and resume or restart."
+            )
+        return output
+
+    def _update_pbar(
+        self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100
+    ) -> None:
+        if pbar.unit != "tok":
+            pbar.unit, pbar.unit_scale, pbar.mininterval = "tok", True, 1.0
+            pbar.set_description("Training SAE")
+        pbar.update(self.cfg.train_batch_size_samples)
+        final = self.n_training_samples >= self.cfg.total_training_samples
+        if self.n_training_steps % PROGRESS_POSTFIX_EVERY == 0 or final:
+            with torch.no_grad():
+                l0 = (step_output.feature_acts > 0).float().sum(-1).mean().item()
+            pbar.set_postfix(
+                loss=f"{step_output.loss.item():.4g}",
+                mse=f"{step_output.losses['mse_loss'].item():.4g}",
+                l0=f"{l0:.1f}",
+                refresh=False,
+            )
+        # The last call of each loop iteration of fit(): a step boundary, where stopping
+        # leaves optimiser, schedulers and counters consistent for the checkpoint.
+        if self.stop_requested:
+            raise InterruptedException()
+
+
+@contextmanager
+def _stop_at_step_boundary(trainer: GuardedTrainer) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM asks for a stop after the current step; a second one is immediate."""
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class GatedRunner(LanguageModelSAETrainingRunner):
+    """SAELens's runner, with ``GuardedTrainer`` and full checkpoints on interruption."""
+
+    def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:  # type: ignore[override]
+        # SAELens's own handler saves only the activation store's state on interruption, not
+        # the SAE or the optimiser; here the trainer saves a complete, resumable checkpoint.
+        trainer.__class__ = GuardedTrainer
+        assert isinstance(trainer, GuardedTrainer)
+        trainer.stop_requested = False
+        # After a resume, thresholds already passed would each fire a checkpoint at once.
+        trainer.checkpoint_thresholds = [
+            t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples
+        ]
+        try:
+            with _stop_at_step_boundary(trainer):
+                return trainer.fit()
+        except (KeyboardInterrupt, InterruptedException):
+            if self.cfg.checkpoint_path is None:
+                raise TrainingInterruptedError(
+                    "training interrupted; no checkpoint_path is set, so nothing was saved"
+                ) from None
+            name = str(trainer.n_training_samples)
+            trainer.save_checkpoint(checkpoint_name=name)
+            raise TrainingInterruptedError(
+                f"training interrupted after {trainer.n_training_samples} tokens; checkpoint "
+                f"saved to {Path(self.cfg.checkpoint_path) / name}"
+            ) from None
