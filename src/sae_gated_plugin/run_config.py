@@ -127,6 +127,12 @@ class TrainRunConfig(BaseModel):
         description="Scale activations to norm sqrt(d_in) in training (folded into the saved "
         "SAE, which then works on raw activations).",
     )
+    n_batches_for_norm_estimate: int = Field(
+        default=25,
+        gt=0,
+        description="Training batches used to estimate the activation norm (SAELens's default "
+        "of 1000 costs more LM passes than a short run itself).",
+    )
     device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda'...")
     dtype: str = Field(default="float32", description="SAE dtype.")
     seed: int = Field(default=42, description="Random seed.")

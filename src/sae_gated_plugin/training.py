@@ -20,7 +20,7 @@ from sae_gated_plugin.run_config import TrainRunConfig
 
 if TYPE_CHECKING:
     import datasets
-    from sae_lens import SAE
+    from sae_lens import SAE, TrainingSAE
     from sae_lens.config import LanguageModelSAERunnerConfig
     from transformer_lens import HookedTransformer
 
@@ -138,6 +138,7 @@ def build_runner_config(
         "output_path": cfg.output_path,
         "dead_feature_window": cfg.dead_feature_window,
         "feature_sampling_window": cfg.feature_sampling_window,
+        "n_batches_for_norm_estimate": cfg.n_batches_for_norm_estimate,
         "resume_from_checkpoint": str(resume_from) if resume_from else None,
         "logger": logger,
         "verbose": False,
@@ -179,9 +180,12 @@ def check_output_folder(cfg: TrainRunConfig, resume_from: Path | None) -> None:
 class TrainResult:
     """What a finished run produced."""
 
-    sae: SAE[Any]
+    trained_sae: TrainingSAE[Any]
+    """The SAE as the trainer left it (activation scaling folded in)."""
     output_path: Path
+    """The folder holding the saved inference SAE, its checkpoints and reports."""
     report: EvalReport | None
+    """The held-out evaluation, when enabled."""
 
 
 def train(
@@ -206,18 +210,17 @@ def train(
         model = load_language_model(cfg.model_name, device)
     runner_cfg = build_runner_config(cfg, activation_width(model, cfg.hook_name), resume_from)
 
+    runner = GatedRunner(runner_cfg, override_model=model, override_dataset=dataset)
     output = Path(cfg.output_path)
     output.mkdir(parents=True, exist_ok=True)
     (output / TRAIN_CONFIG_FILENAME).write_text(
         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
-    runner = GatedRunner(runner_cfg, override_model=model, override_dataset=dataset)
-    runner.run()
-    inference_sae = load_trained_sae(output, device)
+    trained = runner.run()
     report = None
     if cfg.eval.enabled:
-        report = evaluate_run(cfg, inference_sae, model)
-    return TrainResult(sae=inference_sae, output_path=output, report=report)
+        report = evaluate_run(cfg, load_trained_sae(output, device), model)
+    return TrainResult(trained_sae=trained, output_path=output, report=report)
 
 
 def load_trained_sae(path: Path, device: str = "cpu") -> SAE[Any]:
@@ -250,22 +253,20 @@ def evaluate_run(cfg: TrainRunConfig, sae: SAE[Any], model: HookedTransformer) -
         tokens,
         hook_name=cfg.hook_name,
         seqpos_slice=tuple(cfg.seqpos_slice),
-        exclude_token_ids=special_token_ids(model, cfg.exclude_special_tokens),
+        exclude_token_ids=excluded_token_ids(model, cfg.exclude_special_tokens),
         batch_size=cfg.eval.batch_size,
     )
     write_report(report, Path(cfg.output_path) / EVAL_FILENAME)
     return report
 
 
-def special_token_ids(model: HookedTransformer, setting: bool | list[int]) -> list[int]:
-    """The token ids excluded from training, as SAELens's ActivationsStore decides them."""
+def excluded_token_ids(model: HookedTransformer, setting: bool | list[int]) -> list[int]:
+    """The token ids an ``exclude_special_tokens`` setting excludes, as SAELens decides them."""
+    from sae_gated_plugin.evals import special_token_ids
+
     if setting is False:
         return []
-    if setting is True:
-        from sae_lens.util import get_special_token_ids
-
-        return list(get_special_token_ids(model.tokenizer))  # type: ignore[arg-type]
-    return list(setting)
+    return special_token_ids(model) if setting is True else list(setting)
 
 
 def read_json(path: Path) -> dict[str, Any]:

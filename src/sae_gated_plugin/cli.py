@@ -1,0 +1,155 @@
+"""The ``sae-gated`` command: train, eval, push, schema, demo.
+
+Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
+message naming what is wrong, 1 when training diverges, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sae_gated_plugin.errors import (
+    GatedPluginError,
+    TrainingDivergedError,
+    TrainingInterruptedError,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise GatedPluginError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sae-gated",
+        description="Train, evaluate and publish Gated SAEs (arXiv:2404.16014) with SAELens.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    train = verbs.add_parser("train", help="train a gated_paper SAE from a YAML/JSON config")
+    train.add_argument("config", type=Path, help="YAML or JSON run config (see `schema`)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, dotted for sections (e.g. sae.l1_coefficient=5)",
+    )
+    train.add_argument("--resume", type=Path, help="checkpoint folder to continue from")
+
+    evaluate = verbs.add_parser("eval", help="evaluate any SAELens SAE on held-out text")
+    evaluate.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
+    evaluate.add_argument("--model", help="model name (default: the SAE's metadata)")
+    evaluate.add_argument(
+        "--dataset", help="embedded corpus or Hub dataset (default: the SAE's, held-out split)"
+    )
+    evaluate.add_argument("--split", default="eval", help="split of the dataset (default eval)")
+    evaluate.add_argument("--n-sequences", type=int, default=64, help="windows to evaluate")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    evaluate.add_argument(
+        "--output", type=Path, help="report path (default SAE_PATH/evaluation.json)"
+    )
+
+    push = verbs.add_parser("push", help="publish a trained SAE to the Hugging Face Hub")
+    push.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
+    push.add_argument("repo_id", help="Hub repo, e.g. your-name/smollm2-gated-saes")
+    push.add_argument("--sae-id", help="folder in the repo (default: the SAE's hook name)")
+    push.add_argument("--revision", help="branch to push to (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument(
+        "--portable",
+        action="store_true",
+        help="publish as SAELens's built-in 'gated' so plain SAELens loads it without the plugin",
+    )
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
+
+    verbs.add_parser("schema", help="print the JSON Schema of the train config")
+
+    demo = verbs.add_parser("demo", help="train, evaluate and reload an SAE on SmolLM2, offline")
+    demo.add_argument("--output", type=Path, default=Path("demo-output"), help="output folder")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.verb == "schema":
+        from sae_gated_plugin.run_config import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return EXIT_OK
+    if args.verb == "train":
+        from sae_gated_plugin.run_config import load_config
+        from sae_gated_plugin.training import train
+
+        result = train(load_config(args.config, args.overrides), resume_from=args.resume)
+        if result.report is not None:
+            print(result.report.to_table())
+        print(f"Saved the SAE to {result.output_path}")
+        return EXIT_OK
+    if args.verb == "eval":
+        from sae_gated_plugin.evaluate_cli import evaluate_saved_sae
+
+        report = evaluate_saved_sae(
+            args.sae_path,
+            model_name=args.model,
+            dataset=args.dataset,
+            split=args.split,
+            n_sequences=args.n_sequences,
+            batch_size=args.batch_size,
+            device=args.device,
+            output=args.output,
+        )
+        print(report.to_table())
+        return EXIT_OK
+    if args.verb == "push":
+        from sae_gated_plugin.hub import push_sae
+
+        url = push_sae(
+            args.sae_path,
+            args.repo_id,
+            sae_id=args.sae_id,
+            revision=args.revision,
+            private=args.private,
+            portable=args.portable,
+            token=args.token,
+        )
+        print(f"Pushed to {url}")
+        return EXIT_OK
+    if args.verb == "demo":
+        from sae_gated_plugin.demo import run_demo
+
+        run_demo(args.output)
+        return EXIT_OK
+    raise GatedPluginError(f"unknown command {args.verb!r}")  # argparse prevents this
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sae-gated`` console script."""
+    try:
+        args = _build_parser().parse_args(argv)
+        return _run(args)
+    except GatedPluginError as exc:
+        print(f"sae-gated: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except TrainingDivergedError as exc:
+        print(f"sae-gated: training diverged: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except TrainingInterruptedError as exc:
+        print(f"sae-gated: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("sae-gated: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""``sae-gated demo`` / ``make demo``: the main job end to end on the embedded defaults.
+
+Trains a ``gated_paper`` SAE on a SmolLM2-135M residual-stream layer with the embedded corpus,
+evaluates it on the held-out split, saves it, reloads it with ``SAE.load_from_disk``, checks the
+reloaded SAE gives identical outputs, and writes ``<output>/report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.run_config import TrainRunConfig, parse_config
+
+REPORT_FILENAME = "report.json"
+SAE_FOLDER = "sae"
+
+DEMO_SETTINGS: dict[str, Any] = {
+    "model_name": "smollm2-135m",
+    "hook_name": "blocks.11.hook_resid_post",
+    "dataset": "wiki-summaries",
+    "context_size": 128,
+    "training_tokens": 400_000,
+    "train_batch_size_tokens": 2048,
+    "store_batch_size_prompts": 16,
+    "n_batches_in_buffer": 32,
+    "lr": 1e-3,
+    "n_checkpoints": 0,
+    "sae": {"d_sae": 2304, "l1_coefficient": 5.0},
+    "eval": {"n_sequences": 48, "batch_size": 8},
+}
+"""The demo run: small enough for a 2-core CPU in minutes, large enough to be a real SAE."""
+
+
+def demo_config(sae_path: Path) -> TrainRunConfig:
+    """The demo's run config, writing the SAE to ``sae_path``."""
+    return parse_config({**DEMO_SETTINGS, "output_path": str(sae_path)}, source="demo")
+
+
+def check_reload_identical(trained: Any, sae_path: Path, hook_name: str, model: Any) -> None:
+    """Reload the saved SAE with SAELens and require identical outputs on real activations."""
+    import torch
+    from sae_lens import SAE
+
+    reloaded = SAE.load_from_disk(sae_path, device=str(trained.device))
+    tokens = model.to_tokens("The Gated SAE separates detecting a feature from estimating it.")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+        acts = cache[hook_name][:, 1:]
+        trained.eval()
+        same_features = torch.equal(trained.encode(acts), reloaded.encode(acts))
+        same_output = torch.equal(trained(acts), reloaded(acts))
+    if not (same_features and same_output):
+        raise GatedPluginError(
+            f"the SAE reloaded from {sae_path} does not reproduce the trained one"
+        )
+
+
+def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
+    """Run the demo into ``output`` (replaced only once the new run has completed)."""
+    from sae_gated_plugin.training import load_language_model, resolve_device, train
+
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    cfg = demo_config(staging / SAE_FOLDER)
+    started = time.perf_counter()
+    model = load_language_model(cfg.model_name, resolve_device(cfg.device))
+    result = train(cfg, model=model)
+    check_reload_identical(result.trained_sae, result.output_path, cfg.hook_name, model)
+    assert result.report is not None
+    report = {
+        **result.report.to_dict(),
+        "tokens_trained": cfg.training_tokens,
+        "d_sae": result.trained_sae.cfg.d_sae,
+        "l1_coefficient": cfg.sae.l1_coefficient,
+        "reload_identical": True,
+        "seconds": round(time.perf_counter() - started, 1),
+        "device": resolve_device(cfg.device),
+    }
+    (staging / REPORT_FILENAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(staging, output)
+    sae_path = output / SAE_FOLDER
+    print(result.report.to_table())
+    print(f"\nReport: {output / REPORT_FILENAME}   SAE: {sae_path}")
+    print("Reloaded with SAE.load_from_disk: identical outputs.")
+    print("\nNext:")
+    print(f"  sae-gated eval {sae_path}                      # evaluate again, more text")
+    print(f"  sae-gated push {sae_path} <you>/smollm2-gated-sae   # publish to the Hub")
+    print(f"  python -c \"from sae_lens import SAE; print(SAE.load_from_disk('{sae_path}'))\"")
+    return report

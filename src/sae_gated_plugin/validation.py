@@ -1,0 +1,121 @@
+"""Checks on a saved or downloaded SAE folder before anything is loaded from it.
+
+Only JSON and safetensors are read (never pickle). A ``gated_paper`` config is validated with
+the pydantic schema and its weights against it: names, shapes, dtype and finite values. Every
+problem raises ``CorruptArtifactError`` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sae_gated_plugin.errors import CorruptArtifactError
+from sae_gated_plugin.registry import ARCHITECTURE
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+SPARSITY_FILENAME = "sparsity.safetensors"
+GATED_ARCHITECTURES = (ARCHITECTURE, "gated")
+
+
+def gated_parameter_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a gated SAE's parameters (SAELens's gated file format)."""
+    return {
+        "W_enc": (d_in, d_sae),
+        "b_gate": (d_sae,),
+        "r_mag": (d_sae,),
+        "b_mag": (d_sae,),
+        "W_dec": (d_sae, d_in),
+        "b_dec": (d_in,),
+    }
+
+
+def read_cfg(path: Path) -> dict[str, Any]:
+    """Parse ``cfg.json``; for gated_paper also validate it with the pydantic schema."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CorruptArtifactError(
+            f"{path}: missing (an SAE folder needs {CFG_FILENAME})"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or "architecture" not in cfg:
+        raise CorruptArtifactError(f"{path}: not an SAELens config (no 'architecture' field)")
+    if cfg["architecture"] == ARCHITECTURE:
+        from sae_gated_plugin.config import GatedPaperSAESchema
+
+        try:
+            GatedPaperSAESchema.model_validate(cfg)
+        except ValidationError as exc:
+            raise CorruptArtifactError(f"{path}: invalid gated_paper config: {exc}") from None
+    return cfg
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """Load a safetensors file on the CPU; truncated or garbled files raise a clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CorruptArtifactError(f"{path}: missing")
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CorruptArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def check_weights(cfg: dict[str, Any], weights: dict[str, Any], path: Path) -> None:
+    """Require the tensors a config implies: names and shapes (gated), dtype, finite values."""
+    import torch
+    from sae_lens.util import str_to_dtype
+
+    if cfg.get("architecture") in GATED_ARCHITECTURES:
+        expected = gated_parameter_shapes(int(cfg["d_in"]), int(cfg["d_sae"]))
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        if missing or unexpected:
+            raise CorruptArtifactError(
+                f"{path}: parameters do not match cfg.json (missing {missing}, "
+                f"unexpected {unexpected})"
+            )
+        for name, shape in expected.items():
+            if tuple(weights[name].shape) != shape:
+                raise CorruptArtifactError(
+                    f"{path}: {name} has shape {tuple(weights[name].shape)} but cfg.json "
+                    f"(d_in={cfg['d_in']}, d_sae={cfg['d_sae']}) implies {shape}"
+                )
+    dtype = str_to_dtype(cfg.get("dtype", "float32"))
+    for name, tensor in weights.items():
+        if not tensor.is_floating_point():
+            raise CorruptArtifactError(f"{path}: {name} has non-float dtype {tensor.dtype}")
+        if tensor.dtype != dtype:
+            raise CorruptArtifactError(
+                f"{path}: {name} is {tensor.dtype} but cfg.json says dtype {cfg.get('dtype')}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise CorruptArtifactError(f"{path}: {name} contains NaN or infinite values")
+
+
+def validate_sae_folder(folder: Path) -> dict[str, Any]:
+    """Validate ``cfg.json`` and the weights (and sparsity, if present) of an SAE folder.
+
+    Returns the parsed config.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CorruptArtifactError(f"{folder}: no such SAE folder")
+    cfg = read_cfg(folder / CFG_FILENAME)
+    check_weights(cfg, read_safetensors(folder / WEIGHTS_FILENAME), folder / WEIGHTS_FILENAME)
+    sparsity_path = folder / SPARSITY_FILENAME
+    if sparsity_path.exists():
+        sparsity = read_safetensors(sparsity_path).get("sparsity")
+        if sparsity is None or tuple(sparsity.shape) != (int(cfg["d_sae"]),):
+            raise CorruptArtifactError(
+                f"{sparsity_path}: expected a 'sparsity' tensor of shape ({cfg['d_sae']},)"
+            )
+    return cfg
