@@ -63,13 +63,20 @@ class _SaeLensWatcher:
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        original_exec = spec.loader.exec_module
+        loader = spec.loader
+        had_own = "exec_module" in vars(loader)
+        original_exec = loader.exec_module
 
         def exec_then_register(module: Any) -> None:
+            # Undo the patch first: some loaders (zipimport's) serve many modules.
+            if had_own:
+                loader.exec_module = original_exec  # type: ignore[method-assign]
+            else:
+                del loader.exec_module
             original_exec(module)
             load_entry_points()
 
-        spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
 
 

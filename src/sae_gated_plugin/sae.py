@@ -8,12 +8,14 @@ encoder does one matmul for both paths: x_c W_mag = (x_c W_gate) * exp(r_mag).
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from sae_lens.saes.gated_sae import GatedSAE, GatedTrainingSAE
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from typing_extensions import override
 
 from sae_gated_plugin.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
@@ -91,6 +93,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     def __init__(self, cfg: GatedPaperTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+        _UNIT_DECODER_SAES.add(self)
 
     @property
     def holds_unit_decoder(self) -> bool:
@@ -124,9 +127,12 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     def pre_activations(self, x: torch.Tensor) -> GatedPreActivations:
         """Gate and magnitude pre-activations and features for input ``x``."""
+        return self._pre_activations_of(self._uncentred_input(x))
+
+    def _pre_activations_of(self, sae_in: torch.Tensor) -> GatedPreActivations:
+        # sae_in: the input after SAELens's run-time normalisation, before centring.
         centring = self.b_dec if self.cfg.apply_b_dec_to_input else None
-        encoder_pre = centred_matmul(self._uncentred_input(x), centring, self.W_enc)
-        return _gated_features(self, encoder_pre)
+        return _gated_features(self, centred_matmul(sae_in, centring, self.W_enc))
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,10 +171,10 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        pi_gate = self.pre_activations(step_input.sae_in).pi_gate
-        return self.gated_auxiliary_losses(
-            step_input.sae_in, pi_gate, step_input.coefficients["l1"]
-        )
+        # The auxiliary reconstruction lives where pi_gate does: in the normalised input space.
+        sae_in = self._uncentred_input(step_input.sae_in)
+        pi_gate = self._pre_activations_of(sae_in).pi_gate
+        return self.gated_auxiliary_losses(sae_in, pi_gate, step_input.coefficients["l1"])
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -176,14 +182,13 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         # the auxiliary terms reuse pi_gate instead of recomputing it (calculate_aux_loss).
         if self.holds_unit_decoder:
             self.normalize_decoder_rows()
-        acts = self.pre_activations(step_input.sae_in)
-        sae_out = self.decode(acts.feature_acts)
+        sae_in = self._uncentred_input(step_input.sae_in)
+        acts = self._pre_activations_of(sae_in)
+        sae_out = self.decode(acts.feature_acts)  # decode undoes the run-time normalisation
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
         losses = {"mse_loss": mse_loss}
         losses.update(
-            self.gated_auxiliary_losses(
-                step_input.sae_in, acts.pi_gate, step_input.coefficients["l1"]
-            )
+            self.gated_auxiliary_losses(sae_in, acts.pi_gate, step_input.coefficients["l1"])
         )
         return TrainStepOutput(
             sae_in=step_input.sae_in,
@@ -209,13 +214,44 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         self.cfg.normalize_activations = "none"
 
     @override
+    @torch.no_grad()
+    def fold_activation_whitening(
+        self,
+        mean: torch.Tensor,
+        whitening_matrix: torch.Tensor,
+        unwhitening_matrix: torch.Tensor,
+    ) -> None:
+        super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)
+        if self.holds_unit_decoder:
+            # W_dec @ M^-1 has rows of any norm: move the norms into the encoder side.
+            self.fold_W_dec_norm()
+
+    @override
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
         if self.holds_unit_decoder:
-            self.normalize_decoder_rows()
+            self.fold_W_dec_norm()  # unit rows on disk without changing what the SAE computes
         return super().save_model(path)
 
     @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
         if self.holds_unit_decoder:
-            self.normalize_decoder_rows()
+            self.fold_W_dec_norm()
         return super().save_inference_model(path)
+
+
+_UNIT_DECODER_SAES: weakref.WeakSet[GatedPaperTrainingSAE] = weakref.WeakSet()
+
+
+def _renormalise_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    # The paper renormalises decoder rows after every optimiser step. SAELens's trainer has no
+    # hook for that, so a global post-step hook does it for whichever optimiser owns W_dec;
+    # this way any trainer (SAELens's, the plugin's, a user's) keeps the rows at unit norm.
+    if not _UNIT_DECODER_SAES:
+        return
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for sae in list(_UNIT_DECODER_SAES):
+        if sae.holds_unit_decoder and id(sae.W_dec) in owned:
+            sae.normalize_decoder_rows()
+
+
+register_optimizer_step_post_hook(_renormalise_after_step)
