@@ -22,17 +22,18 @@ SAE_FOLDER = "sae"
 
 DEMO_SETTINGS: dict[str, Any] = {
     "model_name": "smollm2-135m",
-    "hook_name": "blocks.11.hook_resid_post",
+    "hook_name": "blocks.5.hook_resid_post",
     "dataset": "wiki-summaries",
     "context_size": 128,
-    "training_tokens": 400_000,
-    "train_batch_size_tokens": 2048,
-    "store_batch_size_prompts": 16,
+    "training_tokens": 200_000,
+    "train_batch_size_tokens": 1024,
+    "store_batch_size_prompts": 8,
     "n_batches_in_buffer": 32,
-    "lr": 1e-3,
+    "n_batches_for_norm_estimate": 5,
+    "lr": 2e-3,
     "n_checkpoints": 0,
     "sae": {"d_sae": 2304, "l1_coefficient": 5.0},
-    "eval": {"n_sequences": 48, "batch_size": 8},
+    "eval": {"n_sequences": 32, "batch_size": 8},
 }
 """The demo run: small enough for a 2-core CPU in minutes, large enough to be a real SAE."""
 

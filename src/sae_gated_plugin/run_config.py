@@ -113,10 +113,11 @@ class TrainRunConfig(BaseModel):
     adam_beta2: float = Field(
         default=0.999, ge=0, lt=1, description="Adam beta2 (the paper: 0.999)."
     )
-    seqpos_slice: tuple[int | None, ...] = Field(
-        default=(1, None),
-        description="Positions of each window to train on, as a Python slice; (1, null) skips "
-        "position 0, the attention sink of models such as SmolLM2.",
+    seqpos_slice: tuple[int | None, ...] | None = Field(
+        default=None,
+        description="Positions of each window to train on, as a Python slice. Default: "
+        "[3, null] for smollm2-135m (position 0 is its attention sink, and positions 1-2 "
+        "sometimes become one), [null] (all positions, SAELens's default) for other models.",
     )
     exclude_special_tokens: bool | list[int] = Field(
         default=True, description="Skip BOS/EOS/pad (True) or the listed token ids."
@@ -155,7 +156,11 @@ class TrainRunConfig(BaseModel):
 
     @field_validator("seqpos_slice")
     @classmethod
-    def _check_seqpos_slice(cls, value: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    def _check_seqpos_slice(
+        cls, value: tuple[int | None, ...] | None
+    ) -> tuple[int | None, ...] | None:
+        if value is None:
+            return None
         if not 1 <= len(value) <= 3:
             raise ValueError("seqpos_slice takes 1 to 3 entries, like Python's slice()")
         if len(value) == 3 and value[2] is not None and value[2] <= 0:
@@ -172,6 +177,17 @@ class TrainRunConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown LanguageModelSAERunnerConfig field(s): {unknown}")
         return value
+
+    @property
+    def training_positions(self) -> tuple[int | None, ...]:
+        """The seqpos_slice in force: the configured one, else the model's default."""
+        from sae_gated_plugin import embedded
+
+        if self.seqpos_slice is not None:
+            return tuple(self.seqpos_slice)
+        if embedded.is_embedded_model(self.model_name):
+            return embedded.SMOLLM2_SEQPOS_SLICE
+        return (None,)
 
     @property
     def total_steps(self) -> int:

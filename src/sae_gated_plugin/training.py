@@ -127,7 +127,7 @@ def build_runner_config(
         "lr_decay_steps": cfg.lr_decay_steps,
         "adam_beta1": cfg.adam_beta1,
         "adam_beta2": cfg.adam_beta2,
-        "seqpos_slice": tuple(cfg.seqpos_slice),
+        "seqpos_slice": cfg.training_positions,
         "exclude_special_tokens": cfg.exclude_special_tokens,
         "prepend_bos": cfg.prepend_bos,
         "device": device,
@@ -252,7 +252,7 @@ def evaluate_run(cfg: TrainRunConfig, sae: SAE[Any], model: HookedTransformer) -
         model,
         tokens,
         hook_name=cfg.hook_name,
-        seqpos_slice=tuple(cfg.seqpos_slice),
+        seqpos_slice=cfg.training_positions,
         exclude_token_ids=excluded_token_ids(model, cfg.exclude_special_tokens),
         batch_size=cfg.eval.batch_size,
     )
