@@ -137,9 +137,7 @@ def test_upload_folder_is_one_commit_and_downloads_match(
 
     cache = tmp_path / "cache"
     for rel, content in FOLDER.items():
-        local = hf_hub_download(
-            repo_id, rel, endpoint=hub.endpoint, token=TOKEN, cache_dir=cache
-        )
+        local = hf_hub_download(repo_id, rel, endpoint=hub.endpoint, token=TOKEN, cache_dir=cache)
         assert Path(local).read_bytes() == content
     snapshot = Path(
         snapshot_download(repo_id, endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path / "c2")
@@ -149,11 +147,16 @@ def test_upload_folder_is_one_commit_and_downloads_match(
     assert snapshot.name == after[-1]
 
     with pytest.raises(EntryNotFoundError):
-        hf_hub_download(repo_id, "missing.txt", endpoint=hub.endpoint, token=TOKEN,
-                        cache_dir=cache)
+        hf_hub_download(repo_id, "missing.txt", endpoint=hub.endpoint, token=TOKEN, cache_dir=cache)
     with pytest.raises(RevisionNotFoundError):
-        hf_hub_download(repo_id, "cfg.json", revision="nope", endpoint=hub.endpoint,
-                        token=TOKEN, cache_dir=cache)
+        hf_hub_download(
+            repo_id,
+            "cfg.json",
+            revision="nope",
+            endpoint=hub.endpoint,
+            token=TOKEN,
+            cache_dir=cache,
+        )
 
     # Re-uploading identical content is skipped by the client: no new commit.
     api.upload_folder(repo_id=repo_id, folder_path=folder)
@@ -166,8 +169,9 @@ def test_readme_upload_validates_yaml(hub: LocalHub, api: HfApi, tmp_path: Path)
     assert ("POST", "/api/validate-yaml") in hub.requests
     assert hub.files(repo_id)["README.md"] == README
     assert api.model_info(repo_id).siblings is not None
-    local = hf_hub_download(repo_id, "README.md", endpoint=hub.endpoint, token=TOKEN,
-                            cache_dir=tmp_path)
+    local = hf_hub_download(
+        repo_id, "README.md", endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path
+    )
     assert Path(local).read_bytes() == README
 
 
@@ -200,7 +204,9 @@ def test_create_commit_with_delete(hub: LocalHub, api: HfApi, tmp_path: Path) ->
     assert files["README.md"] == README
     assert len(hub.commits(repo_id)) == n_commits + 1
     assert sorted(api.list_repo_files(repo_id)) == [
-        ".gitattributes", "README.md", "sae_weights.safetensors",
+        ".gitattributes",
+        "README.md",
+        "sae_weights.safetensors",
     ]
     history = api.list_repo_commits(repo_id)
     assert [c.commit_id for c in history] == hub.commits(repo_id)[::-1]
@@ -221,9 +227,7 @@ def test_create_commit_with_delete(hub: LocalHub, api: HfApi, tmp_path: Path) ->
     assert len(hub.commits(repo_id)) == n_commits + 1
 
 
-def test_branch_upload_leaves_main_untouched(
-    hub: LocalHub, api: HfApi, tmp_path: Path
-) -> None:
+def test_branch_upload_leaves_main_untouched(hub: LocalHub, api: HfApi, tmp_path: Path) -> None:
     repo_id = _new_repo(api)
     api.upload_file(path_or_fileobj=b"v1", path_in_repo="cfg.json", repo_id=repo_id)
     main_files, main_commits = hub.files(repo_id), hub.commits(repo_id)
@@ -243,14 +247,21 @@ def test_branch_upload_leaves_main_untouched(
     assert "sub/dir/notes.txt" not in api.list_repo_files(repo_id)
     assert api.model_info(repo_id, revision="dev").sha == hub.commits(repo_id, "dev")[-1]
     assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "dev"}
-    local = hf_hub_download(repo_id, "cfg.json", revision="dev", endpoint=hub.endpoint,
-                            token=TOKEN, cache_dir=tmp_path / "cache")
+    local = hf_hub_download(
+        repo_id,
+        "cfg.json",
+        revision="dev",
+        endpoint=hub.endpoint,
+        token=TOKEN,
+        cache_dir=tmp_path / "cache",
+    )
     assert Path(local).read_bytes() == FOLDER["cfg.json"]
     with pytest.raises(RevisionNotFoundError):
         api.model_info(repo_id, revision="no-such-branch")
     with pytest.raises(RevisionNotFoundError):
-        api.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id=repo_id,
-                        revision="no-such-branch")
+        api.upload_file(
+            path_or_fileobj=b"x", path_in_repo="x", repo_id=repo_id, revision="no-such-branch"
+        )
 
 
 def test_failed_commit_changes_nothing(
@@ -282,9 +293,7 @@ def test_failed_commit_changes_nothing(
     assert hub.commits(repo_id) == commits
 
 
-def test_streamed_upload_folder_retries_or_fails(
-    hub: LocalHub, api: HfApi, tmp_path: Path
-) -> None:
+def test_streamed_upload_folder_retries_or_fails(hub: LocalHub, api: HfApi, tmp_path: Path) -> None:
     """With hf_xet installed, upload_folder retries a 500 but not other server errors."""
     pytest.importorskip("hf_xet")
     repo_id = _new_repo(api)

@@ -186,7 +186,9 @@ class LocalHub:
         server.hub = self
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name="LocalHub",
         )
         self._thread.start()
@@ -316,13 +318,18 @@ class LocalHub:
         sha = self._resolve_sha(repo, revision)
         if sha is None:
             raise _HubError(
-                404, f"Invalid rev id: {revision} (revision not found in {repo.repo_id})",
+                404,
+                f"Invalid rev id: {revision} (revision not found in {repo.repo_id})",
                 "RevisionNotFound",
             )
         return repo.commits[sha]
 
     def _add_commit(
-        self, repo: _Repo, parent: str | None, summary: str, description: str,
+        self,
+        repo: _Repo,
+        parent: str | None,
+        summary: str,
+        description: str,
         files: dict[str, bytes],
     ) -> _Commit:
         sha = self._new_sha(repo.repo_type, repo.repo_id, parent or "", summary)
@@ -413,9 +420,7 @@ class LocalHub:
                     repo.private = bool(body["private"])
         return {}
 
-    def _api_repo_info(
-        self, req: _Request, repo_type: str, repo_id: str, revision: str
-    ) -> Any:
+    def _api_repo_info(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
         with self._lock:
             repo = self._get_repo(repo_type, repo_id, authed=req.authed)
             commit = self._get_commit(repo, revision)
@@ -459,16 +464,21 @@ class LocalHub:
             depth = len(rest) if recursive else 1
             for i in range(1, min(depth, len(rest) - 1) + 1):
                 dir_path = folder + "/".join(rest[:i])
-                entries.setdefault(dir_path, {
-                    "type": "directory",
-                    "oid": hashlib.sha1(f"tree {dir_path}".encode()).hexdigest(),
-                    "size": 0,
-                    "path": dir_path,
-                })
+                entries.setdefault(
+                    dir_path,
+                    {
+                        "type": "directory",
+                        "oid": hashlib.sha1(f"tree {dir_path}".encode()).hexdigest(),
+                        "size": 0,
+                        "path": dir_path,
+                    },
+                )
             if len(rest) == 1 or recursive:
                 content = files[path]
                 entries[path] = {
-                    "type": "file", "oid": _git_blob_sha(content), "size": len(content),
+                    "type": "file",
+                    "oid": _git_blob_sha(content),
+                    "size": len(content),
                     "path": path,
                 }
         return [entries[key] for key in sorted(entries)]
@@ -482,14 +492,13 @@ class LocalHub:
             path = path.strip("/")
             if path and not any(p.startswith(path + "/") for p in files):
                 raise _HubError(
-                    404, f"Entry not found: {path} is not a folder in {repo_id}@{revision}",
+                    404,
+                    f"Entry not found: {path} is not a folder in {repo_id}@{revision}",
                     "EntryNotFound",
                 )
             return self._tree_entries(files, path, req.flag("recursive"))
 
-    def _api_paths_info(
-        self, req: _Request, repo_type: str, repo_id: str, revision: str
-    ) -> Any:
+    def _api_paths_info(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
         form = parse_qs(req.body.decode())
         wanted = [p.strip("/") for p in form.get("paths", [])]
         with self._lock:
@@ -507,9 +516,7 @@ class LocalHub:
             ]
         return {"branches": branches, "converts": [], "tags": [], "pullRequests": []}
 
-    def _api_list_commits(
-        self, req: _Request, repo_type: str, repo_id: str, revision: str
-    ) -> Any:
+    def _api_list_commits(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
         with self._lock:
             repo = self._get_repo(repo_type, repo_id, authed=req.authed)
             commit: _Commit | None = self._get_commit(repo, revision)
@@ -518,19 +525,19 @@ class LocalHub:
                 message = commit.summary
                 if commit.description:
                     message += f"\n\n{commit.description}"
-                out.append({
-                    "id": commit.sha,
-                    "title": commit.summary,
-                    "message": message,
-                    "authors": [{"user": USER_NAME}],
-                    "date": commit.date,
-                })
+                out.append(
+                    {
+                        "id": commit.sha,
+                        "title": commit.summary,
+                        "message": message,
+                        "authors": [{"user": USER_NAME}],
+                        "date": commit.date,
+                    }
+                )
                 commit = repo.commits[commit.parent] if commit.parent is not None else None
         return out
 
-    def _api_branch(
-        self, req: _Request, repo_type: str, repo_id: str, branch: str
-    ) -> Any:
+    def _api_branch(self, req: _Request, repo_type: str, repo_id: str, branch: str) -> Any:
         req.require_auth()
         with self._lock:
             repo = self._get_repo(repo_type, repo_id, authed=True)
@@ -552,9 +559,7 @@ class LocalHub:
 
     # ------------------------------------------------------------------ API: upload
 
-    def _api_preupload(
-        self, req: _Request, repo_type: str, repo_id: str, revision: str
-    ) -> Any:
+    def _api_preupload(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
         req.require_auth()
         if req.flag("create_pr"):
             raise _HubError(400, "LocalHub does not support pull requests (create_pr)")
@@ -572,14 +577,17 @@ class LocalHub:
             for entry in entries:
                 path = _check_path(entry.get("path") if isinstance(entry, dict) else None)
                 oid = _git_blob_sha(files[path]) if path in files else None
-                out.append({
-                    "path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": oid,
-                })
+                out.append(
+                    {
+                        "path": path,
+                        "uploadMode": "regular",
+                        "shouldIgnore": False,
+                        "oid": oid,
+                    }
+                )
         return {"files": out}
 
-    def _api_commit(
-        self, req: _Request, repo_type: str, repo_id: str, revision: str
-    ) -> Any:
+    def _api_commit(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
         req.require_auth()
         header: dict[str, Any] | None = None
         operations: list[tuple[str, str, bytes]] = []  # (kind, path, content)
@@ -624,9 +632,7 @@ class LocalHub:
                 raise _HubError(400, f"Can only commit to a branch, not {revision!r}")
             parent = header.get("parentCommit")
             if parent is not None and parent != head.sha:
-                raise _HubError(
-                    412, "A commit has happened since. Please refresh and try again."
-                )
+                raise _HubError(412, "A commit has happened since. Please refresh and try again.")
             files = dict(head.files)
             for kind, path, content in operations:
                 path = _check_path(path.rstrip("/") if isinstance(path, str) else path)
@@ -648,13 +654,17 @@ class LocalHub:
                     doomed = [p for p in files if p.startswith(path + "/")]
                     if not doomed:
                         raise _HubError(
-                            404, f"A folder with this name doesn't exist: {path}",
+                            404,
+                            f"A folder with this name doesn't exist: {path}",
                             "EntryNotFound",
                         )
                     for p in doomed:
                         del files[p]
             commit = self._add_commit(
-                repo, head.sha, str(header["summary"]), str(header.get("description") or ""),
+                repo,
+                head.sha,
+                str(header["summary"]),
+                str(header.get("description") or ""),
                 files,
             )
             repo.branches[revision] = commit.sha
@@ -687,13 +697,15 @@ class LocalHub:
                 raise _HubError(416, f"Range not satisfiable: {range_header}")
             status = 206
             headers["Content-Range"] = f"bytes {start}-{max(start, end - 1)}/{len(content)}"
-        headers.update({
-            "Content-Type": "application/octet-stream",
-            "Accept-Ranges": "bytes",
-            "ETag": f'"{_git_blob_sha(content)}"',
-            "X-Repo-Commit": commit.sha,
-            "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
-        })
+        headers.update(
+            {
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+                "ETag": f'"{_git_blob_sha(content)}"',
+                "X-Repo-Commit": commit.sha,
+                "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
+            }
+        )
         req.send(status, content[start:end], headers)
 
     # ------------------------------------------------------------------ routing

@@ -60,7 +60,10 @@ class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]
         self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100
     ) -> None:
         if pbar.unit != "tok":
-            pbar.unit, pbar.unit_scale, pbar.mininterval = "tok", True, 1.0
+            # In a log file (no terminal) every refresh is a new line: refresh rarely there.
+            interactive = getattr(pbar.fp, "isatty", lambda: False)()
+            pbar.unit, pbar.unit_scale = "tok", True
+            pbar.mininterval = 1.0 if interactive else 30.0
             pbar.set_description("Training SAE")
         pbar.update(self.cfg.train_batch_size_samples)
         final = self.n_training_samples >= self.cfg.total_training_samples
@@ -76,6 +79,7 @@ class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]
         # The last call of each loop iteration of fit(): a step boundary, where stopping
         # leaves optimiser, schedulers and counters consistent for the checkpoint.
         if self.stop_requested:
+            pbar.close()  # end the bar's line before the interruption message is printed
             raise InterruptedException()
 
 

@@ -36,6 +36,10 @@ CHECKPOINT_FILES = (
 )
 
 
+HUB_MODEL_KWARGS = {"center_writing_weights": False}
+"""How SAELens's runner loads a TransformerLens model by name (its default)."""
+
+
 def resolve_device(device: str) -> str:
     """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
     import torch
@@ -51,7 +55,12 @@ def load_language_model(name: str, device: str) -> HookedTransformer:
         return embedded.load_smollm2(device=device)
     from sae_lens.load_model import load_model
 
-    return load_model("HookedTransformer", name, device=device)  # type: ignore[return-value]
+    return load_model(  # type: ignore[return-value]
+        "HookedTransformer",
+        name,
+        device=device,
+        model_from_pretrained_kwargs=dict(HUB_MODEL_KWARGS),
+    )
 
 
 def load_text_dataset(name: str, split: str) -> datasets.Dataset | None:
@@ -140,6 +149,10 @@ def build_runner_config(
         "feature_sampling_window": cfg.feature_sampling_window,
         "n_batches_for_norm_estimate": cfg.n_batches_for_norm_estimate,
         "resume_from_checkpoint": str(resume_from) if resume_from else None,
+        # The embedded model is built unprocessed, not by from_pretrained(**kwargs).
+        "model_from_pretrained_kwargs": (
+            {} if embedded.is_embedded_model(cfg.model_name) else dict(HUB_MODEL_KWARGS)
+        ),
         "logger": logger,
         "verbose": False,
         **cfg.saelens,
@@ -200,6 +213,8 @@ def train(
         resume_from: a checkpoint folder of an earlier run of the same config to continue.
         model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
     """
+    import torch
+
     import sae_gated_plugin  # noqa: F401  (registers gated_paper)
     from sae_gated_plugin.trainer import GatedRunner
 
@@ -210,6 +225,9 @@ def train(
         model = load_language_model(cfg.model_name, device)
     runner_cfg = build_runner_config(cfg, activation_width(model, cfg.hook_name), resume_from)
 
+    # SAELens's runner config carries the seed but never applies it: seed the SAE's
+    # initialisation and the activation buffer's shuffling here, so runs are repeatable.
+    torch.manual_seed(cfg.seed)
     runner = GatedRunner(runner_cfg, override_model=model, override_dataset=dataset)
     output = Path(cfg.output_path)
     output.mkdir(parents=True, exist_ok=True)
