@@ -320,3 +320,46 @@ def test_sigint_saves_a_checkpoint_that_resumes(
     assert len(steps.loss) == (cfg.training_tokens - stopped_at) // BATCH
     assert (result.output_path / "cfg.json").is_file()
     assert (result.output_path / "sae_weights.safetensors").is_file()
+
+
+def test_second_sigint_stops_at_once_without_saving(
+    smollm2: Any, steps: StepLog, tmp_path: Path
+) -> None:
+    cfg = run_config(tmp_path / "sae", steps=24, n_checkpoints=1)
+    scheduled = cfg.checkpoint_path / str(13 * BATCH)
+
+    def interrupt_twice(trainer: GuardedTrainer) -> None:
+        if trainer.n_training_steps == 16:
+            os.kill(os.getpid(), signal.SIGINT)  # asks for a stop at the step boundary
+            os.kill(os.getpid(), signal.SIGINT)  # stops here, inside the step
+
+    steps.after_step = interrupt_twice
+    with pytest.raises(TrainingInterruptedError, match="without saving") as raised:
+        training.train(cfg, model=smollm2)
+    assert str(scheduled) in str(raised.value)
+    assert checkpoint_folders(cfg) == [scheduled.name]
+    assert_complete_checkpoint(scheduled)
+
+
+def test_failed_checkpoint_save_leaves_no_partial_folder(
+    smollm2: Any, steps: StepLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sae_gated_plugin.trainer import GatedRunner
+
+    cfg = run_config(tmp_path / "sae", steps=16, n_checkpoints=1)
+    original = GatedRunner.save_checkpoint
+
+    def disk_full_on_second_save(self: GatedRunner, checkpoint_path: Path | None) -> None:
+        if steps.trainer.n_training_steps > 12:  # the scheduled one (step 9) succeeds
+            raise OSError(28, "No space left on device")
+        original(self, checkpoint_path)
+
+    monkeypatch.setattr(GatedRunner, "save_checkpoint", disk_full_on_second_save)
+    steps.after_step = lambda trainer: setattr(
+        trainer, "stop_requested", trainer.n_training_steps == 13
+    )
+    with pytest.raises(OSError, match="No space left"):
+        training.train(cfg, model=smollm2)
+    # SAE weights of the failed save were already written to the staging folder: all gone.
+    assert checkpoint_folders(cfg) == [str(9 * BATCH)]
+    assert_complete_checkpoint(cfg.checkpoint_path / str(9 * BATCH))

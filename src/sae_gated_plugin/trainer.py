@@ -9,6 +9,8 @@ of copying ``run``.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +36,31 @@ class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]
     progress bar showing tokens/s, loss and L0."""
 
     stop_requested: bool = False
+    _pbar: tqdm | None = None
+
+    def save_checkpoint(
+        self,
+        checkpoint_name: str,
+        base_path: Path | str | None = None,
+        wandb_aliases: list[str] | None = None,
+    ) -> None:
+        """SAELens's checkpoint, written to a staging folder and renamed into place, so an
+        interrupted save never leaves a half-written ``checkpoints/<tokens>`` behind."""
+        base = base_path if base_path is not None else self.cfg.checkpoint_path
+        if base is None:
+            super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
+            return
+        staging_name = f".{checkpoint_name}.partial"
+        staging, final = Path(base) / staging_name, Path(base) / checkpoint_name
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            super().save_checkpoint(staging_name, base_path, wandb_aliases)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if final.exists():  # the same token count saved twice: keep the newer one
+            shutil.rmtree(final)
+        os.replace(staging, final)
 
     def last_checkpoint(self) -> Path | None:
         """The newest checkpoint folder of this run, if any."""
@@ -46,6 +73,8 @@ class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]
         """One optimiser step; raises ``TrainingDivergedError`` if the loss is not finite."""
         output = super().step(batch)
         if not torch.isfinite(output.loss.detach()).item():
+            if self._pbar is not None:
+                self._pbar.close()
             last = self.last_checkpoint()
             where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in output.losses.items())
@@ -60,6 +89,7 @@ class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]
         self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100
     ) -> None:
         if pbar.unit != "tok":
+            self._pbar = pbar
             # In a log file (no terminal) every refresh is a new line: refresh rarely there.
             interactive = getattr(pbar.fp, "isatty", lambda: False)()
             pbar.unit, pbar.unit_scale = "tok", True
@@ -116,7 +146,18 @@ class GatedRunner(LanguageModelSAETrainingRunner):
         try:
             with _stop_at_step_boundary(trainer):
                 return trainer.fit()
-        except (KeyboardInterrupt, InterruptedException):
+        except KeyboardInterrupt:
+            # A second Ctrl-C lands anywhere, possibly inside the optimiser step: the state
+            # may be inconsistent, so nothing is saved and the last good checkpoint stands.
+            if trainer._pbar is not None:
+                trainer._pbar.close()
+            last = trainer.last_checkpoint()
+            where = f"the last checkpoint is {last}" if last else "no checkpoint was saved"
+            raise TrainingInterruptedError(
+                f"training stopped at once after {trainer.n_training_samples} tokens, without "
+                f"saving: {where}"
+            ) from None
+        except InterruptedException:
             if self.cfg.checkpoint_path is None:
                 raise TrainingInterruptedError(
                     "training interrupted; no checkpoint_path is set, so nothing was saved"
