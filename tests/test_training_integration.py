@@ -363,3 +363,27 @@ def test_failed_checkpoint_save_leaves_no_partial_folder(
     # SAE weights of the failed save were already written to the staging folder: all gone.
     assert checkpoint_folders(cfg) == [str(9 * BATCH)]
     assert_complete_checkpoint(cfg.checkpoint_path / str(9 * BATCH))
+
+
+def test_failed_final_save_leaves_no_partial_sae(
+    smollm2: Any, steps: StepLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sae_lens.llm_sae_training_runner as saelens_runner
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    # The weights and cfg.json are written first; the sparsity file after them fails.
+    save_file = saelens_runner.save_file
+    monkeypatch.setattr(saelens_runner, "save_file", disk_full)
+    cfg = run_config(tmp_path / "sae", steps=8)
+    with pytest.raises(OSError, match="No space left"):
+        training.train(cfg, model=smollm2)
+    output = tmp_path / "sae"
+    assert not (output / "cfg.json").exists()
+    assert not (output / "sae_weights.safetensors").exists()
+    assert not any(p.name.endswith(".partial") for p in output.iterdir())
+
+    monkeypatch.setattr(saelens_runner, "save_file", save_file)
+    result = training.train(cfg, model=smollm2)  # the same output_path is not refused
+    assert (result.output_path / "cfg.json").is_file()

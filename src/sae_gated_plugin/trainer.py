@@ -133,6 +133,25 @@ def _stop_at_step_boundary(trainer: GuardedTrainer) -> Iterator[None]:
 class GatedRunner(LanguageModelSAETrainingRunner):
     """SAELens's runner, with ``GuardedTrainer`` and full checkpoints on interruption."""
 
+    def save_final_sae(
+        self,
+        sae: Any,
+        output_path: str,
+        log_feature_sparsity: torch.Tensor | None = None,
+    ) -> None:
+        """SAELens's final save, staged beside the output and moved in with ``cfg.json`` last:
+        a failed save leaves no half-written SAE that a later load would trust."""
+        output = Path(output_path)
+        staging = output / ".final.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            super().save_final_sae(sae, str(staging), log_feature_sparsity)
+            files = sorted(staging.iterdir(), key=lambda f: f.name == "cfg.json")
+            for file in files:
+                os.replace(file, output / file.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:  # type: ignore[override]
         # SAELens's own handler saves only the activation store's state on interruption, not
         # the SAE or the optimiser; here the trainer saves a complete, resumable checkpoint.
