@@ -481,6 +481,20 @@ def test_invalid_folder_pushes_nothing(hub: LocalHub, sae_folder: Path, tmp_path
     assert not hub.repo_exists(repo_id)
 
 
+@pytest.mark.parametrize("repo_id", ["bad repo id!!", "a/b/c", "trailing-dash-"])
+def test_invalid_repo_id_is_refused_before_any_request(
+    hub: LocalHub, sae_folder: Path, repo_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n_requests = len(hub.requests)
+    with pytest.raises(GatedPluginError, match="is not a valid Hub repo id"):
+        _push(sae_folder, repo_id, hub)
+    with pytest.raises(GatedPluginError, match="is not a valid Hub repo id"):
+        load_sae(repo_id, "blocks.0.hook_resid_post", endpoint=hub.endpoint, token=TOKEN)
+    assert cli.main(["push", str(sae_folder), repo_id]) == 2
+    assert repr(repo_id) in capsys.readouterr().err
+    assert len(hub.requests) == n_requests
+
+
 def test_corrupted_downloads_are_named(
     hub: LocalHub, sae_folder: Path, tmp_path: Path, default_endpoint: None
 ) -> None:

@@ -277,6 +277,18 @@ def _collect_files(
     return files, entry, removed
 
 
+def _check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if the Hub accepts it as ``name`` or ``namespace/name``, else a clear error."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise GatedPluginError(f"repo_id {repo_id!r} is not a valid Hub repo id: {exc}") from None
+    return repo_id
+
+
 def _check_sae_id(sae_id: str) -> str:
     sae_id = sae_id.strip().strip("/")
     parts = sae_id.split("/")
@@ -370,6 +382,7 @@ def push_sae(
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
+    repo_id = _check_repo_id(repo_id)
     folder = Path(sae_path)
     cfg = validate_sae_folder(folder)
     if cfg["architecture"] not in GATED_ARCHITECTURES:
@@ -504,6 +517,7 @@ def load_sae(
 
     import sae_gated_plugin  # noqa: F401  (registers gated_paper)
 
+    repo_id = _check_repo_id(repo_id)
     sae_id = sae_id.strip("/")
     api = HfApi(endpoint=endpoint, token=token)
     secret = _secret_token(token)
