@@ -352,6 +352,20 @@ def test_eval_rejects_non_positive_counts(
     assert tree(tmp_path) == before
 
 
+def test_eval_with_unknown_model_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = saved_tiny_sae(tmp_path / "sae")
+    before = tree(tmp_path)
+    err = run_invalid(
+        ["eval", str(folder), "--model", "no-such-model-xyz", "--dataset", "wiki-summaries"],
+        capsys,
+    )
+    assert "model 'no-such-model-xyz' could not be loaded" in err
+    assert "Valid official model names" not in err  # TransformerLens's list of every model
+    assert tree(tmp_path) == before
+
+
 # --------------------------------------------------------------------------- schema and --set
 
 

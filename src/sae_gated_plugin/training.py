@@ -55,12 +55,20 @@ def load_language_model(name: str, device: str) -> HookedTransformer:
         return embedded.load_smollm2(device=device)
     from sae_lens.load_model import load_model
 
-    return load_model(  # type: ignore[return-value]
-        "HookedTransformer",
-        name,
-        device=device,
-        model_from_pretrained_kwargs=dict(HUB_MODEL_KWARGS),
-    )
+    try:
+        return load_model(  # type: ignore[return-value]
+            "HookedTransformer",
+            name,
+            device=device,
+            model_from_pretrained_kwargs=dict(HUB_MODEL_KWARGS),
+        )
+    except (ValueError, OSError) as exc:  # unknown name, no network, missing files
+        # TransformerLens's unknown-name message lists every model it knows: keep the start.
+        reason = str(exc).split(". Valid official model names")[0][:300]
+        raise GatedPluginError(
+            f"model {name!r} could not be loaded ({type(exc).__name__}: {reason}). Use "
+            "'smollm2-135m' (embedded, offline) or a TransformerLens model name, online."
+        ) from exc
 
 
 def load_text_dataset(name: str, split: str) -> datasets.Dataset | None:
