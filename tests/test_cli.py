@@ -283,6 +283,26 @@ def test_errors_found_with_the_model_exit_2_before_writing(
     assert tree(tmp_path) == before
 
 
+def test_unreachable_hub_dataset_exits_2_before_writing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tiny_model: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datasets
+    import huggingface_hub
+
+    # As HF_HUB_OFFLINE=1 does: fail at once, network or not.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    settings = {"hook_name": "blocks.0.hook_resid_post", "dataset": "nobody/no-such-dataset"}
+    config = write_config(tmp_path, {**base_config(tmp_path / "out"), **settings})
+    before = tree(tmp_path)
+    err = run_invalid(["train", str(config)], capsys)
+    assert "dataset 'nobody/no-such-dataset' could not be loaded" in err
+    assert tree(tmp_path) == before
+
+
 def test_missing_model_package_names_the_install_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

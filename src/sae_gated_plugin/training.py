@@ -236,7 +236,15 @@ def train(
     # SAELens's runner config carries the seed but never applies it: seed the SAE's
     # initialisation and the activation buffer's shuffling here, so runs are repeatable.
     torch.manual_seed(cfg.seed)
-    runner = GatedRunner(runner_cfg, override_model=model, override_dataset=dataset)
+    try:
+        runner = GatedRunner(runner_cfg, override_model=model, override_dataset=dataset)
+    except OSError as exc:  # datasets: not found, offline, unreachable (all OSErrors)
+        if dataset is not None:
+            raise
+        raise GatedPluginError(
+            f"dataset {cfg.dataset!r} could not be loaded ({type(exc).__name__}: {exc}). Use "
+            "'wiki-summaries' (embedded, offline) or a Hugging Face dataset, online."
+        ) from exc
     output = Path(cfg.output_path)
     output.mkdir(parents=True, exist_ok=True)
     (output / TRAIN_CONFIG_FILENAME).write_text(
