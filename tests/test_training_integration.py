@@ -45,12 +45,6 @@ HOOK = "blocks.2.hook_resid_post"
 BATCH = 128
 
 
-@pytest.fixture(scope="session")
-def smollm2() -> Any:
-    """The embedded SmolLM2-135M, loaded once for every run in the session."""
-    return embedded.load_smollm2()
-
-
 def run_config(output: Path, steps: int, **overrides: Any) -> TrainRunConfig:
     """A small but real run: ``steps`` optimiser steps of 128 tokens at blocks.2."""
     settings: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""The ``sae-gated`` command: train, eval, push, schema, demo.
+"""The ``sae-gated`` command: train, cache, eval, push, schema, demo.
 
 Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
 message naming what is wrong, 1 when training diverges, 130 when interrupted.
@@ -45,6 +45,19 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a config field, dotted for sections (e.g. sae.l1_coefficient=5)",
     )
     train.add_argument("--resume", type=Path, help="checkpoint folder to continue from")
+
+    cache = verbs.add_parser(
+        "cache", help="cache a run's activations on disk, to train a sweep from them"
+    )
+    cache.add_argument("config", type=Path, help="the run config that will train from the cache")
+    cache.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, as for train",
+    )
 
     evaluate = verbs.add_parser("eval", help="evaluate any SAELens SAE on held-out text")
     evaluate.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
@@ -94,6 +107,13 @@ def _run(args: argparse.Namespace) -> int:
         if result.report is not None:
             print(result.report.to_table())
         print(f"Saved the SAE to {result.output_path}")
+        return EXIT_OK
+    if args.verb == "cache":
+        from sae_gated_plugin.caching import cache_activations
+        from sae_gated_plugin.run_config import load_config
+
+        path = cache_activations(load_config(args.config, args.overrides))
+        print(f"Cached activations in {path}")
         return EXIT_OK
     if args.verb == "eval":
         from sae_gated_plugin.evaluate_cli import evaluate_saved_sae

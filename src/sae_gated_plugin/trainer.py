@@ -133,6 +133,15 @@ def _stop_at_step_boundary(trainer: GuardedTrainer) -> Iterator[None]:
 class GatedRunner(LanguageModelSAETrainingRunner):
     """SAELens's runner, with ``GuardedTrainer`` and full checkpoints on interruption."""
 
+    metadata_overrides: dict[str, Any] = {}  # noqa: RUF012  (replaced, never mutated)
+    """SAE metadata fields to set after SAELens's own (the run's real window, where SAELens
+    was handed a cut one for cached activations)."""
+
+    def _set_sae_metadata(self) -> None:
+        super()._set_sae_metadata()
+        for name, value in self.metadata_overrides.items():
+            setattr(self.sae.cfg.metadata, name, value)
+
     def save_final_sae(
         self,
         sae: Any,

@@ -165,6 +165,14 @@ def build_runner_config(
         "verbose": False,
         **cfg.saelens,
     }
+    if uses_cached_activations(cfg):
+        # SAELens caches activations already cut to seqpos_slice but checks the cache against
+        # the uncut context_size (sae-lens 6.x): give its runner the cut window. The SAE's
+        # metadata gets the real window back (GatedRunner.metadata_overrides).
+        from sae_gated_plugin.caching import sliced_length
+
+        settings["context_size"] = sliced_length(cfg.context_size, cfg.training_positions)
+        settings["seqpos_slice"] = (None,)
     if cfg.n_batches_in_buffer * cfg.context_size < cfg.train_batch_size_tokens:
         raise GatedPluginError(
             f"n_batches_in_buffer * context_size ({cfg.n_batches_in_buffer * cfg.context_size}) "
@@ -177,6 +185,11 @@ def build_runner_config(
     # SAELens appends a random id to checkpoint_path; keep the documented location instead.
     runner_cfg.checkpoint_path = str(cfg.checkpoint_path)
     return runner_cfg
+
+
+def uses_cached_activations(cfg: TrainRunConfig) -> bool:
+    """Whether the run trains from activations cached by ``sae-gated cache``."""
+    return bool(cfg.saelens.get("use_cached_activations"))
 
 
 def check_output_folder(cfg: TrainRunConfig, resume_from: Path | None) -> None:
@@ -231,7 +244,12 @@ def train(
     dataset = load_text_dataset(cfg.dataset, "train")
     if model is None:
         model = load_language_model(cfg.model_name, device)
-    runner_cfg = build_runner_config(cfg, activation_width(model, cfg.hook_name), resume_from)
+    d_in = activation_width(model, cfg.hook_name)
+    if uses_cached_activations(cfg):
+        from sae_gated_plugin.caching import check_cache_matches
+
+        check_cache_matches(cfg, d_in)
+    runner_cfg = build_runner_config(cfg, d_in, resume_from)
 
     # SAELens's runner config carries the seed but never applies it: seed the SAE's
     # initialisation and the activation buffer's shuffling here, so runs are repeatable.
@@ -245,6 +263,10 @@ def train(
             f"dataset {cfg.dataset!r} could not be loaded ({type(exc).__name__}: {exc}). Use "
             "'wiki-summaries' (embedded, offline) or a Hugging Face dataset, online."
         ) from exc
+    runner.metadata_overrides = {
+        "context_size": cfg.context_size,
+        "seqpos_slice": cfg.training_positions,
+    }
     output = Path(cfg.output_path)
     output.mkdir(parents=True, exist_ok=True)
     (output / TRAIN_CONFIG_FILENAME).write_text(

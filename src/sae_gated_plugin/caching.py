@@ -1,0 +1,158 @@
+"""Cache a run's activations on disk with SAELens's ``CacheActivationsRunner``.
+
+A sweep over ``l1_coefficient`` then trains from the cache (``saelens:
+{use_cached_activations: true, cached_activations_path: ...}``) instead of re-running the
+language model for every SAE. The cache is made from the same run config as training, so model,
+hook, corpus, window and training positions agree by construction.
+
+SAELens's cache runner loads its model by name; for the embedded SmolLM2 (which no
+TransformerLens name reaches) the already loaded model is handed in instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+from unittest import mock
+
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.run_config import TrainRunConfig
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+MAX_BUFFER_GB = 2.0
+"""SAELens's shard size limit (its datasets writer has trouble with larger shards)."""
+
+
+def sliced_length(context_size: int, positions: tuple[int | None, ...]) -> int:
+    """How many positions of a ``context_size`` window the slice ``positions`` keeps."""
+    return len(range(context_size)[slice(*positions)])
+
+
+def cached_activations_path(cfg: TrainRunConfig) -> Path:
+    """The cache folder the run config names in ``saelens.cached_activations_path``."""
+    path = cfg.saelens.get("cached_activations_path")
+    if not path:
+        raise GatedPluginError(
+            "saelens.cached_activations_path is not set: name the folder to cache "
+            "activations in (and to train from, with saelens.use_cached_activations: true)"
+        )
+    return Path(path)
+
+
+def check_cache_matches(cfg: TrainRunConfig, d_in: int) -> None:
+    """Before training from a cache: it exists and holds this run's hook, window and width."""
+    import datasets
+
+    path = cached_activations_path(cfg)
+    if not (path / "dataset_info.json").is_file():
+        raise GatedPluginError(
+            f"saelens.cached_activations_path {path} holds no cached activations; make them "
+            "with `sae-gated cache CONFIG` (the same config)"
+        )
+    features = datasets.load_from_disk(str(path)).features
+    expected = (sliced_length(cfg.context_size, cfg.training_positions), d_in)
+    if cfg.hook_name not in features:
+        raise GatedPluginError(
+            f"cached activations in {path} are of {sorted(features)}, not {cfg.hook_name!r}"
+        )
+    shape = tuple(features[cfg.hook_name].shape)
+    if shape != expected:
+        raise GatedPluginError(
+            f"cached activations in {path} have shape {shape} per window, this run needs "
+            f"{expected} (context_size {cfg.context_size}, positions "
+            f"{list(cfg.training_positions)}, d_in {d_in}): re-cache with this config"
+        )
+
+
+def _buffer_size_gb(cfg: TrainRunConfig, d_in: int, tokens_per_batch: int) -> float:
+    """One shard for a small run (SAELens's default of 2 GB would cache far more tokens
+    than asked for), SAELens's 2 GB shards for a large one."""
+    import torch
+
+    bytes_per_token = d_in * getattr(torch, cfg.dtype).itemsize
+    batches = math.ceil(cfg.training_tokens / tokens_per_batch)
+    wanted = batches * tokens_per_batch * bytes_per_token + bytes_per_token // 2
+    return min(MAX_BUFFER_GB, wanted / 1e9)
+
+
+def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = None) -> Path:
+    """Cache ``cfg.training_tokens`` activations of the run's hook and positions.
+
+    Written to a staging folder and renamed into ``saelens.cached_activations_path`` when
+    complete, so an interrupted run leaves no half-written cache. Returns the cache folder.
+
+    Args:
+        cfg: the run config that will train from the cache.
+        model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
+    """
+    import sae_lens.cache_activations_runner as cache_runner
+    from sae_lens.config import CacheActivationsRunnerConfig
+
+    from sae_gated_plugin import embedded
+    from sae_gated_plugin.training import (
+        HUB_MODEL_KWARGS,
+        activation_width,
+        load_language_model,
+        load_text_dataset,
+        resolve_device,
+    )
+
+    path = cached_activations_path(cfg)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise GatedPluginError(f"{path} already exists and is not empty; nothing was overwritten")
+    device = resolve_device(cfg.device)
+    dataset = load_text_dataset(cfg.dataset, "train")
+    if model is None:
+        model = load_language_model(cfg.model_name, device)
+    d_in = activation_width(model, cfg.hook_name)
+    positions = cfg.training_positions
+    tokens_per_batch = cfg.store_batch_size_prompts * sliced_length(cfg.context_size, positions)
+    staging = path.with_name(path.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        cache_cfg = CacheActivationsRunnerConfig(
+            dataset_path=cfg.dataset,
+            model_name=cfg.model_name,
+            model_batch_size=cfg.store_batch_size_prompts,
+            hook_name=cfg.hook_name,
+            d_in=d_in,
+            training_tokens=cfg.training_tokens,
+            context_size=cfg.context_size,
+            new_cached_activations_path=str(staging),
+            shuffle=True,
+            seed=cfg.seed,
+            dtype=cfg.dtype,
+            device=device,
+            buffer_size_gb=_buffer_size_gb(cfg, d_in, tokens_per_batch),
+            prepend_bos=cfg.prepend_bos,
+            seqpos_slice=positions,
+            streaming=cfg.streaming,
+            model_from_pretrained_kwargs=(
+                {} if embedded.is_embedded_model(cfg.model_name) else dict(HUB_MODEL_KWARGS)
+            ),
+        )
+    except (TypeError, ValueError) as exc:
+        raise GatedPluginError(f"SAELens rejected the cache config: {exc}") from None
+    try:
+        # The runner takes no model argument: give it the loaded one where it would load.
+        with mock.patch.object(cache_runner, "load_model", lambda **_: model):
+            try:
+                runner = cache_runner.CacheActivationsRunner(cache_cfg, override_dataset=dataset)
+            except OSError as exc:  # datasets: not found, offline, unreachable
+                if dataset is not None:
+                    raise
+                raise GatedPluginError(
+                    f"dataset {cfg.dataset!r} could not be loaded ({type(exc).__name__}: {exc})"
+                ) from exc
+        runner.run()
+        if path.exists():
+            path.rmdir()  # empty (checked above): rename onto it
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
