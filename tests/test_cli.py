@@ -514,3 +514,16 @@ def test_eval_rewrites_the_report(
         assert isinstance(report[key], float), key
     assert 0 < report["l0"] < 576
     assert report["explained_variance"] <= 1
+
+
+# --------------------------------------------------------------------------- examples
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(example: Path) -> None:
+    cfg = load_config(example, [])
+    assert not Path(cfg.output_path).is_absolute()  # relative to where the user runs it
+    if cfg.saelens.get("use_cached_activations"):
+        assert cfg.saelens.get("cached_activations_path")
