@@ -10,6 +10,7 @@ which the real runner calls once per optimiser step.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -24,7 +25,11 @@ import torch
 from safetensors.torch import load_file
 
 from sae_gated_plugin import embedded, training
-from sae_gated_plugin.errors import TrainingDivergedError, TrainingInterruptedError
+from sae_gated_plugin.errors import (
+    GatedPluginError,
+    TrainingDivergedError,
+    TrainingInterruptedError,
+)
 from sae_gated_plugin.evals import eval_tokens_from_dataset, special_token_ids
 from sae_gated_plugin.run_config import TrainRunConfig, parse_config
 from sae_gated_plugin.sae import GatedPaperTrainingSAE
@@ -381,3 +386,26 @@ def test_failed_final_save_leaves_no_partial_sae(
     monkeypatch.setattr(saelens_runner, "save_file", save_file)
     result = training.train(cfg, model=smollm2)  # the same output_path is not refused
     assert (result.output_path / "cfg.json").is_file()
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_sae_config_trains_a_baseline_through_the_same_pipeline(
+    smollm2: Any, steps: StepLog, tmp_path: Path
+) -> None:
+    from sae_lens import StandardTrainingSAEConfig
+
+    cfg = run_config(tmp_path / "standard", steps=16)
+    wrong_width = StandardTrainingSAEConfig(d_in=100, d_sae=256)
+    with pytest.raises(GatedPluginError, match="d_in is 100"):
+        training.train(cfg, model=smollm2, sae_config=wrong_width)
+    assert not (tmp_path / "standard").exists()
+
+    baseline = StandardTrainingSAEConfig(d_in=576, d_sae=256, l1_coefficient=1.0)
+    result = training.train(cfg, model=smollm2, sae_config=baseline)
+    assert len(steps.loss) == 16
+    assert type(steps.trainer.sae).__name__ == "StandardTrainingSAE"
+    saved = json.loads((result.output_path / "cfg.json").read_text())
+    assert saved["architecture"] == "standard"
+    assert saved["metadata"]["seqpos_slice"] == [3, None]

@@ -20,7 +20,7 @@ from sae_gated_plugin.run_config import TrainRunConfig
 
 if TYPE_CHECKING:
     import datasets
-    from sae_lens import SAE, TrainingSAE
+    from sae_lens import SAE, TrainingSAE, TrainingSAEConfig
     from sae_lens.config import LanguageModelSAERunnerConfig
     from transformer_lens import HookedTransformer
 
@@ -226,6 +226,7 @@ def train(
     cfg: TrainRunConfig,
     resume_from: Path | None = None,
     model: HookedTransformer | None = None,
+    sae_config: TrainingSAEConfig | None = None,
 ) -> TrainResult:
     """Train a ``gated_paper`` SAE with SAELens's runner, then evaluate it on held-out text.
 
@@ -233,6 +234,9 @@ def train(
         cfg: the validated run config.
         resume_from: a checkpoint folder of an earlier run of the same config to continue.
         model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
+        sae_config: a SAELens training-SAE config to train instead of the one ``cfg.sae``
+            describes, with the same data, optimiser and evaluation (for baselines such as
+            SAELens's ``standard``); its ``d_in`` must be the hook's width.
     """
     import torch
 
@@ -250,6 +254,12 @@ def train(
 
         check_cache_matches(cfg, d_in)
     runner_cfg = build_runner_config(cfg, d_in, resume_from)
+    if sae_config is not None:
+        if sae_config.d_in != d_in:
+            raise GatedPluginError(
+                f"sae_config.d_in is {sae_config.d_in}, but {cfg.hook_name} is {d_in} wide"
+            )
+        runner_cfg.sae = sae_config
 
     # SAELens's runner config carries the seed but never applies it: seed the SAE's
     # initialisation and the activation buffer's shuffling here, so runs are repeatable.
