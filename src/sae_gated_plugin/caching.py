@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 from unittest import mock
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.run_config import TrainRunConfig
+from sae_gated_plugin.staging import staging_folder
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -93,12 +93,12 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
     import sae_lens.cache_activations_runner as cache_runner
     from sae_lens.config import CacheActivationsRunnerConfig
 
-    from sae_gated_plugin import embedded
     from sae_gated_plugin.training import (
-        HUB_MODEL_KWARGS,
         activation_width,
+        dataset_load_errors,
         load_language_model,
         load_text_dataset,
+        model_from_pretrained_kwargs,
         resolve_device,
     )
 
@@ -113,7 +113,6 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
     positions = cfg.training_positions
     tokens_per_batch = cfg.store_batch_size_prompts * sliced_length(cfg.context_size, positions)
     staging = path.with_name(path.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
         cache_cfg = CacheActivationsRunnerConfig(
             dataset_path=cfg.dataset,
@@ -132,27 +131,19 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
             prepend_bos=cfg.prepend_bos,
             seqpos_slice=positions,
             streaming=cfg.streaming,
-            model_from_pretrained_kwargs=(
-                {} if embedded.is_embedded_model(cfg.model_name) else dict(HUB_MODEL_KWARGS)
-            ),
+            model_from_pretrained_kwargs=model_from_pretrained_kwargs(cfg.model_name),
         )
     except (TypeError, ValueError) as exc:
         raise GatedPluginError(f"SAELens rejected the cache config: {exc}") from None
-    try:
+    with staging_folder(staging):
         # The runner takes no model argument: give it the loaded one where it would load.
-        with mock.patch.object(cache_runner, "load_model", lambda **_: model):
-            try:
-                runner = cache_runner.CacheActivationsRunner(cache_cfg, override_dataset=dataset)
-            except OSError as exc:  # datasets: not found, offline, unreachable
-                if dataset is not None:
-                    raise
-                raise GatedPluginError(
-                    f"dataset {cfg.dataset!r} could not be loaded ({type(exc).__name__}: {exc})"
-                ) from exc
+        with (
+            mock.patch.object(cache_runner, "load_model", lambda **_: model),
+            dataset_load_errors(cfg.dataset, dataset),
+        ):
+            runner = cache_runner.CacheActivationsRunner(cache_cfg, override_dataset=dataset)
         runner.run()
         if path.exists():
             path.rmdir()  # empty (checked above): rename onto it
         os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path

@@ -27,6 +27,19 @@ class _Parser(argparse.ArgumentParser):
         raise GatedPluginError(message)
 
 
+def _add_run_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """The run config argument and its ``--set`` overrides, shared by train and cache."""
+    parser.add_argument("config", type=Path, help=config_help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, dotted for sections (e.g. sae.l1_coefficient=5)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sae-gated",
@@ -35,29 +48,13 @@ def _build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     train = verbs.add_parser("train", help="train a gated_paper SAE from a YAML/JSON config")
-    train.add_argument("config", type=Path, help="YAML or JSON run config (see `schema`)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, dotted for sections (e.g. sae.l1_coefficient=5)",
-    )
+    _add_run_config_arguments(train, "YAML or JSON run config (see `schema`)")
     train.add_argument("--resume", type=Path, help="checkpoint folder to continue from")
 
     cache = verbs.add_parser(
         "cache", help="cache a run's activations on disk, to train a sweep from them"
     )
-    cache.add_argument("config", type=Path, help="the run config that will train from the cache")
-    cache.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, as for train",
-    )
+    _add_run_config_arguments(cache, "the run config that will train from the cache")
 
     evaluate = verbs.add_parser("eval", help="evaluate any SAELens SAE on held-out text")
     evaluate.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")

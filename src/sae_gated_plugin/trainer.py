@@ -26,6 +26,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from sae_gated_plugin.errors import TrainingDivergedError, TrainingInterruptedError
+from sae_gated_plugin.staging import staging_folder
 
 PROGRESS_POSTFIX_EVERY = 10
 """Steps between progress-bar postfix refreshes (each costs a device sync)."""
@@ -51,16 +52,12 @@ class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]
             super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
             return
         staging_name = f".{checkpoint_name}.partial"
-        staging, final = Path(base) / staging_name, Path(base) / checkpoint_name
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        final = Path(base) / checkpoint_name
+        with staging_folder(Path(base) / staging_name) as staging:
             super().save_checkpoint(staging_name, base_path, wandb_aliases)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if final.exists():  # the same token count saved twice: keep the newer one
-            shutil.rmtree(final)
-        os.replace(staging, final)
+            if final.exists():  # the same token count saved twice: keep the newer one
+                shutil.rmtree(final)
+            os.replace(staging, final)
 
     def last_checkpoint(self) -> Path | None:
         """The newest checkpoint folder of this run, if any."""
@@ -151,15 +148,11 @@ class GatedRunner(LanguageModelSAETrainingRunner):
         """SAELens's final save, staged beside the output and moved in with ``cfg.json`` last:
         a failed save leaves no half-written SAE that a later load would trust."""
         output = Path(output_path)
-        staging = output / ".final.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with staging_folder(output / ".final.partial") as staging:
             super().save_final_sae(sae, str(staging), log_feature_sparsity)
             files = sorted(staging.iterdir(), key=lambda f: f.name == "cfg.json")
             for file in files:
                 os.replace(file, output / file.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:  # type: ignore[override]
         # SAELens's own handler saves only the activation store's state on interruption, not

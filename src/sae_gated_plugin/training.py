@@ -8,6 +8,8 @@ embedded model and corpus when they are asked for, and evaluates the result.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,28 @@ CHECKPOINT_FILES = (
 
 HUB_MODEL_KWARGS = {"center_writing_weights": False}
 """How SAELens's runner loads a TransformerLens model by name (its default)."""
+
+
+def model_from_pretrained_kwargs(model_name: str) -> dict[str, Any]:
+    """The ``model_from_pretrained_kwargs`` to record for ``model_name`` in SAELens configs:
+    none for the embedded model (built unprocessed, not by ``from_pretrained``)."""
+    return {} if embedded.is_embedded_model(model_name) else dict(HUB_MODEL_KWARGS)
+
+
+@contextmanager
+def dataset_load_errors(dataset_name: str, embedded_dataset: Any) -> Iterator[None]:
+    """Turn SAELens failing to load a Hub dataset (not found, offline, unreachable: all
+    OSErrors from ``datasets``) into an error naming it; ``embedded_dataset`` is what
+    ``load_text_dataset`` returned (an embedded corpus is never loaded by SAELens)."""
+    try:
+        yield
+    except OSError as exc:
+        if embedded_dataset is not None:
+            raise
+        raise GatedPluginError(
+            f"dataset {dataset_name!r} could not be loaded ({type(exc).__name__}: {exc}). Use "
+            "'wiki-summaries' (embedded, offline) or a Hugging Face dataset, online."
+        ) from exc
 
 
 def resolve_device(device: str) -> str:
@@ -157,10 +181,7 @@ def build_runner_config(
         "feature_sampling_window": cfg.feature_sampling_window,
         "n_batches_for_norm_estimate": cfg.n_batches_for_norm_estimate,
         "resume_from_checkpoint": str(resume_from) if resume_from else None,
-        # The embedded model is built unprocessed, not by from_pretrained(**kwargs).
-        "model_from_pretrained_kwargs": (
-            {} if embedded.is_embedded_model(cfg.model_name) else dict(HUB_MODEL_KWARGS)
-        ),
+        "model_from_pretrained_kwargs": model_from_pretrained_kwargs(cfg.model_name),
         "logger": logger,
         "verbose": False,
         **cfg.saelens,
@@ -264,15 +285,8 @@ def train(
     # SAELens's runner config carries the seed but never applies it: seed the SAE's
     # initialisation and the activation buffer's shuffling here, so runs are repeatable.
     torch.manual_seed(cfg.seed)
-    try:
+    with dataset_load_errors(cfg.dataset, dataset):
         runner = GatedRunner(runner_cfg, override_model=model, override_dataset=dataset)
-    except OSError as exc:  # datasets: not found, offline, unreachable (all OSErrors)
-        if dataset is not None:
-            raise
-        raise GatedPluginError(
-            f"dataset {cfg.dataset!r} could not be loaded ({type(exc).__name__}: {exc}). Use "
-            "'wiki-summaries' (embedded, offline) or a Hugging Face dataset, online."
-        ) from exc
     runner.metadata_overrides = {
         "context_size": cfg.context_size,
         "seqpos_slice": cfg.training_positions,
