@@ -29,10 +29,10 @@ from typing import Any
 from sae_lens import StandardTrainingSAEConfig
 
 from sae_gated_plugin import training
-from sae_gated_plugin.caching import cache_activations, check_cache_matches
 from sae_gated_plugin.demo import DEMO_SETTINGS
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run_config import TrainRunConfig, parse_config
+from sae_gated_plugin.run.caching import cache_activations, check_cache_matches
+from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
 
 GATED_L1 = (2.0, 5.0, 12.0)
 STANDARD_L1 = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)

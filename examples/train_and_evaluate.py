@@ -11,8 +11,8 @@ import sys
 
 from sae_lens import SAE
 
-from sae_gated_plugin.run_config import parse_config
-from sae_gated_plugin.training import train
+from sae_gated_plugin.run.run_config import parse_config
+from sae_gated_plugin.run.train import train
 
 
 def main(output_path: str) -> None:

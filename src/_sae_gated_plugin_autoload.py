@@ -6,18 +6,28 @@ later imported, the watcher lets it load completely and then calls every entry p
 ``sae_lens.architectures`` group, so ``import sae_lens`` alone makes ``gated_paper`` (and any
 other plugin's architectures) available. A failing plugin gives a warning, never an error.
 
-Opt out with ``SAE_GATED_PLUGIN_AUTOLOAD=0`` (also ``false``, ``no``, ``off``).
+Opt out with ``SAE_GATED_PLUGIN_AUTOLOAD=0`` (also ``false``, ``no``, ``off``). An explicit
+``import sae_gated_plugin`` still registers, through :func:`call_after_sae_lens_import`.
+
+Start-up cost matters here (this runs in every interpreter of the environment): only modules
+Python has already loaded at start-up are imported (not even ``typing``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 ENV_VAR = "SAE_GATED_PLUGIN_AUTOLOAD"
 ENTRY_POINT_GROUP = "sae_lens.architectures"
 _WATCHED = "sae_lens"
+_callbacks: list[Callable[[], None]] = []
+_load_plugins = False  # set by install(): call the entry points when sae_lens loads
 
 
 def autoload_enabled() -> bool:
@@ -74,7 +84,7 @@ class _SaeLensWatcher:
             else:
                 del loader.exec_module
             original_exec(module)
-            load_entry_points()
+            _after_sae_lens_import()
 
         loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
@@ -83,14 +93,49 @@ class _SaeLensWatcher:
 _watcher = _SaeLensWatcher()
 
 
+def _after_sae_lens_import() -> None:
+    """What waits for sae_lens: the entry points (if autoloading), then the callbacks."""
+    import warnings
+
+    if _load_plugins:
+        load_entry_points()
+    while _callbacks:
+        callback = _callbacks.pop(0)
+        try:
+            callback()
+        except Exception as exc:
+            warnings.warn(
+                f"sae-gated-plugin: registering with SAELens failed: {exc!r}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+def _watch() -> None:
+    if _watcher not in sys.meta_path:
+        sys.meta_path.insert(0, _watcher)
+
+
 def install() -> None:
     """Start watching for ``import sae_lens`` (no-op if opted out or sae_lens is loaded)."""
+    global _load_plugins
     if not autoload_enabled() or _watcher in sys.meta_path:
         return
+    _load_plugins = True
     if _WATCHED in sys.modules:
         load_entry_points()
         return
-    sys.meta_path.insert(0, _watcher)
+    _watch()
+
+
+def call_after_sae_lens_import(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once sae_lens is imported: now if it already is, else right after
+    ``import sae_lens`` completes (whether or not autoloading is enabled)."""
+    if _WATCHED in sys.modules:
+        callback()
+        return
+    _callbacks.append(callback)
+    _watch()
 
 
 def uninstall() -> None:

@@ -1,4 +1,4 @@
-"""The paper's metrics (sae_gated_plugin.evals), checked against hand computations."""
+"""The paper's metrics (sae_gated_plugin.eval.splice), checked against hand computations."""
 
 from __future__ import annotations
 
@@ -18,13 +18,9 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.evals import (
-    EvalReport,
-    MetricAccumulator,
-    eval_tokens_from_dataset,
-    evaluate_sae,
-    write_report,
-)
+from sae_gated_plugin.eval.metrics import EvalReport, MetricAccumulator, write_report
+from sae_gated_plugin.eval.splice import evaluate_sae
+from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
 
@@ -606,7 +602,7 @@ def test_identity_sae_on_smollm2() -> None:
     """The identity SAE at blocks.3 of the embedded SmolLM2, on a few eval-split windows."""
     from sae_gated_plugin.embedded import load_corpus, load_smollm2
     from sae_gated_plugin.errors import MissingOptionalPackageError
-    from sae_gated_plugin.evals import special_token_ids
+    from sae_gated_plugin.eval.splice import special_token_ids
 
     try:
         smollm2 = load_smollm2()

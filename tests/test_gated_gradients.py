@@ -16,7 +16,7 @@ from sae_lens.saes.gated_sae import GatedTrainingSAE, GatedTrainingSAEConfig
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 
 from sae_gated_plugin import GatedPaperTrainingSAE, GatedPaperTrainingSAEConfig
-from sae_gated_plugin.ops import centred_matmul, tangent_gradient
+from sae_gated_plugin.arch.ops import centred_matmul, tangent_gradient
 
 D_IN = 6
 D_SAE = 10

@@ -25,11 +25,12 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from sae_lens import SAE
 from safetensors.torch import load_file, save_file
 
-from sae_gated_plugin import cli, model_card
-from sae_gated_plugin.config import GatedPaperTrainingSAEConfig
+from sae_gated_plugin import cli
+from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
+from sae_gated_plugin.arch.sae import GatedPaperSAE, GatedPaperTrainingSAE
 from sae_gated_plugin.errors import CorruptArtifactError, GatedPluginError
 from sae_gated_plugin.hub import HubPublishError, is_secret_key, load_sae, push_sae
-from sae_gated_plugin.sae import GatedPaperSAE, GatedPaperTrainingSAE
+from sae_gated_plugin.hub import card as model_card
 from sae_gated_plugin.testing import LocalHub
 
 TOKEN = "hf_SECRET_test_token_123"
@@ -215,7 +216,7 @@ def test_from_pretrained_in_fresh_interpreter_with_autoload(
     hub: LocalHub, sae_folder: Path, fixed_input: dict[str, Any], child_loads: dict[str, ChildLoad]
 ) -> None:
     load = child_loads["plugin"]
-    assert load.info["class"] == "sae_gated_plugin.sae.GatedPaperSAE"
+    assert load.info["class"] == "sae_gated_plugin.arch.sae.GatedPaperSAE"
     assert load.info["plugin_imported"]
     original = load_file(sae_folder / WEIGHTS)
     assert hub.files(load.repo_id)[f"{HOOK}/{WEIGHTS}"] == (sae_folder / WEIGHTS).read_bytes()

@@ -27,7 +27,7 @@ from sae_lens.saes.gated_sae import (
 )
 
 import _sae_gated_plugin_autoload as autoload
-import sae_gated_plugin.registry
+import sae_gated_plugin.arch.registry
 from sae_gated_plugin import (
     GatedPaperSAE,
     GatedPaperSAEConfig,
@@ -56,7 +56,7 @@ def test_gated_paper_maps_to_our_classes() -> None:
         GatedPaperTrainingSAE,
         GatedPaperTrainingSAEConfig,
     )
-    assert sae_gated_plugin.registry.is_registered()
+    assert sae_gated_plugin.arch.registry.is_registered()
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_register_adds_both_entries_and_is_idempotent(
 ) -> None:
     inference, training = private_registries
     before = (dict(inference), dict(training))
-    assert not sae_gated_plugin.registry.is_registered()
+    assert not sae_gated_plugin.arch.registry.is_registered()
     register()
     assert inference["gated_paper"] == (GatedPaperSAE, GatedPaperSAEConfig)
     assert training["gated_paper"] == (GatedPaperTrainingSAE, GatedPaperTrainingSAEConfig)
@@ -114,8 +114,8 @@ def test_saelens_itself_refuses_a_second_gated_paper() -> None:
 
 def test_installed_metadata_declares_the_entry_point() -> None:
     found = [ep for ep in importlib.metadata.entry_points(group=GROUP) if ep.name == "gated_paper"]
-    assert [ep.value for ep in found] == ["sae_gated_plugin.registry:register"]
-    assert found[0].load() is register
+    assert [ep.value for ep in found] == ["sae_gated_plugin.arch.registry:register"]
+    assert found[0].load() is sae_gated_plugin.arch.registry.register
 
 
 # --- load_entry_points and the import watcher, in process -----------------------------------------
@@ -364,8 +364,8 @@ def test_dev_venv_import_sae_lens_alone_registers(dev_runs: dict[str, Finished])
     result = dev_runs["default"].result()
     assert result["at_start"] == []  # start-up stays light: no torch, no sae_lens, no plugin
     assert result["watcher_loaded"] is True
-    assert result["inference"] == "sae_gated_plugin.sae.GatedPaperSAE"
-    assert result["training"] == "sae_gated_plugin.sae.GatedPaperTrainingSAE"
+    assert result["inference"] == "sae_gated_plugin.arch.sae.GatedPaperSAE"
+    assert result["training"] == "sae_gated_plugin.arch.sae.GatedPaperTrainingSAE"
     assert result["gated"] == "sae_lens.saes.gated_sae.GatedSAE"
     assert Path(result["plugin_file"]).is_relative_to(REPO_ROOT / "src")
     assert "sae-gated-plugin autoload" not in dev_runs["default"].stderr  # no failed plugin
@@ -376,7 +376,7 @@ def test_dev_venv_opt_out_does_not_register(dev_runs: dict[str, Finished]) -> No
     assert result["at_start"] == []
     assert result["inference"] is None and result["training"] is None
     assert "plugin_file" not in result
-    assert result["after_explicit_import"] == "sae_gated_plugin.sae.GatedPaperSAE"
+    assert result["after_explicit_import"] == "sae_gated_plugin.arch.sae.GatedPaperSAE"
 
 
 def test_importing_the_plugin_before_sae_lens_is_silent(dev_runs: dict[str, Finished]) -> None:
@@ -465,17 +465,17 @@ def test_wheel_contains_plugin_autoload_and_entry_point(wheel_env: WheelEnv) -> 
         declared = wheel.read(entry_points).decode()
     for expected in (
         "sae_gated_plugin/__init__.py",
-        "sae_gated_plugin/sae.py",
-        "sae_gated_plugin/ops.py",
+        "sae_gated_plugin/arch/sae.py",
+        "sae_gated_plugin/arch/ops.py",
         "_sae_gated_plugin_autoload.py",
         "sae_gated_plugin_autoload.pth",
     ):
         assert expected in names, expected
     assert f"[{GROUP}]" in declared
-    assert "gated_paper = sae_gated_plugin.registry:register" in declared
+    assert "gated_paper = sae_gated_plugin.arch.registry:register" in declared
     assert not any(n.startswith(("tests/", "src/")) for n in names)
     pth = wheel_env.site_packages / "sae_gated_plugin_autoload.pth"
-    assert pth.read_text().strip() == "import _sae_gated_plugin_autoload"
+    assert pth.read_text() == (REPO_ROOT / "src" / "sae_gated_plugin_autoload.pth").read_text()
 
 
 @pytest.mark.integration
@@ -483,7 +483,7 @@ def test_installed_wheel_registers_on_import_sae_lens(
     wheel_env: WheelEnv, wheel_runs: dict[str, Finished]
 ) -> None:
     result = wheel_runs["default"].result()
-    assert result["training"] == "sae_gated_plugin.sae.GatedPaperTrainingSAE"
+    assert result["training"] == "sae_gated_plugin.arch.sae.GatedPaperTrainingSAE"
     # the wheel's copy is what ran, not the dev checkout
     assert Path(result["plugin_file"]).is_relative_to(wheel_env.site_packages)
     assert Path(result["autoload_file"]).is_relative_to(wheel_env.site_packages)
@@ -497,3 +497,24 @@ def test_installed_wheel_opt_out_leaves_gated_paper_unknown(
 ) -> None:
     result = wheel_runs["opt_out"].result()
     assert "gated_paper" in result["key_error"]
+
+
+def test_pth_line_is_silent_when_the_autoload_module_is_missing(tmp_path: Path) -> None:
+    """site.py runs the .pth line at every start-up: a missing or broken autoload module must
+    not print 'Error processing line 1 of ...pth' in every Python process."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "x.pth").write_text(
+        (REPO_ROOT / "src" / "sae_gated_plugin_autoload.pth").read_text()
+    )
+    (site_dir / "_sae_gated_plugin_autoload.py").write_text("raise RuntimeError('broken')\n")
+    code = f"import site; site.addsitedir({str(site_dir)!r}); print('ok')"
+    for broken in (True, False):
+        if not broken:
+            (site_dir / "_sae_gated_plugin_autoload.py").unlink()
+        done = subprocess.run(
+            [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0
+        assert done.stdout.strip() == "ok"
+        assert done.stderr == ""

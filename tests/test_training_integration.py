@@ -23,16 +23,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_gated_plugin import embedded, training
+from sae_gated_plugin import embedded
+from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 from sae_gated_plugin.errors import (
     GatedPluginError,
     TrainingDivergedError,
     TrainingInterruptedError,
 )
-from sae_gated_plugin.evals import eval_tokens_from_dataset, special_token_ids
-from sae_gated_plugin.run_config import TrainRunConfig, parse_config
-from sae_gated_plugin.sae import GatedPaperTrainingSAE
-from sae_gated_plugin.trainer import GuardedTrainer
+from sae_gated_plugin.eval.splice import special_token_ids
+from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
+from sae_gated_plugin.run import train as training
+from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
+from sae_gated_plugin.run.runner import GuardedTrainer
 
 pytestmark = [
     pytest.mark.integration,
@@ -337,7 +339,7 @@ def test_second_sigint_stops_at_once_without_saving(
 def test_failed_checkpoint_save_leaves_no_partial_folder(
     smollm2: Any, steps: StepLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sae_gated_plugin.trainer import GatedRunner
+    from sae_gated_plugin.run.runner import GatedRunner
 
     cfg = run_config(tmp_path / "sae", steps=16, n_checkpoints=1)
     original = GatedRunner.save_checkpoint

@@ -92,13 +92,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "schema":
-        from sae_gated_plugin.run_config import json_schema
+        from sae_gated_plugin.run.run_config import json_schema
 
         print(json.dumps(json_schema(), indent=2))
         return EXIT_OK
     if args.verb == "train":
-        from sae_gated_plugin.run_config import load_config
-        from sae_gated_plugin.training import train
+        from sae_gated_plugin.run.run_config import load_config
+        from sae_gated_plugin.run.train import train
 
         result = train(load_config(args.config, args.overrides), resume_from=args.resume)
         if result.report is not None:
@@ -106,14 +106,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Saved the SAE to {result.output_path}")
         return EXIT_OK
     if args.verb == "cache":
-        from sae_gated_plugin.caching import cache_activations
-        from sae_gated_plugin.run_config import load_config
+        from sae_gated_plugin.run.caching import cache_activations
+        from sae_gated_plugin.run.run_config import load_config
 
         path = cache_activations(load_config(args.config, args.overrides))
         print(f"Cached activations in {path}")
         return EXIT_OK
     if args.verb == "eval":
-        from sae_gated_plugin.evaluate_cli import evaluate_saved_sae
+        from sae_gated_plugin.eval.saved import evaluate_saved_sae
 
         report = evaluate_saved_sae(
             args.sae_path,

@@ -7,18 +7,19 @@ reloaded SAE gives identical outputs, and writes ``<output>/report.json``.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run_config import TrainRunConfig, parse_config
+from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder
+from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
 
 REPORT_FILENAME = "report.json"
 SAE_FOLDER = "sae"
+DEMO_MARKER = "sae-gated demo"
+"""``written_by`` in the demo's report: marks the results a later demo may replace."""
 
 DEMO_SETTINGS: dict[str, Any] = {
     "model_name": "smollm2-135m",
@@ -62,12 +63,63 @@ def check_reload_identical(trained: Any, sae_path: Path, hook_name: str, model: 
         )
 
 
-def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
-    """Run the demo into ``output`` (replaced only once the new run has completed)."""
-    from sae_gated_plugin.training import load_language_model, resolve_device, train
+def _check_demo_output(output: Path) -> None:
+    """Refuse an output that is a file, or that holds a ``sae``/``report.json`` which an earlier
+    demo did not write (the demo replaces only its own earlier results)."""
+    if output.exists() and not output.is_dir():
+        raise GatedPluginError(f"--output {output} is a file, not a folder")
+    report = output / REPORT_FILENAME
+    sae = output / SAE_FOLDER
+    if not report.exists() and not sae.exists():
+        return
+    written_by_demo = False
+    if report.is_file():
+        try:
+            written_by_demo = read_json(report).get("written_by") == DEMO_MARKER
+        except GatedPluginError:
+            written_by_demo = False
+    if not written_by_demo:
+        raise GatedPluginError(
+            f"--output {output} already holds {SAE_FOLDER}/ or {REPORT_FILENAME} that the demo "
+            "did not write; choose another --output (nothing was changed)"
+        )
 
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+
+def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
+    """Run the demo into ``output``: writes ``sae/`` and ``report.json`` there, replacing only an
+    earlier demo's results (once the new run has completed); other files are never touched."""
+    from sae_gated_plugin.run.train import train
+    from sae_gated_plugin.sources import load_language_model, resolve_device
+
+    _check_demo_output(output)
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        with staging_folder(output / ".sae-gated-demo.partial") as staging:
+            report, result = _train_into(staging, load_language_model, resolve_device, train)
+            for name in (SAE_FOLDER, REPORT_FILENAME):
+                old = output / name
+                if old.is_dir():
+                    os.replace(old, staging / f"old-{name}")  # removed with the staging folder
+                os.replace(staging / name, old)
+    except BaseException:
+        if created and not any(output.iterdir()):
+            output.rmdir()
+        raise
+    sae_path = output / SAE_FOLDER
+    print(result.report.to_table())
+    print(f"\nReport: {output / REPORT_FILENAME}   SAE: {sae_path}")
+    print("Reloaded with SAE.load_from_disk: identical outputs.")
+    print("\nNext:")
+    print(f"  sae-gated eval {sae_path} --output more-eval.json   # evaluate again, more text")
+    print(f"  sae-gated push {sae_path} <you>/smollm2-gated-sae   # publish to the Hub")
+    print(f"  python -c \"from sae_lens import SAE; print(SAE.load_from_disk('{sae_path}'))\"")
+    return report
+
+
+def _train_into(staging: Path, load_language_model: Any, resolve_device: Any, train: Any) -> Any:
+    """Train, evaluate and reload-check the demo SAE in ``staging``; write its report there."""
+    staging.mkdir()
     cfg = demo_config(staging / SAE_FOLDER)
     started = time.perf_counter()
     model = load_language_model(cfg.model_name, resolve_device(cfg.device))
@@ -82,17 +134,7 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
         "reload_identical": True,
         "seconds": round(time.perf_counter() - started, 1),
         "device": resolve_device(cfg.device),
+        "written_by": DEMO_MARKER,
     }
-    (staging / REPORT_FILENAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(staging, output)
-    sae_path = output / SAE_FOLDER
-    print(result.report.to_table())
-    print(f"\nReport: {output / REPORT_FILENAME}   SAE: {sae_path}")
-    print("Reloaded with SAE.load_from_disk: identical outputs.")
-    print("\nNext:")
-    print(f"  sae-gated eval {sae_path}                      # evaluate again, more text")
-    print(f"  sae-gated push {sae_path} <you>/smollm2-gated-sae   # publish to the Hub")
-    print(f"  python -c \"from sae_lens import SAE; print(SAE.load_from_disk('{sae_path}'))\"")
-    return report
+    atomic_write_json(staging / REPORT_FILENAME, report)
+    return report, result

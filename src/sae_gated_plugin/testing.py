@@ -75,6 +75,10 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 
 
+_Operation = tuple[str, str, bytes]
+"""A parsed commit operation: kind (file, deletedFile, deletedFolder), path, content."""
+
+
 def _git_blob_sha(content: bytes) -> str:
     """The git object id of a blob, which the Hub uses as the ETag of a regular file."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
@@ -587,11 +591,11 @@ class LocalHub:
                 )
         return {"files": out}
 
-    def _api_commit(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
-        req.require_auth()
+    def _parse_commit(self, body: str) -> tuple[dict[str, Any] | None, list[_Operation]]:
+        """The ndjson commit payload as its header and ``(kind, path, content)`` operations."""
         header: dict[str, Any] | None = None
-        operations: list[tuple[str, str, bytes]] = []  # (kind, path, content)
-        for line in req.body.splitlines():
+        operations: list[_Operation] = []
+        for line in body.splitlines():
             if not line.strip():
                 continue
             try:
@@ -605,10 +609,9 @@ class LocalHub:
                 self._record(str(value.get("description", "")))
             elif key == "file":
                 raw = value.get("content", "")
-                if value.get("encoding") == "base64":
-                    content = base64.b64decode(raw)
-                else:
-                    content = raw.encode()
+                content = (
+                    base64.b64decode(raw) if value.get("encoding") == "base64" else raw.encode()
+                )
                 self._record(content)
                 operations.append(("file", value.get("path"), content))
             elif key in ("deletedFile", "deletedFolder"):
@@ -617,6 +620,39 @@ class LocalHub:
                 raise _HubError(400, "LocalHub stores regular files only: no LFS uploads")
             else:
                 raise _HubError(400, f"Unknown commit operation: {key!r}")
+        return header, operations
+
+    @staticmethod
+    def _apply_operations(files: dict[str, bytes], operations: list[_Operation]) -> None:
+        """Apply commit operations to a file tree in place, as the Hub would (or refuse)."""
+        for kind, path, content in operations:
+            path = _check_path(path.rstrip("/") if isinstance(path, str) else path)
+            if kind == "file":
+                if any(p.startswith(path + "/") for p in files):
+                    raise _HubError(400, f"Cannot add file {path}: it is a folder")
+                parents = path.split("/")[:-1]
+                for i in range(1, len(parents) + 1):
+                    if "/".join(parents[:i]) in files:
+                        raise _HubError(400, f"Cannot add file {path}: parent is a file")
+                files[path] = content
+            elif kind == "deletedFile":
+                if path not in files:
+                    raise _HubError(
+                        404, f"A file with this name doesn't exist: {path}", "EntryNotFound"
+                    )
+                del files[path]
+            else:
+                doomed = [p for p in files if p.startswith(path + "/")]
+                if not doomed:
+                    raise _HubError(
+                        404, f"A folder with this name doesn't exist: {path}", "EntryNotFound"
+                    )
+                for p in doomed:
+                    del files[p]
+
+    def _api_commit(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
+        req.require_auth()
+        header, operations = self._parse_commit(req.body)
         with self._lock:
             if self.fail_next_commits > 0:
                 self.fail_next_commits -= 1
@@ -634,32 +670,7 @@ class LocalHub:
             if parent is not None and parent != head.sha:
                 raise _HubError(412, "A commit has happened since. Please refresh and try again.")
             files = dict(head.files)
-            for kind, path, content in operations:
-                path = _check_path(path.rstrip("/") if isinstance(path, str) else path)
-                if kind == "file":
-                    if any(p.startswith(path + "/") for p in files):
-                        raise _HubError(400, f"Cannot add file {path}: it is a folder")
-                    parents = path.split("/")[:-1]
-                    for i in range(1, len(parents) + 1):
-                        if "/".join(parents[:i]) in files:
-                            raise _HubError(400, f"Cannot add file {path}: parent is a file")
-                    files[path] = content
-                elif kind == "deletedFile":
-                    if path not in files:
-                        raise _HubError(
-                            404, f"A file with this name doesn't exist: {path}", "EntryNotFound"
-                        )
-                    del files[path]
-                else:
-                    doomed = [p for p in files if p.startswith(path + "/")]
-                    if not doomed:
-                        raise _HubError(
-                            404,
-                            f"A folder with this name doesn't exist: {path}",
-                            "EntryNotFound",
-                        )
-                    for p in doomed:
-                        del files[p]
+            self._apply_operations(files, operations)
             commit = self._add_commit(
                 repo,
                 head.sha,

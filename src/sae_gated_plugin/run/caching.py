@@ -15,22 +15,27 @@ import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
-from unittest import mock
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run_config import TrainRunConfig
-from sae_gated_plugin.staging import staging_folder
+from sae_gated_plugin.io import staging_folder
+from sae_gated_plugin.run.run_config import TrainRunConfig
+from sae_gated_plugin.sources import (
+    activation_width,
+    dataset_load_errors,
+    load_language_model,
+    load_text_dataset,
+    model_from_pretrained_kwargs,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
+    import datasets
+    from sae_lens.cache_activations_runner import CacheActivationsRunner
+    from sae_lens.config import CacheActivationsRunnerConfig
     from transformer_lens import HookedTransformer
 
 MAX_BUFFER_GB = 2.0
 """SAELens's shard size limit (its datasets writer has trouble with larger shards)."""
-
-
-def sliced_length(context_size: int, positions: tuple[int | None, ...]) -> int:
-    """How many positions of a ``context_size`` window the slice ``positions`` keeps."""
-    return len(range(context_size)[slice(*positions)])
 
 
 def cached_activations_path(cfg: TrainRunConfig) -> Path:
@@ -55,7 +60,7 @@ def check_cache_matches(cfg: TrainRunConfig, d_in: int) -> None:
             "with `sae-gated cache CONFIG` (the same config)"
         )
     features = datasets.load_from_disk(str(path)).features
-    expected = (sliced_length(cfg.context_size, cfg.training_positions), d_in)
+    expected = (cfg.training_window, d_in)
     if cfg.hook_name not in features:
         raise GatedPluginError(
             f"cached activations in {path} are of {sorted(features)}, not {cfg.hook_name!r}"
@@ -90,17 +95,7 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
         cfg: the run config that will train from the cache.
         model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
     """
-    import sae_lens.cache_activations_runner as cache_runner
     from sae_lens.config import CacheActivationsRunnerConfig
-
-    from sae_gated_plugin.training import (
-        activation_width,
-        dataset_load_errors,
-        load_language_model,
-        load_text_dataset,
-        model_from_pretrained_kwargs,
-        resolve_device,
-    )
 
     path = cached_activations_path(cfg)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -111,7 +106,7 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
         model = load_language_model(cfg.model_name, device)
     d_in = activation_width(model, cfg.hook_name)
     positions = cfg.training_positions
-    tokens_per_batch = cfg.store_batch_size_prompts * sliced_length(cfg.context_size, positions)
+    tokens_per_batch = cfg.store_batch_size_prompts * cfg.training_window
     staging = path.with_name(path.name + ".partial")
     try:
         cache_cfg = CacheActivationsRunnerConfig(
@@ -136,14 +131,44 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
     except (TypeError, ValueError) as exc:
         raise GatedPluginError(f"SAELens rejected the cache config: {exc}") from None
     with staging_folder(staging):
-        # The runner takes no model argument: give it the loaded one where it would load.
-        with (
-            mock.patch.object(cache_runner, "load_model", lambda **_: model),
-            dataset_load_errors(cfg.dataset, dataset),
-        ):
-            runner = cache_runner.CacheActivationsRunner(cache_cfg, override_dataset=dataset)
+        with dataset_load_errors(cfg.dataset, dataset):
+            runner = _runner_with_model(cache_cfg, model, dataset)
         runner.run()
         if path.exists():
             path.rmdir()  # empty (checked above): rename onto it
         os.replace(staging, path)
     return path
+
+
+def _runner_with_model(
+    cache_cfg: CacheActivationsRunnerConfig,
+    model: HookedTransformer,
+    dataset: datasets.Dataset | None,
+) -> CacheActivationsRunner:
+    """SAELens's ``CacheActivationsRunner`` over an already loaded model.
+
+    Its ``__init__`` always loads the model by name (no override argument in sae-lens 6.x),
+    which no TransformerLens name reaches for the embedded SmolLM2; this subclass builds the
+    same state around the given model instead, through SAELens's own store factory.
+    """
+    from datasets import Array2D, Features, Sequence, Value
+    from sae_lens import cache_activations_runner as cache_module
+
+    class ModelCacheActivationsRunner(cache_module.CacheActivationsRunner):
+        def __init__(self) -> None:  # mirrors CacheActivationsRunner.__init__, minus load_model
+            self.cfg = cache_cfg
+            self.model = model
+            self.activations_store = cache_module._mk_activations_store(
+                model, cache_cfg, override_dataset=dataset
+            )
+            self.context_size = self._get_sliced_context_size(
+                cache_cfg.context_size, cache_cfg.seqpos_slice
+            )
+            self.features = Features({
+                cache_cfg.hook_name: Array2D(
+                    shape=(self.context_size, cache_cfg.d_in), dtype=cache_cfg.dtype
+                ),
+                "token_ids": Sequence(Value(dtype="int32"), length=self.context_size),
+            })  # fmt: skip
+
+    return ModelCacheActivationsRunner()

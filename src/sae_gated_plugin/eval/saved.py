@@ -7,31 +7,23 @@ it was trained on, so an SAE is evaluated where it was trained (see ``evals.eval
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sae_gated_plugin.arch.artifacts import CFG_FILENAME, EVAL_FILENAME, validate_sae_folder
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.training import (
-    EVAL_FILENAME,
-    excluded_token_ids,
+from sae_gated_plugin.eval.metrics import write_report
+from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
+from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
+from sae_gated_plugin.io import read_json
+from sae_gated_plugin.sources import (
+    load_hub_text_dataset,
     load_language_model,
     load_text_dataset,
-    read_json,
     resolve_device,
 )
 
 if TYPE_CHECKING:
-    from sae_gated_plugin.evals import EvalReport
-
-
-def _hub_text_dataset(name: str, split: str) -> Any:
-    import datasets
-
-    try:
-        return datasets.load_dataset(name, split=split, streaming=True)
-    except Exception as exc:  # datasets raises many types; all mean "cannot use this dataset"
-        raise GatedPluginError(
-            f"--dataset {name} (split {split!r}) cannot be loaded: {exc}"
-        ) from None
+    from sae_gated_plugin.eval.metrics import EvalReport
 
 
 def evaluate_saved_sae(
@@ -48,13 +40,10 @@ def evaluate_saved_sae(
     """Evaluate the SAE in ``sae_path``; writes the report JSON (default next to the SAE)."""
     from sae_lens import SAE
 
-    from sae_gated_plugin.evals import eval_tokens_from_dataset, evaluate_sae, write_report
-    from sae_gated_plugin.validation import validate_sae_folder
-
     if n_sequences <= 0 or batch_size <= 0:
         raise GatedPluginError("--n-sequences and --batch-size must be positive")
     validate_sae_folder(sae_path)
-    metadata = read_json(sae_path / "cfg.json").get("metadata") or {}
+    metadata = read_json(sae_path / CFG_FILENAME).get("metadata") or {}
     model_name = model_name or metadata.get("model_name")
     dataset = dataset or metadata.get("dataset_path")
     if not model_name:
@@ -64,7 +53,7 @@ def evaluate_saved_sae(
     device = resolve_device(device)
     text = load_text_dataset(dataset, split)
     if text is None:
-        text = _hub_text_dataset(dataset, split)
+        text = load_hub_text_dataset(dataset, split)
     sae = SAE.load_from_disk(sae_path, device=device)
     model = load_language_model(model_name, device)
     context_size = int(metadata.get("context_size") or 128)

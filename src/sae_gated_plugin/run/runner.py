@@ -26,7 +26,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from sae_gated_plugin.errors import TrainingDivergedError, TrainingInterruptedError
-from sae_gated_plugin.staging import staging_folder
+from sae_gated_plugin.io import staging_folder
 
 PROGRESS_POSTFIX_EVERY = 10
 """Steps between progress-bar postfix refreshes (each costs a device sync)."""

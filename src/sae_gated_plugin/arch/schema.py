@@ -1,21 +1,20 @@
-"""Config classes of the ``gated_paper`` architecture and the pydantic schema that validates them.
+"""The pydantic schema of the ``gated_paper`` architecture: every field, its default, its check.
 
-The SAELens config objects are plain dataclasses (SAELens builds them from cfg.json and runner
-dicts); every one of them is checked against a pydantic model when it is constructed, so a bad
-value fails early with a message that names the field, however the config was made.
+Import-light on purpose (pydantic only, no torch or SAELens): the ``sae-gated`` CLI validates
+configs and prints the schema without loading the heavy libraries. The SAELens config classes
+in :mod:`sae_gated_plugin.arch.config` take their defaults from here, so each default is
+declared once.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sae_lens.saes.gated_sae import GatedSAEConfig, GatedTrainingSAEConfig
-from typing_extensions import override
 
-from sae_gated_plugin.registry import ARCHITECTURE
+ARCHITECTURE = "gated_paper"
+"""The SAELens architecture id this plugin registers (SAELens's own ``gated`` is left alone)."""
 
 AuxDecoder = Literal["frozen", "trainable"]
 SparsityPenalty = Literal["l1", "decoder_norm_weighted"]
@@ -29,7 +28,15 @@ NormalizeActivations = Literal[
 ]
 
 
-class GatedPaperSAESchema(BaseModel):
+class InputCentring(BaseModel):
+    """Whether the encoder centres its input by the decoder bias."""
+
+    apply_b_dec_to_input: bool = Field(
+        default=True, description="Centre inputs by the decoder bias, x - b_dec (the paper: yes)."
+    )
+
+
+class GatedPaperSAESchema(InputCentring):
     """Validated fields of an inference ``gated_paper`` SAE config (cfg.json)."""
 
     model_config = ConfigDict(extra="ignore", validate_default=True)
@@ -38,9 +45,6 @@ class GatedPaperSAESchema(BaseModel):
     d_sae: int = Field(gt=0, description="Number of latents in the dictionary (M in the paper).")
     dtype: str = Field(default="float32", description="Parameter dtype, e.g. float32, bfloat16.")
     device: str = Field(default="cpu", description="Device of the parameters, e.g. cpu, cuda.")
-    apply_b_dec_to_input: bool = Field(
-        default=True, description="Centre inputs by the decoder bias, x - b_dec (the paper: yes)."
-    )
     normalize_activations: NormalizeActivations = Field(
         default="none", description="SAELens activation normalisation applied before encoding."
     )
@@ -113,56 +117,6 @@ class GatedPaperTrainingSAESchema(GatedPaperSAESchema, GatedPaperTrainingFields)
     """Validated fields of a ``gated_paper`` training SAE config."""
 
 
-def validate_config_fields(config: Any, schema: type[BaseModel]) -> None:
-    """Check a config dataclass against ``schema`` and write back pydantic's coerced values.
-
-    Raises pydantic's ``ValidationError`` (a ``ValueError``) naming each offending field.
-    """
-    names = [f.name for f in fields(config) if f.name in schema.model_fields]
-    validated = schema.model_validate({name: getattr(config, name) for name in names})
-    for name in names:
-        object.__setattr__(config, name, getattr(validated, name))
-
-
-@dataclass
-class GatedPaperSAEConfig(GatedSAEConfig):
-    """Inference config of a ``gated_paper`` SAE (the parameters are SAELens's gated ones)."""
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
-    def __post_init__(self) -> None:
-        validate_config_fields(self, GatedPaperSAESchema)
-        super().__post_init__()
-
-
-@dataclass(kw_only=True)
-class GatedPaperTrainingSAEConfig(GatedTrainingSAEConfig):
-    """Training config of a ``gated_paper`` SAE: the paper's recipe by default, ablations by switch.
-
-    See ``GatedPaperTrainingSAESchema`` for what each field means.
-    """
-
-    decoder_init_norm: float | None = 1.0
-    l1_coefficient: float = 1.0
-    l1_warm_up_steps: int = 0
-    aux_decoder: AuxDecoder = "frozen"
-    sparsity_penalty: SparsityPenalty = "l1"
-    decoder_norm: DecoderNorm = "unit"
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
-    @override
-    def get_inference_config_class(self) -> type[GatedPaperSAEConfig]:
-        # Not looked up through the registry: the training config must build even before (or
-        # without) the inference class being registered.
-        return GatedPaperSAEConfig
-
-    def __post_init__(self) -> None:
-        validate_config_fields(self, GatedPaperTrainingSAESchema)
-        super().__post_init__()
+def schema_default(schema: type[BaseModel], name: str) -> Any:
+    """The default the schema declares for field ``name`` (one source of truth for defaults)."""
+    return schema.model_fields[name].get_default(call_default_factory=True)

@@ -1,14 +1,17 @@
-"""Autograd building blocks of the gated_paper training pass.
+"""Autograd building blocks of the gated_paper training pass, and the unit-norm step hook.
 
 Two small custom ``torch.autograd.Function``s, each replacing a pattern whose default autograd
-does needless work or lacks the constraint the paper asks for.
+does needless work or lacks the constraint the paper asks for, and a global optimizer post-step
+hook that puts decoder rows back at unit norm after every step.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Protocol
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 class _CentredMatmul(torch.autograd.Function):
@@ -74,3 +77,38 @@ class _TangentGradient(torch.autograd.Function):
 def tangent_gradient(weight: torch.Tensor) -> torch.Tensor:
     """Return ``weight`` unchanged, with its gradient projected onto each row's tangent space."""
     return _TangentGradient.apply(weight)
+
+
+class UnitDecoderModule(Protocol):
+    """What the unit-norm step hook needs of an SAE."""
+
+    W_dec: torch.nn.Parameter
+
+    @property
+    def holds_unit_decoder(self) -> bool: ...
+
+    def normalize_decoder_rows(self) -> None: ...
+
+
+_UNIT_DECODER_MODULES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def hold_unit_decoder_rows(module: UnitDecoderModule) -> None:
+    """Renormalise ``module``'s decoder rows after every optimizer step that updates ``W_dec``
+    (while ``module.holds_unit_decoder``); the module is held by a weak reference."""
+    _UNIT_DECODER_MODULES.add(module)
+
+
+def _renormalise_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    # The paper renormalises decoder rows after every optimiser step. SAELens's trainer has no
+    # hook for that, so a global post-step hook does it for whichever optimiser owns W_dec;
+    # this way any trainer (SAELens's, the plugin's, a user's) keeps the rows at unit norm.
+    if not _UNIT_DECODER_MODULES:
+        return
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for module in list(_UNIT_DECODER_MODULES):
+        if module.holds_unit_decoder and id(module.W_dec) in owned:
+            module.normalize_decoder_rows()
+
+
+register_optimizer_step_post_hook(_renormalise_after_step)

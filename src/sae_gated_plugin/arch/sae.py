@@ -8,19 +8,22 @@ encoder does one matmul for both paths: x_c W_mag = (x_c W_gate) * exp(r_mag).
 
 from __future__ import annotations
 
-import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from sae_lens.saes.gated_sae import GatedSAE, GatedTrainingSAE
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from typing_extensions import override
 
-from sae_gated_plugin.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
-from sae_gated_plugin.ops import centred_matmul, tangent_gradient
-from sae_gated_plugin.validation import WEIGHTS_FILENAME, check_weights
+from sae_gated_plugin.arch.artifacts import WEIGHTS_FILENAME, check_weights
+from sae_gated_plugin.arch.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
+from sae_gated_plugin.arch.ops import centred_matmul, hold_unit_decoder_rows, tangent_gradient
+
+UNIT_NORM_TOLERANCE = 1e-5
+"""Decoder rows whose norm is within this of 1 are saved as they are (no fold needed)."""
 
 
 class GatedPreActivations(NamedTuple):
@@ -93,7 +96,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     def __init__(self, cfg: GatedPaperTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
-        _UNIT_DECODER_SAES.add(self)
+        hold_unit_decoder_rows(self)
 
     @property
     def holds_unit_decoder(self) -> bool:
@@ -226,32 +229,32 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
             # W_dec @ M^-1 has rows of any norm: move the norms into the encoder side.
             self.fold_W_dec_norm()
 
+    @contextmanager
+    def _unit_rows_for_saving(self) -> Iterator[None]:
+        """Fold any drift of the decoder row norms into the encoder for the duration of a save
+        (unit rows on disk, same outputs), then put the live parameters back exactly: saving
+        never changes the model being trained."""
+        norms = self.W_dec.detach().norm(dim=-1)
+        if not self.holds_unit_decoder or bool(((norms - 1).abs() < UNIT_NORM_TOLERANCE).all()):
+            # Rows renormalised after the last step are unit to rounding: saving the weights as
+            # they are keeps a reload bit-identical to the live model.
+            yield
+            return
+        live = {name: param.detach().clone() for name, param in self.named_parameters()}
+        try:
+            self.fold_W_dec_norm()
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in self.named_parameters():
+                    param.copy_(live[name])
+
     @override
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
-        if self.holds_unit_decoder:
-            self.fold_W_dec_norm()  # unit rows on disk without changing what the SAE computes
-        return super().save_model(path)
+        with self._unit_rows_for_saving():
+            return super().save_model(path)
 
     @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        if self.holds_unit_decoder:
-            self.fold_W_dec_norm()
-        return super().save_inference_model(path)
-
-
-_UNIT_DECODER_SAES: weakref.WeakSet[GatedPaperTrainingSAE] = weakref.WeakSet()
-
-
-def _renormalise_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    # The paper renormalises decoder rows after every optimiser step. SAELens's trainer has no
-    # hook for that, so a global post-step hook does it for whichever optimiser owns W_dec;
-    # this way any trainer (SAELens's, the plugin's, a user's) keeps the rows at unit norm.
-    if not _UNIT_DECODER_SAES:
-        return
-    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for sae in list(_UNIT_DECODER_SAES):
-        if sae.holds_unit_decoder and id(sae.W_dec) in owned:
-            sae.normalize_decoder_rows()
-
-
-register_optimizer_step_post_hook(_renormalise_after_step)
+        with self._unit_rows_for_saving():
+            return super().save_inference_model(path)

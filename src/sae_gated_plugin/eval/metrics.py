@@ -1,0 +1,224 @@
+"""The paper's metrics (arXiv:2404.16014): the report of one evaluation and the streaming sums.
+
+* sparsity: L0 (mean number of active latents per evaluated token) and the fraction of latents
+  that never fired (dead) / fired at least once (alive);
+* reconstruction: explained variance, MSE and the relative reconstruction bias
+  ``gamma = E||x_hat||^2 / E[x . x_hat]`` (``gamma < 1`` means shrinkage), all computed from
+  float64 sums over the WHOLE evaluation set, so the batching never changes the result;
+* downstream: next-token cross-entropy clean, with the SAE spliced in and zero-ablated, the CE
+  difference and the loss recovered ``(CE_zero - CE_sae) / (CE_zero - CE_clean)``
+  (computed by :mod:`sae_gated_plugin.eval.splice`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.io import atomic_write_json
+
+
+@dataclass
+class EvalReport:
+    """The paper's metrics for one SAE on one set of evaluation windows."""
+
+    l0: float
+    """Mean number of active (non-zero) latents per evaluated token."""
+    dead_fraction: float
+    """Fraction of latents that never fired on the evaluated tokens."""
+    alive_fraction: float
+    """Fraction of latents that fired at least once (``1 - dead_fraction``)."""
+    explained_variance: float
+    """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over the whole evaluation set."""
+    mse: float
+    """Mean over tokens of ``||x - x_hat||^2`` (summed over ``d_in``)."""
+    relative_reconstruction_bias: float
+    """``gamma = E||x_hat||^2 / E[x . x_hat]`` over the whole set; ``< 1`` means shrinkage."""
+    ce_loss_clean: float
+    """Next-token CE (nats) of the unmodified model, averaged over all predicted positions."""
+    ce_loss_with_sae: float
+    """Next-token CE with the SAE reconstruction spliced in at the spliced positions."""
+    ce_loss_zero_ablation: float
+    """Next-token CE with the hooked activation set to zero at the spliced positions."""
+    delta_ce_loss: float
+    """``ce_loss_with_sae - ce_loss_clean``."""
+    loss_recovered: float
+    """``(ce_zero - ce_sae) / (ce_zero - ce_clean)``: 1 is perfect, 0 is as bad as zeros."""
+    n_tokens: int
+    """Number of token positions the SAE was evaluated on (the spliced positions)."""
+    n_sequences: int
+    """Number of evaluation windows."""
+    context_size: int
+    """Length of each evaluation window in tokens."""
+    hook_name: str
+    """The TransformerLens hook point the SAE was spliced into."""
+    spliced_positions: str
+    """Human-readable description of where the SAE was spliced in."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a plain dict (field order kept; non-finite floats kept as floats)."""
+        return asdict(self)
+
+    def to_table(self) -> str:
+        """An aligned two-column text table for the terminal."""
+        rows = [(f.name, _format_value(getattr(self, f.name))) for f in fields(self)]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become ``None`` (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_report(report: EvalReport, path: Path | str) -> None:
+    """Write ``report`` as strict JSON to ``path``, atomically (temp file + ``os.replace``).
+
+    Non-finite values (e.g. ``gamma`` of an SAE that always outputs zero) are written as
+    ``null``. The parent folder is created if needed; readers never see a half-written file.
+    """
+    atomic_write_json(path, _json_safe(report.to_dict()))
+
+
+class MetricAccumulator:
+    """Streaming float64 sums for the SAE metrics, exact over the whole set whatever the batching.
+
+    Feed it ``(x, x_hat, feature_acts)`` batch by batch with :meth:`update`; read the metrics
+    from the properties or :meth:`finalize`. The total variance about the GLOBAL mean is kept
+    with Chan et al.'s parallel update of per-dimension means and centred sums of squares, so
+    it neither depends on the batching nor cancels catastrophically when the mean is large.
+    A latent counts as active where its activation is non-zero (so negative activations of
+    bidirectional architectures count too, as in SAELens).
+    """
+
+    def __init__(self, d_sae: int, device: torch.device | str | None = None) -> None:
+        if d_sae <= 0:
+            raise GatedPluginError(f"d_sae must be positive, not {d_sae}")
+        self.d_sae = int(d_sae)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.n_tokens = 0
+        self._fired = torch.zeros(self.d_sae, dtype=torch.bool, device=self.device)
+        self._l0_sum = 0.0
+        self._resid_sq_sum = 0.0
+        self._x_hat_sq_sum = 0.0
+        self._x_dot_x_hat_sum = 0.0
+        self._mean: torch.Tensor | None = None  # per-dimension running mean of x (float64)
+        self._m2: torch.Tensor | None = None  # per-dimension sum of squared deviations
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, feature_acts: torch.Tensor) -> None:
+        """Add tokens: ``x`` and ``x_hat`` ``(..., d_in)``, ``feature_acts`` ``(..., d_sae)``.
+
+        Leading axes are flattened; every row is one token.
+        """
+        if x.shape != x_hat.shape:
+            raise GatedPluginError(f"x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} differ")
+        if feature_acts.shape[-1] != self.d_sae:
+            raise GatedPluginError(
+                f"feature_acts has {feature_acts.shape[-1]} latents, expected {self.d_sae}"
+            )
+        if feature_acts.is_sparse:
+            feature_acts = feature_acts.to_dense()
+        d_in = x.shape[-1]
+        xs = x.detach().reshape(-1, d_in).to(device=self.device, dtype=torch.float64)
+        xh = x_hat.detach().reshape(-1, d_in).to(device=self.device, dtype=torch.float64)
+        acts = feature_acts.detach().reshape(-1, self.d_sae).to(self.device)
+        n = xs.shape[0]
+        if acts.shape[0] != n:
+            raise GatedPluginError(f"feature_acts has {acts.shape[0]} rows, x has {n}")
+        if n == 0:
+            return
+
+        active = acts != 0
+        self._l0_sum += float(active.sum(dtype=torch.float64))
+        self._fired |= active.any(dim=0)
+        self._resid_sq_sum += float((xs - xh).pow(2).sum())
+        self._x_hat_sq_sum += float(xh.pow(2).sum())
+        self._x_dot_x_hat_sum += float((xs * xh).sum())
+
+        batch_mean = xs.mean(dim=0)
+        batch_m2 = (xs - batch_mean).pow(2).sum(dim=0)
+        if self._mean is None or self._m2 is None:
+            self._mean, self._m2 = batch_mean, batch_m2
+        else:
+            if batch_mean.shape != self._mean.shape:
+                raise GatedPluginError(f"d_in changed from {self._mean.shape[0]} to {d_in}")
+            total = self.n_tokens + n
+            delta = batch_mean - self._mean
+            self._mean = self._mean + delta * (n / total)
+            self._m2 = self._m2 + batch_m2 + delta.pow(2) * (self.n_tokens * n / total)
+        self.n_tokens += n
+
+    @property
+    def l0(self) -> float:
+        """Mean number of non-zero latents per token."""
+        return self._l0_sum / self.n_tokens if self.n_tokens else math.nan
+
+    @property
+    def dead_fraction(self) -> float:
+        """Fraction of latents that never fired."""
+        return 1.0 - self.alive_fraction
+
+    @property
+    def alive_fraction(self) -> float:
+        """Fraction of latents that fired at least once."""
+        return float(self._fired.sum()) / self.d_sae
+
+    @property
+    def total_variance(self) -> float:
+        """``sum_i ||x_i - mean(x)||^2`` over all tokens seen (the mean taken over all of them)."""
+        return float(self._m2.sum()) if self._m2 is not None else math.nan
+
+    @property
+    def explained_variance(self) -> float:
+        """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over all tokens seen."""
+        total = self.total_variance
+        if self.n_tokens == 0 or total == 0.0:
+            return math.nan
+        return 1.0 - self._resid_sq_sum / total
+
+    @property
+    def mse(self) -> float:
+        """Mean over tokens of ``||x - x_hat||^2`` (summed over the input dimensions)."""
+        return self._resid_sq_sum / self.n_tokens if self.n_tokens else math.nan
+
+    @property
+    def relative_reconstruction_bias(self) -> float:
+        """``gamma = E||x_hat||^2 / E[x . x_hat]`` over all tokens seen (nan if undefined)."""
+        if self.n_tokens == 0 or self._x_dot_x_hat_sum == 0.0:
+            return math.nan
+        return self._x_hat_sq_sum / self._x_dot_x_hat_sum
+
+    def finalize(self) -> dict[str, float]:
+        """All metrics at once: l0, dead/alive fractions, explained variance, mse, gamma, n."""
+        return {
+            "l0": self.l0,
+            "dead_fraction": self.dead_fraction,
+            "alive_fraction": self.alive_fraction,
+            "explained_variance": self.explained_variance,
+            "mse": self.mse,
+            "relative_reconstruction_bias": self.relative_reconstruction_bias,
+            "n_tokens": float(self.n_tokens),
+        }

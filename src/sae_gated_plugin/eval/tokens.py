@@ -1,0 +1,180 @@
+"""Evaluation windows from a text or pre-tokenized dataset, cut exactly as SAELens trains."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from sae_gated_plugin.errors import GatedPluginError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+
+def _row_column(row: Any, column: str | None) -> str | None:
+    if not isinstance(row, Mapping):
+        return None
+    if column is not None:
+        if column not in row:
+            raise GatedPluginError(f"dataset rows have no column {column!r}: {sorted(row)}")
+        return column
+    for candidate in ("tokens", "input_ids", "text", "problem"):  # ActivationsStore's order
+        if candidate in row:
+            return candidate
+    raise GatedPluginError(
+        f"dataset rows need a 'tokens', 'input_ids', 'text' or 'problem' column: {sorted(row)}"
+    )
+
+
+def eval_tokens_from_dataset(
+    model: HookedTransformer,
+    dataset: Iterable[Any],
+    *,
+    context_size: int,
+    n_sequences: int,
+    prepend_bos: bool = True,
+    sequence_separator_token: int | Literal["bos", "eos", "sep"] | None = "bos",
+    disable_concat_sequences: bool = False,
+    column: str | None = None,
+) -> torch.Tensor:
+    """The first ``n_sequences`` windows of ``context_size`` tokens, built as SAELens trains.
+
+    Mirrors ``ActivationsStore._iterate_tokenized_sequences`` and reuses SAELens's
+    ``concat_and_batch_sequences``: each text document is tokenized WITHOUT a BOS
+    (``model.to_tokens(text, prepend_bos=False, truncate=False)``), documents are concatenated
+    with ``sequence_separator_token`` (default: the tokenizer's BOS, whatever ``prepend_bos``
+    says) between them and cut into windows; with ``prepend_bos`` every window - including one
+    that continues a document - starts with the BOS token. A pre-tokenized dataset (a ``tokens``
+    or ``input_ids`` column) is used as is, one window per row truncated to ``context_size``,
+    with no BOS added, as in SAELens. Tokens that do not fill a last window are dropped.
+
+    Args:
+        model: gives the tokenizer (``model.to_tokens``, ``model.tokenizer``).
+        dataset: a ``datasets.Dataset`` or any iterable of rows (mappings) or plain strings;
+            read in order and only as far as needed.
+        context_size: window length.
+        n_sequences: number of windows.
+        prepend_bos: start every window with the BOS token (SAELens's ``prepend_bos``).
+        sequence_separator_token: token between concatenated documents, as SAELens's
+            ``sequence_separator_token`` (``"bos"``, ``"eos"``, ``"sep"``, an id or None).
+        disable_concat_sequences: one window per document (documents shorter than a window
+            are skipped), as SAELens's option of that name.
+        column: the row column to read; by default the first of ``tokens``, ``input_ids``,
+            ``text``, ``problem``, as ``ActivationsStore`` chooses.
+
+    Returns:
+        A ``(n_sequences, context_size)`` long tensor on the CPU.
+
+    Raises:
+        GatedPluginError: bad arguments, or the dataset holds fewer than ``n_sequences`` windows.
+    """
+    if context_size < 1 or n_sequences < 1:
+        raise GatedPluginError(
+            f"context_size and n_sequences must be positive, got {context_size}, {n_sequences}"
+        )
+    key, values = _column_values(dataset, column)
+    if key in ("tokens", "input_ids"):
+        windows = _pretokenized_windows(values, context_size)
+    else:
+        windows = _text_windows(
+            model,
+            values,
+            key,
+            context_size=context_size,
+            prepend_bos=prepend_bos,
+            sequence_separator_token=sequence_separator_token,
+            disable_concat_sequences=disable_concat_sequences,
+        )
+    return _first_windows(windows, n_sequences, context_size)
+
+
+def _column_values(dataset: Iterable[Any], column: str | None) -> tuple[str | None, Iterator[Any]]:
+    """The column to read (None for plain strings) and its values, read lazily in order."""
+    rows = iter(dataset)
+    try:
+        first = next(rows)
+    except StopIteration:
+        raise GatedPluginError("the dataset is empty") from None
+    key = _row_column(first, column)
+
+    def values() -> Iterator[Any]:
+        for row in itertools.chain([first], rows):
+            yield row[key] if key is not None else row
+
+    return key, values()
+
+
+def _pretokenized_windows(values: Iterator[Any], context_size: int) -> Iterator[torch.Tensor]:
+    """One window per pre-tokenized row, truncated to ``context_size`` (as SAELens)."""
+    for value in values:
+        row_tokens = torch.as_tensor(value, dtype=torch.long).reshape(-1)
+        if row_tokens.shape[0] < context_size:
+            raise GatedPluginError(
+                f"a pre-tokenized row has {row_tokens.shape[0]} tokens, fewer than "
+                f"context_size {context_size}"
+            )
+        yield row_tokens[:context_size]
+
+
+def _text_windows(
+    model: HookedTransformer,
+    values: Iterator[Any],
+    key: str | None,
+    *,
+    context_size: int,
+    prepend_bos: bool,
+    sequence_separator_token: int | Literal["bos", "eos", "sep"] | None,
+    disable_concat_sequences: bool,
+) -> Iterator[torch.Tensor]:
+    """Documents tokenized without BOS, concatenated and cut by SAELens's own batching."""
+    from sae_lens.pretokenize_runner import get_special_token_from_cfg
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    tokenizer = getattr(model, "tokenizer", None)
+
+    def document_tokens() -> Iterator[torch.Tensor]:
+        for value in values:
+            if not isinstance(value, str):
+                raise GatedPluginError(
+                    f"expected text in column {key!r}, got {type(value).__name__}"
+                )
+            yield (
+                model.to_tokens(value, prepend_bos=False, truncate=False, move_to_device=False)
+                .squeeze(0)
+                .cpu()
+            )
+
+    bos_id = None if tokenizer is None else tokenizer.bos_token_id
+    if prepend_bos and bos_id is None:
+        raise GatedPluginError("prepend_bos=True but the model's tokenizer has no BOS token")
+    return concat_and_batch_sequences(
+        tokens_iterator=document_tokens(),
+        context_size=context_size,
+        begin_batch_token_id=bos_id if prepend_bos else None,
+        begin_sequence_token_id=None,
+        sequence_separator_token_id=(
+            get_special_token_from_cfg(sequence_separator_token, tokenizer)
+            if tokenizer is not None
+            else None
+        ),
+        disable_concat_sequences=disable_concat_sequences,
+    )
+
+
+def _first_windows(
+    windows: Iterator[torch.Tensor], n_sequences: int, context_size: int
+) -> torch.Tensor:
+    collected: list[torch.Tensor] = []
+    for window in windows:
+        collected.append(window.to(dtype=torch.long, device="cpu"))
+        if len(collected) == n_sequences:
+            break
+    if len(collected) < n_sequences:
+        raise GatedPluginError(
+            f"the dataset gives only {len(collected)} windows of {context_size} tokens, "
+            f"{n_sequences} requested"
+        )
+    return torch.stack(collected)

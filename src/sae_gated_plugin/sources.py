@@ -1,0 +1,110 @@
+"""Where a run's model, text and device come from: the embedded ones or SAELens's loaders.
+
+Shared by training (:mod:`sae_gated_plugin.run`) and evaluation (:mod:`sae_gated_plugin.eval`),
+so it sits below both. Every loading failure caused by the user's input (an unknown model, a
+dataset that cannot be reached) becomes a ``GatedPluginError`` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sae_gated_plugin import embedded
+from sae_gated_plugin.errors import GatedPluginError
+
+if TYPE_CHECKING:
+    import datasets
+    from transformer_lens import HookedTransformer
+
+
+HUB_MODEL_KWARGS = {"center_writing_weights": False}
+"""How SAELens's runner loads a TransformerLens model by name (its default)."""
+
+
+def model_from_pretrained_kwargs(model_name: str) -> dict[str, Any]:
+    """The ``model_from_pretrained_kwargs`` to record for ``model_name`` in SAELens configs:
+    none for the embedded model (built unprocessed, not by ``from_pretrained``)."""
+    return {} if embedded.is_embedded_model(model_name) else dict(HUB_MODEL_KWARGS)
+
+
+@contextmanager
+def dataset_load_errors(dataset_name: str, embedded_dataset: Any) -> Iterator[None]:
+    """Turn SAELens failing to load a Hub dataset (not found, offline, unreachable: all
+    OSErrors from ``datasets``) into an error naming it; ``embedded_dataset`` is what
+    ``load_text_dataset`` returned (an embedded corpus is never loaded by SAELens)."""
+    try:
+        yield
+    except OSError as exc:
+        if embedded_dataset is not None:
+            raise
+        raise GatedPluginError(
+            f"dataset {dataset_name!r} could not be loaded ({type(exc).__name__}: {exc}). Use "
+            "'wiki-summaries' (embedded, offline) or a Hugging Face dataset, online."
+        ) from exc
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_language_model(name: str, device: str) -> HookedTransformer:
+    """The embedded SmolLM2 for ``smollm2-135m``, else SAELens's own model loader."""
+    if embedded.is_embedded_model(name):
+        return embedded.load_smollm2(device=device)
+    from sae_lens.load_model import load_model
+
+    try:
+        return load_model(  # type: ignore[return-value]
+            "HookedTransformer",
+            name,
+            device=device,
+            model_from_pretrained_kwargs=dict(HUB_MODEL_KWARGS),
+        )
+    except (ValueError, OSError) as exc:  # unknown name, no network, missing files
+        # TransformerLens's unknown-name message lists every model it knows: keep the start.
+        reason = str(exc).split(". Valid official model names")[0][:300]
+        raise GatedPluginError(
+            f"model {name!r} could not be loaded ({type(exc).__name__}: {reason}). Use "
+            "'smollm2-135m' (embedded, offline) or a TransformerLens model name, online."
+        ) from exc
+
+
+def load_text_dataset(name: str, split: str) -> datasets.Dataset | None:
+    """The embedded corpus split for an embedded name; None lets SAELens load a Hub dataset."""
+    if embedded.is_embedded_corpus(name):
+        return embedded.load_corpus(name, split=split)  # type: ignore[arg-type]
+    return None
+
+
+def activation_width(model: HookedTransformer, hook_name: str) -> int:
+    """Width of the activations at ``hook_name`` (one tiny forward pass)."""
+    import torch
+
+    if hook_name not in model.hook_dict:
+        raise GatedPluginError(
+            f"hook_name {hook_name!r} is not a hook of model {model.cfg.model_name!r} "
+            f"(e.g. blocks.0.hook_resid_post ... blocks.{model.cfg.n_layers - 1}.hook_resid_post)"
+        )
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    return int(cache[hook_name].shape[-1])
+
+
+def load_hub_text_dataset(name: str, split: str) -> Any:
+    """A Hugging Face dataset split, streamed; any failure names the dataset."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as exc:  # datasets raises many types; all mean "cannot use this dataset"
+        raise GatedPluginError(
+            f"dataset {name} (split {split!r}) cannot be loaded: {exc}"
+        ) from None
