@@ -80,13 +80,13 @@ class _SaeLensWatcher:
         def exec_then_register(module: Any) -> None:
             # Undo the patch first: some loaders (zipimport's) serve many modules.
             if had_own:
-                loader.exec_module = original_exec  # type: ignore[method-assign]
+                loader.exec_module = original_exec  # type: ignore[method-assign]  # undoing/patching one loader
             else:
                 del loader.exec_module
             original_exec(module)
             _after_sae_lens_import()
 
-        loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        loader.exec_module = exec_then_register  # type: ignore[method-assign]  # undoing/patching one loader
         return spec
 
 

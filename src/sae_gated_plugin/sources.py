@@ -61,7 +61,7 @@ def load_language_model(name: str, device: str) -> HookedTransformer:
     from sae_lens.load_model import load_model
 
     try:
-        return load_model(  # type: ignore[return-value]
+        return load_model(  # type: ignore[return-value]  # load_model is typed HookedRootModule
             "HookedTransformer",
             name,
             device=device,
@@ -79,7 +79,7 @@ def load_language_model(name: str, device: str) -> HookedTransformer:
 def load_text_dataset(name: str, split: str) -> datasets.Dataset | None:
     """The embedded corpus split for an embedded name; None lets SAELens load a Hub dataset."""
     if embedded.is_embedded_corpus(name):
-        return embedded.load_corpus(name, split=split)  # type: ignore[arg-type]
+        return embedded.load_corpus(name, split=split)  # type: ignore[arg-type]  # name checked by is_embedded_corpus
     return None
 
 

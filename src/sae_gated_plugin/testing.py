@@ -180,7 +180,7 @@ class LocalHub:
         if self._server is None:
             raise RuntimeError("LocalHub is not running: call start() first")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> LocalHub:
         """Bind to a free port on 127.0.0.1 and serve in a daemon thread; return ``self``."""
@@ -591,7 +591,7 @@ class LocalHub:
                 )
         return {"files": out}
 
-    def _parse_commit(self, body: str) -> tuple[dict[str, Any] | None, list[_Operation]]:
+    def _parse_commit(self, body: bytes) -> tuple[dict[str, Any] | None, list[_Operation]]:
         """The ndjson commit payload as its header and ``(kind, path, content)`` operations."""
         header: dict[str, Any] | None = None
         operations: list[_Operation] = []
@@ -799,13 +799,13 @@ class _Request:
         auth = handler.headers.get("Authorization", "")
         self.authed = auth.lower().startswith("bearer ") and bool(auth[7:].strip())
         host, port = handler.server.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
+        self.base_url = f"http://{host!s}:{port}"
         self.body = self._read_body()
 
     def _read_body(self) -> bytes:
         rfile = self.handler.rfile
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

@@ -6,6 +6,7 @@ idempotent, and it never touches an id it does not own (SAELens's built-in ``gat
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 # Nothing imported at module level may import sae_lens: the autoload hook runs this module's
@@ -27,8 +28,42 @@ def _register_once(registry: dict[str, Any], register_fn: Any, classes: tuple[ty
         )
 
 
+_CLASS_MODULES = ("sae_gated_plugin.arch.config", "sae_gated_plugin.arch.sae")
+_deferred = False
+
+
+def _class_modules_initializing(finished: str | None = None) -> bool:
+    """Whether a module defining the classes is half-imported (its ``import sae_lens`` fired
+    the autoload, which called :func:`register` before the classes exist); ``finished`` is a
+    module running its last statement, its classes all defined."""
+    for name in _CLASS_MODULES:
+        module = sys.modules.get(name)
+        if name == finished:
+            continue
+        if module is not None and getattr(module.__spec__, "_initializing", False):
+            return True
+    return False
+
+
+def register_if_deferred(finished: str) -> None:
+    """Finish a registration that :func:`register` had to defer; each class module calls this
+    as its last statement, with its own name."""
+    global _deferred
+    if _deferred and not _class_modules_initializing(finished):
+        _deferred = False
+        _register_classes()
+
+
 def register() -> None:
     """Register ``gated_paper`` with SAELens (inference first, as the training config needs it)."""
+    global _deferred
+    if _class_modules_initializing():
+        _deferred = True  # the class modules call register_if_deferred() when complete
+        return
+    _register_classes()
+
+
+def _register_classes() -> None:
     # Lazy: this function is the entry point, called while sae_lens finishes importing.
     from sae_lens.registry import (
         SAE_CLASS_REGISTRY,

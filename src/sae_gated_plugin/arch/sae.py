@@ -21,6 +21,7 @@ from typing_extensions import override
 from sae_gated_plugin.arch.artifacts import WEIGHTS_FILENAME, check_weights
 from sae_gated_plugin.arch.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.ops import centred_matmul, hold_unit_decoder_rows, tangent_gradient
+from sae_gated_plugin.arch.registry import register_if_deferred
 
 UNIT_NORM_TOLERANCE = 1e-5
 """Decoder rows whose norm is within this of 1 are saved as they are (no fold needed)."""
@@ -50,10 +51,10 @@ def _gated_features(
 class GatedPaperSAE(GatedSAE):
     """Inference Gated SAE of the paper; outputs equal SAELens's ``gated`` on the same weights."""
 
-    cfg: GatedPaperSAEConfig  # type: ignore[assignment]
+    cfg: GatedPaperSAEConfig  # type: ignore[assignment]  # narrows SAELens's cfg type
 
     def __init__(self, cfg: GatedPaperSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]  # SAELens's parent is typed for its own config class
 
     @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,10 +93,10 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
     the gradient component parallel to each row is removed in the backward pass.
     """
 
-    cfg: GatedPaperTrainingSAEConfig  # type: ignore[assignment]
+    cfg: GatedPaperTrainingSAEConfig  # type: ignore[assignment]  # narrows SAELens's cfg type
 
     def __init__(self, cfg: GatedPaperTrainingSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]  # SAELens's parent is typed for its own config class
         hold_unit_decoder_rows(self)
 
     @property
@@ -198,7 +199,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
             sae_out=sae_out,
             feature_acts=acts.feature_acts,
             hidden_pre=acts.magnitude,
-            loss=sum(losses.values()),  # type: ignore[arg-type]
+            loss=sum(losses.values()),  # type: ignore[arg-type]  # sum of tensors is a tensor
             losses=losses,
         )
 
@@ -258,3 +259,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
         with self._unit_rows_for_saving():
             return super().save_inference_model(path)
+
+
+# Last: if `import sae_lens` above fired the autoload, registration waited for these classes.
+register_if_deferred(__name__)

@@ -298,7 +298,7 @@ def evaluate_sae(
             batch = tokens[start : start + batch_size]
             mask = _position_mask(batch, seqpos_slice, exclude)
             hooks = _SpliceHooks(sae, accumulator, mask, head_index, scale, hook_name)
-            runs: dict[str, list[tuple[str, Callable[..., torch.Tensor]]]] = {
+            runs: dict[str, list[tuple[str | Callable[..., Any], Callable[..., Any]]]] = {
                 "clean": [],
                 "sae": [(hook_name, hooks.splice_sae)],
                 "zero": [(hook_name, hooks.splice_zeros)],

@@ -424,7 +424,8 @@ def render_card(
     ordered = sorted_entries(entries)
     block = render_block(repo_id, ordered, revision)
     if existing is None:
-        front, raw = {}, None
+        front: dict[str, Any] = {}
+        raw = None
         body = f"\n# {repo_id.split('/')[-1]}\n\n{block}\n"
     else:
         front, raw, body = split_front_matter(existing)

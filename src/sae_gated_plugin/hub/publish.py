@@ -225,6 +225,8 @@ def _read_remote_state(
             api.create_branch(repo_id, branch=branch, exist_ok=True)
     with step(f"reading the repo at {branch!r}"):
         info = api.model_info(repo_id, revision=branch)
+        if info.sha is None:  # the Hub always sends it; a commit needs it as the parent
+            raise HubPublishError(f"Hub repo {repo_id!r}: no commit id for {branch!r}")
         siblings = {s.rfilename for s in (info.siblings or [])}
         if private and info.private is False:
             warnings.warn(

@@ -49,7 +49,7 @@ class SAESettings(GatedPaperTrainingFields, InputCentring):
     expansion_factor: int = Field(
         default=8, gt=0, description="d_sae = expansion_factor * d_in when d_sae is not set."
     )
-    l1_warm_up_steps: int | None = Field(  # type: ignore[assignment]
+    l1_warm_up_steps: int | None = Field(  # type: ignore[assignment]  # optional here: None means 5% of steps
         default=None,
         ge=0,
         description="Steps over which lambda rises linearly from 0; default 5% of the steps.",
