@@ -28,6 +28,8 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
+	$(VENV)/bin/mypy src
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -250,7 +250,7 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> Any:
         ),
         pytest.param(
             {"hook_name": "blocks.0.hook_resid_post", "n_batches_in_buffer": 2, "context_size": 8},
-            ["n_batches_in_buffer * context_size (16)", "train_batch_size_tokens (256)"],
+            ["n_batches_in_buffer * (training positions per window)", ">= train_batch_size_tokens"],
             id="buffer-too-small",
         ),
         pytest.param(

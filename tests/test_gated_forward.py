@@ -347,6 +347,25 @@ def test_expected_average_fold_keeps_unit_rows_and_outputs() -> None:
         )
 
 
+def test_free_rows_fold_as_saelens_does_keeping_features() -> None:
+    """decoder_norm='free' keeps SAELens's contract: features unchanged, scale in the weights."""
+    sae = training_sae(
+        normalize_activations="expected_average_only_in",
+        decoder_norm="free",
+        decoder_init_norm=None,
+        sparsity_penalty="decoder_norm_weighted",
+        aux_decoder="trainable",
+    )
+    sae.load_state_dict(random_state(12))
+    unfolded = copy.deepcopy(sae)
+    scale = 0.37
+    sae.fold_activation_norm_scaling_factor(scale)
+    x = batch(13) * 5
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x), unfolded(x * scale) / scale, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sae.encode(x), unfolded.encode(x * scale), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_expected_average_fold_through_the_trainer(tmp_path: Path) -> None:
     torch.manual_seed(0)

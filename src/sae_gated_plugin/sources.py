@@ -61,7 +61,7 @@ def load_language_model(name: str, device: str) -> HookedTransformer:
     from sae_lens.load_model import load_model
 
     try:
-        return load_model(  # type: ignore[return-value]  # load_model is typed HookedRootModule
+        return load_model(
             "HookedTransformer",
             name,
             device=device,

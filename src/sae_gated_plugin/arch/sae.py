@@ -51,10 +51,10 @@ def _gated_features(
 class GatedPaperSAE(GatedSAE):
     """Inference Gated SAE of the paper; outputs equal SAELens's ``gated`` on the same weights."""
 
-    cfg: GatedPaperSAEConfig  # type: ignore[assignment]  # narrows SAELens's cfg type
+    cfg: GatedPaperSAEConfig
 
     def __init__(self, cfg: GatedPaperSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]  # SAELens's parent is typed for its own config class
+        super().__init__(cfg, use_error_term)
 
     @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,10 +93,10 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
     the gradient component parallel to each row is removed in the backward pass.
     """
 
-    cfg: GatedPaperTrainingSAEConfig  # type: ignore[assignment]  # narrows SAELens's cfg type
+    cfg: GatedPaperTrainingSAEConfig
 
     def __init__(self, cfg: GatedPaperTrainingSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]  # SAELens's parent is typed for its own config class
+        super().__init__(cfg, use_error_term)
         hold_unit_decoder_rows(self)
 
     @property
@@ -199,7 +199,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
             sae_out=sae_out,
             feature_acts=acts.feature_acts,
             hidden_pre=acts.magnitude,
-            loss=sum(losses.values()),  # type: ignore[arg-type]  # sum of tensors is a tensor
+            loss=sum(losses.values()),
             losses=losses,
         )
 

@@ -32,7 +32,7 @@ PROGRESS_POSTFIX_EVERY = 10
 """Steps between progress-bar postfix refreshes (each costs a device sync)."""
 
 
-class GuardedTrainer(SAETrainer):  # type: ignore[type-arg]  # generic in SAELens's stubs only
+class GuardedTrainer(SAETrainer):
     """SAETrainer with a stop at the first non-finite loss, step-boundary interrupts and a
     progress bar showing tokens/s, loss and L0."""
 
@@ -154,7 +154,7 @@ class GatedRunner(LanguageModelSAETrainingRunner):
             for file in files:
                 os.replace(file, output / file.name)
 
-    def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:  # type: ignore[override]  # typed for SAELens's trainer, not ours
+    def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:
         # SAELens's own handler saves only the activation store's state on interruption, not
         # the SAE or the optimiser; here the trainer saves a complete, resumable checkpoint.
         trainer.__class__ = GuardedTrainer
