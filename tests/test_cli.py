@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sae_gated_plugin import GatedPaperSAE, GatedPaperSAEConfig, embedded
+from sae_gated_plugin import GatedPaperSAE, GatedPaperSAEConfig
 from sae_gated_plugin.cli import main
 from sae_gated_plugin.run import train as training
 from sae_gated_plugin.run.run_config import load_config
@@ -489,14 +489,17 @@ def test_train_through_the_console_script(trained_run: tuple[Path, Any]) -> None
 
 @pytest.mark.integration
 @pytest.mark.embedded
-def test_eval_rewrites_the_report(
+def test_eval_keeps_the_report_unless_overwrite(
     trained_run: tuple[Path, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     output, process = trained_run
     assert process.returncode == 0, process.stderr[-3000:]
     report_path = output / "evaluation.json"
     report_path.write_text('{"stale": true}', encoding="utf-8")
-    assert main(["eval", str(output), "--n-sequences", "2"]) == 0
+    assert main(["eval", str(output), "--n-sequences", "2"]) == EXIT_INVALID
+    assert "--overwrite" in capsys.readouterr().err
+    assert report_path.read_text(encoding="utf-8") == '{"stale": true}'
+    assert main(["eval", str(output), "--n-sequences", "2", "--overwrite"]) == 0
     assert "explained_variance" in capsys.readouterr().out
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert "stale" not in report

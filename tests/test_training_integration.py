@@ -33,6 +33,7 @@ from sae_gated_plugin.errors import (
 from sae_gated_plugin.eval.splice import special_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 from sae_gated_plugin.run import train as training
+from sae_gated_plugin.run.resume import CHECKPOINT_FILES
 from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
 from sae_gated_plugin.run.runner import GuardedTrainer
 
@@ -114,7 +115,7 @@ def checkpoint_folders(cfg: TrainRunConfig) -> list[str]:
 
 
 def assert_complete_checkpoint(folder: Path) -> None:
-    for name in training.CHECKPOINT_FILES:
+    for name in CHECKPOINT_FILES:
         assert (folder / name).is_file(), f"{folder} lacks {name}"
     weights = load_file(folder / "sae_weights.safetensors")
     assert weights and all(torch.isfinite(t).all() for t in weights.values())

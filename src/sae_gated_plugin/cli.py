@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from sae_gated_plugin.errors import (
     GatedPluginError,
@@ -69,6 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--output", type=Path, help="report path (default SAE_PATH/evaluation.json)"
     )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace an existing report at that path"
+    )
 
     push = verbs.add_parser("push", help="publish a trained SAE to the Hugging Face Hub")
     push.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
@@ -124,6 +129,7 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             output=args.output,
+            overwrite=args.overwrite,
         )
         print(report.to_table())
         return EXIT_OK
@@ -149,8 +155,22 @@ def _run(args: argparse.Namespace) -> int:
     raise GatedPluginError(f"unknown command {args.verb!r}")  # argparse prevents this
 
 
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sae-gated`` console script."""
+    # SIGTERM behaves as Ctrl-C from the first second (model loading included): a clean exit
+    # 130, with staging folders cleaned up; training installs its own step-boundary handler.
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         return _run(args)
@@ -164,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sae-gated: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("sae-gated: interrupted", file=sys.stderr)
+        print("sae-gated: interrupted; nothing was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

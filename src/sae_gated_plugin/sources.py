@@ -7,6 +7,7 @@ dataset that cannot be reached) becomes a ``GatedPluginError`` naming it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -83,8 +84,20 @@ def load_text_dataset(name: str, split: str) -> datasets.Dataset | None:
     return None
 
 
-def activation_width(model: HookedTransformer, hook_name: str) -> int:
-    """Width of the activations at ``hook_name`` (one tiny forward pass)."""
+def announce(message: str) -> None:
+    """Say on stderr what is happening now (e.g. a slow load), so no wait is silent."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def activation_width(
+    model: HookedTransformer, hook_name: str, head_index: int | None = None
+) -> int:
+    """Width of the activations an SAE at ``hook_name`` reads (one tiny forward pass).
+
+    Hooks with a head axis (``hook_q``, ``hook_k``, ``hook_v``, ``hook_z``, ...) give
+    ``(batch, pos, n_heads, d_head)``: as SAELens, the SAE reads one head (``head_index``,
+    SAELens's ``hook_head_index``) or, without one, all heads flattened (``n_heads * d_head``).
+    """
     import torch
 
     if hook_name not in model.hook_dict:
@@ -95,7 +108,23 @@ def activation_width(model: HookedTransformer, hook_name: str) -> int:
     tokens = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=hook_name)
-    return int(cache[hook_name].shape[-1])
+    shape = tuple(cache[hook_name].shape)
+    if len(shape) == 4:
+        n_heads, d_head = shape[2], shape[3]
+        if head_index is None:
+            return int(n_heads * d_head)
+        if not 0 <= head_index < n_heads:
+            raise GatedPluginError(
+                f"hook_head_index {head_index} is out of range: {hook_name} has {n_heads} heads"
+            )
+        return int(d_head)
+    if len(shape) != 3 or head_index is not None:
+        raise GatedPluginError(
+            f"hook {hook_name!r} gives activations of shape {shape}; an SAE needs "
+            "(batch, pos, d) or, with heads, (batch, pos, n_heads, d_head)"
+            + (" (hook_head_index applies to hooks with a head axis only)" if head_index else "")
+        )
+    return int(shape[-1])
 
 
 def load_hub_text_dataset(name: str, split: str) -> Any:

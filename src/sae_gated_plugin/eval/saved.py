@@ -7,15 +7,15 @@ it was trained on, so an SAE is evaluated where it was trained (see ``evals.eval
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sae_gated_plugin.arch.artifacts import CFG_FILENAME, EVAL_FILENAME, validate_sae_folder
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import write_report
 from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
-from sae_gated_plugin.io import read_json
 from sae_gated_plugin.sources import (
+    announce,
     load_hub_text_dataset,
     load_language_model,
     load_text_dataset,
@@ -23,6 +23,8 @@ from sae_gated_plugin.sources import (
 )
 
 if TYPE_CHECKING:
+    from sae_lens import SAE
+
     from sae_gated_plugin.eval.metrics import EvalReport
 
 
@@ -36,25 +38,31 @@ def evaluate_saved_sae(
     batch_size: int = 8,
     device: str = "auto",
     output: Path | None = None,
+    overwrite: bool = False,
 ) -> EvalReport:
-    """Evaluate the SAE in ``sae_path``; writes the report JSON (default next to the SAE)."""
-    from sae_lens import SAE
+    """Evaluate the SAE in ``sae_path``; writes the report JSON (default next to the SAE).
 
+    An existing report at the output path (such as the one training wrote) is kept unless
+    ``overwrite``; everything that needs no model is checked before the model loads.
+    """
     if n_sequences <= 0 or batch_size <= 0:
         raise GatedPluginError("--n-sequences and --batch-size must be positive")
-    validate_sae_folder(sae_path)
-    metadata = read_json(sae_path / CFG_FILENAME).get("metadata") or {}
+    output = output or sae_path / EVAL_FILENAME
+    _check_report_path(output, overwrite)
+    cfg = validate_sae_folder(sae_path)
+    device = resolve_device(device)
+    sae = _load_sae(sae_path, cfg["architecture"], device)
+    metadata = cfg.get("metadata") or {}
     model_name = model_name or metadata.get("model_name")
     dataset = dataset or metadata.get("dataset_path")
     if not model_name:
         raise GatedPluginError(f"{sae_path}/cfg.json names no model_name; pass --model")
     if not dataset:
         raise GatedPluginError(f"{sae_path}/cfg.json names no dataset_path; pass --dataset")
-    device = resolve_device(device)
     text = load_text_dataset(dataset, split)
     if text is None:
         text = load_hub_text_dataset(dataset, split)
-    sae = SAE.load_from_disk(sae_path, device=device)
+    announce(f"loading {model_name}...")
     model = load_language_model(model_name, device)
     context_size = int(metadata.get("context_size") or 128)
     tokens = eval_tokens_from_dataset(
@@ -74,5 +82,33 @@ def evaluate_saved_sae(
         exclude_token_ids=excluded_token_ids(model, metadata.get("exclude_special_tokens", False)),
         batch_size=batch_size,
     )
-    write_report(report, output or sae_path / EVAL_FILENAME)
+    write_report(report, output)
     return report
+
+
+def _check_report_path(output: Path, overwrite: bool) -> None:
+    if output.is_dir():
+        raise GatedPluginError(f"--output {output} is a folder; give the report's file path")
+    if output.exists() and not overwrite:
+        raise GatedPluginError(
+            f"{output} already exists (an earlier evaluation); pass --overwrite to replace it "
+            "or --output to write elsewhere (nothing was changed)"
+        )
+
+
+def _load_sae(sae_path: Path, architecture: str, device: str) -> SAE[Any]:
+    """Load the SAE with SAELens; an architecture SAELens does not know is a clear error."""
+    announce("loading SAELens...")
+    from sae_lens import SAE
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    from sae_gated_plugin.arch.registry import register
+
+    register()
+    if architecture not in SAE_CLASS_REGISTRY:
+        raise GatedPluginError(
+            f"{sae_path / CFG_FILENAME}: architecture {architecture!r} is not known to SAELens "
+            f"(known: {', '.join(sorted(SAE_CLASS_REGISTRY))}); install the plugin that "
+            "provides it"
+        )
+    return SAE.load_from_disk(sae_path, device=device)

@@ -281,7 +281,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise GatedPluginError(f"--set expects key=value, got {item!r}")
-        _set_dotted(result, key.strip(), yaml.safe_load(text) if text else None)
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(exc).split())
+            raise GatedPluginError(
+                f"--set {item}: the value is not valid YAML ({reason})"
+            ) from None
+        _set_dotted(result, key.strip(), value)
     return result
 
 

@@ -26,7 +26,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from sae_gated_plugin.errors import TrainingDivergedError, TrainingInterruptedError
-from sae_gated_plugin.io import staging_folder
+from sae_gated_plugin.io import atomic_write_text, staging_folder
 
 PROGRESS_POSTFIX_EVERY = 10
 """Steps between progress-bar postfix refreshes (each costs a device sync)."""
@@ -38,6 +38,8 @@ class GuardedTrainer(SAETrainer):
 
     stop_requested: bool = False
     _pbar: tqdm | None = None
+    extra_checkpoint_files: dict[str, str] = {}  # noqa: RUF012  (replaced, never mutated)
+    """Plugin files written into every checkpoint (the run config, to check a resume against)."""
 
     def save_checkpoint(
         self,
@@ -55,6 +57,8 @@ class GuardedTrainer(SAETrainer):
         final = Path(base) / checkpoint_name
         with staging_folder(Path(base) / staging_name) as staging:
             super().save_checkpoint(staging_name, base_path, wandb_aliases)
+            for name, text in self.extra_checkpoint_files.items():
+                atomic_write_text(staging / name, text)
             if final.exists():  # the same token count saved twice: keep the newer one
                 shutil.rmtree(final)
             os.replace(staging, final)
@@ -130,6 +134,8 @@ def _stop_at_step_boundary(trainer: GuardedTrainer) -> Iterator[None]:
 class GatedRunner(LanguageModelSAETrainingRunner):
     """SAELens's runner, with ``GuardedTrainer`` and full checkpoints on interruption."""
 
+    extra_checkpoint_files: dict[str, str] = {}  # noqa: RUF012  (replaced, never mutated)
+    """Plugin files to write into every checkpoint (see ``GuardedTrainer``)."""
     metadata_overrides: dict[str, Any] = {}  # noqa: RUF012  (replaced, never mutated)
     """SAE metadata fields to set after SAELens's own (the run's real window, where SAELens
     was handed a cut one for cached activations)."""
@@ -160,6 +166,7 @@ class GatedRunner(LanguageModelSAETrainingRunner):
         trainer.__class__ = GuardedTrainer
         assert isinstance(trainer, GuardedTrainer)
         trainer.stop_requested = False
+        trainer.extra_checkpoint_files = self.extra_checkpoint_files
         # After a resume, thresholds already passed would each fire a checkpoint at once.
         trainer.checkpoint_thresholds = [
             t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples

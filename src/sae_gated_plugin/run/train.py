@@ -17,9 +17,12 @@ from sae_gated_plugin.arch.artifacts import EVAL_FILENAME, TRAIN_CONFIG_FILENAME
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.io import atomic_write_text
 from sae_gated_plugin.run.caching import check_cache_matches
+from sae_gated_plugin.run.output_folder import own_output_folder
+from sae_gated_plugin.run.resume import check_resume
 from sae_gated_plugin.run.run_config import TrainRunConfig
 from sae_gated_plugin.sources import (
     activation_width,
+    announce,
     dataset_load_errors,
     load_language_model,
     load_text_dataset,
@@ -34,13 +37,7 @@ if TYPE_CHECKING:
 
     from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
     from sae_gated_plugin.eval.metrics import EvalReport
-
-CHECKPOINT_FILES = (
-    "cfg.json",
-    "sae_weights.safetensors",
-    "trainer_state.pt",
-    "activations_store_state.safetensors",
-)
+    from sae_gated_plugin.run.runner import GatedRunner
 
 
 def gated_sae_config(cfg: TrainRunConfig, d_in: int) -> GatedPaperTrainingSAEConfig:
@@ -149,24 +146,6 @@ def uses_cached_activations(cfg: TrainRunConfig) -> bool:
     return bool(cfg.saelens.get("use_cached_activations"))
 
 
-def check_output_folder(cfg: TrainRunConfig, resume_from: Path | None) -> None:
-    """Refuse to overwrite a finished SAE; on resume, check the checkpoint is complete."""
-    output = Path(cfg.output_path)
-    if resume_from is None and (output / "cfg.json").exists():
-        raise GatedPluginError(
-            f"output_path {output} already holds a trained SAE; choose another output_path "
-            "(nothing was overwritten)"
-        )
-    if resume_from is not None:
-        if not resume_from.is_dir():
-            raise GatedPluginError(f"--resume {resume_from}: no such checkpoint folder")
-        missing = [name for name in CHECKPOINT_FILES if not (resume_from / name).exists()]
-        if missing:
-            raise GatedPluginError(
-                f"--resume {resume_from}: not a complete SAELens checkpoint (missing {missing})"
-            )
-
-
 @dataclass
 class TrainResult:
     """What a finished run produced."""
@@ -195,18 +174,42 @@ def train(
             describes, with the same data, optimiser and evaluation (for baselines such as
             SAELens's ``standard``); its ``d_in`` must be the hook's width.
     """
+    output = Path(cfg.output_path)
+    if resume_from is not None:
+        check_resume(cfg, resume_from)
+    with own_output_folder(output) as folder:
+        runner, model = _prepare_runner(cfg, resume_from, model, sae_config)
+        config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        runner.extra_checkpoint_files = {TRAIN_CONFIG_FILENAME: config_text}
+        atomic_write_text(output / TRAIN_CONFIG_FILENAME, config_text)
+        folder.keep = True  # from here on, checkpoints may exist: the folder stays
+        trained = runner.run()
+        report = None
+        if cfg.eval.enabled:
+            report = evaluate_run(cfg, load_trained_sae(output, resolve_device(cfg.device)), model)
+    return TrainResult(trained_sae=trained, output_path=output, report=report)
+
+
+def _prepare_runner(
+    cfg: TrainRunConfig,
+    resume_from: Path | None,
+    model: HookedTransformer | None,
+    sae_config: TrainingSAEConfig | None,
+) -> tuple[GatedRunner, HookedTransformer]:
+    """Load what the run needs and build SAELens's runner (nothing is written yet)."""
+    announce("loading SAELens...")
     import torch
 
     from sae_gated_plugin.arch.registry import register
     from sae_gated_plugin.run.runner import GatedRunner
 
     register()
-    check_output_folder(cfg, resume_from)
     device = resolve_device(cfg.device)
     dataset = load_text_dataset(cfg.dataset, "train")
     if model is None:
+        announce(f"loading {cfg.model_name}...")
         model = load_language_model(cfg.model_name, device)
-    d_in = activation_width(model, cfg.hook_name)
+    d_in = activation_width(model, cfg.hook_name, cfg.saelens.get("hook_head_index"))
     if uses_cached_activations(cfg):
         check_cache_matches(cfg, d_in)
     runner_cfg = build_runner_config(cfg, d_in, resume_from)
@@ -226,17 +229,7 @@ def train(
         "context_size": cfg.context_size,
         "seqpos_slice": cfg.training_positions,
     }
-    output = Path(cfg.output_path)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        output / TRAIN_CONFIG_FILENAME,
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-    )
-    trained = runner.run()
-    report = None
-    if cfg.eval.enabled:
-        report = evaluate_run(cfg, load_trained_sae(output, device), model)
-    return TrainResult(trained_sae=trained, output_path=output, report=report)
+    return runner, model
 
 
 def load_trained_sae(path: Path, device: str = "cpu") -> SAE[Any]:
