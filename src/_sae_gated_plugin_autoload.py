@@ -10,14 +10,13 @@ Opt out with ``SAE_GATED_PLUGIN_AUTOLOAD=0`` (also ``false``, ``no``, ``off``). 
 ``import sae_gated_plugin`` still registers, through :func:`call_after_sae_lens_import`.
 
 Start-up cost matters here (this runs in every interpreter of the environment): only modules
-Python has already loaded at start-up are imported (not even ``typing``).
+Python has already loaded at start-up are imported (not even ``typing`` or ``__future__``).
 """
-
-from __future__ import annotations
 
 import os
 import sys
 
+# Annotations naming these are quoted: no `from __future__ import annotations` (start-up cost).
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 ENV_VAR = "SAE_GATED_PLUGIN_AUTOLOAD"
 ENTRY_POINT_GROUP = "sae_lens.architectures"
 _WATCHED = "sae_lens"
-_callbacks: list[Callable[[], None]] = []
+_callbacks: "list[Callable[[], None]]" = []
 _load_plugins = False  # set by install(): call the entry points when sae_lens loads
 
 
@@ -64,7 +63,7 @@ def load_entry_points() -> None:
 class _SaeLensWatcher:
     """Meta-path finder that only wraps sae_lens's loader, then steps aside."""
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(self, fullname: str, path: "Any" = None, target: "Any" = None) -> "Any":
         if fullname != _WATCHED:
             return None
         import importlib.util
@@ -77,7 +76,7 @@ class _SaeLensWatcher:
         had_own = "exec_module" in vars(loader)
         original_exec = loader.exec_module
 
-        def exec_then_register(module: Any) -> None:
+        def exec_then_register(module: "Any") -> None:
             # Undo the patch first: some loaders (zipimport's) serve many modules.
             if had_own:
                 loader.exec_module = original_exec  # type: ignore[method-assign]  # undoing/patching one loader
@@ -128,7 +127,7 @@ def install() -> None:
     _watch()
 
 
-def call_after_sae_lens_import(callback: Callable[[], None]) -> None:
+def call_after_sae_lens_import(callback: "Callable[[], None]") -> None:
     """Call ``callback`` once sae_lens is imported: now if it already is, else right after
     ``import sae_lens`` completes (whether or not autoloading is enabled)."""
     if _WATCHED in sys.modules:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from sae_lens import SAE
 from safetensors.torch import load_file
 
 from sae_gated_plugin import embedded
@@ -33,7 +34,7 @@ from sae_gated_plugin.errors import (
 from sae_gated_plugin.eval.splice import special_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 from sae_gated_plugin.run import train as training
-from sae_gated_plugin.run.resume import CHECKPOINT_FILES
+from sae_gated_plugin.run.resume import CHECKPOINT_FILES, check_resume
 from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
 from sae_gated_plugin.run.runner import GuardedTrainer
 
@@ -269,6 +270,10 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(
     assert checkpoint_folders(cfg) == [good_checkpoint.name]
     assert_complete_checkpoint(good_checkpoint)
     assert signal.getsignal(signal.SIGINT) is sigint_handler
+    # The checkpoint before the divergence stays usable: it loads, and a resume accepts it.
+    loaded = SAE.load_from_disk(good_checkpoint)
+    assert loaded.cfg.d_sae == cfg.sae.d_sae
+    check_resume(cfg, good_checkpoint)
 
 
 # --------------------------------------------------------------------------- interruption
