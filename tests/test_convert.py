@@ -173,6 +173,17 @@ def test_metadata_is_kept_and_can_be_set(tmp_path: Path) -> None:
         assert {k: cfg["metadata"][k] for k in METADATA} == expected
 
 
+def test_the_check_sees_every_latent_open_and_closed() -> None:
+    from sae_gated_plugin.convert.verify import probe_activations
+
+    for seed in range(3):
+        sae = gated_paper_sae(d_in=64, d_sae=256, seed=seed)
+        weights = {name: p.detach() for name, p in sae.named_parameters()}
+        pi_gate, _ = gate_pre_activation(sae, probe_activations(weights))
+        open_fraction = (pi_gate > 0).float().mean(dim=0)
+        assert ((open_fraction > 0) & (open_fraction < 1)).all()
+
+
 # --------------------------------------------------------------------------- -> jumprelu
 
 

@@ -103,14 +103,13 @@ def jumprelu_parameters(weights: dict[str, torch.Tensor]) -> tuple[dict[str, tor
         )
     scale = weights["r_mag"].double().exp()
     theta = weights["b_mag"].double() - scale * weights["b_gate"].double()
-    params = {
-        "W_enc": weights["W_enc"].double() * scale,
-        "b_enc": weights["b_mag"].double(),
-        "threshold": theta.clamp_min(0.0),
-        "W_dec": weights["W_dec"].double(),
-        "b_dec": weights["b_dec"].double(),
+    out = {
+        "W_enc": (weights["W_enc"].double() * scale).to(dtype),
+        "b_enc": weights["b_mag"].clone(),
+        "threshold": theta.clamp_min(0.0).to(dtype),
+        "W_dec": weights["W_dec"].clone(),
+        "b_dec": weights["b_dec"].clone(),
     }
-    out = {name: tensor.to(dtype).contiguous() for name, tensor in params.items()}
     for name in ("W_enc", "threshold"):
         if not torch.isfinite(out[name]).all():
             raise GatedPluginError(

@@ -88,7 +88,9 @@ def tolerance(dtype: torch.dtype, d_in: int) -> float:
     return 16 * torch.finfo(dtype).eps * math.sqrt(d_in)
 
 
-def probe_activations(weights: dict[str, torch.Tensor], n: int = N_PROBES, seed: int = 0):
+def probe_activations(
+    weights: dict[str, torch.Tensor], n: int = N_PROBES, seed: int = 0
+) -> torch.Tensor:
     """Synthetic inputs that put every latent's gate pre-activation on both sides of zero.
 
     Half are random directions around ``b_dec`` at radii spread over three decades around the
@@ -96,28 +98,32 @@ def probe_activations(weights: dict[str, torch.Tensor], n: int = N_PROBES, seed:
     non-negative combinations of decoder rows, with coefficients around each chosen latent's
     gate threshold (what a trained SAE sees).
     """
-    w_gate = weights["W_enc"].double()
-    w_dec = weights["W_dec"].double()
-    b_gate = weights["b_gate"].double()
-    b_dec = weights["b_dec"].double()
+    work = _work_dtype(weights["W_enc"].dtype)
+    w_gate, w_dec = weights["W_enc"].to(work), weights["W_dec"].to(work)
+    b_gate, b_dec = weights["b_gate"].to(work), weights["b_dec"].to(work)
     d_in, d_sae = w_gate.shape
     gen = torch.Generator().manual_seed(seed)
     col_norm = w_gate.norm(dim=0).median().clamp_min(1e-30)
     bias_scale = b_gate.abs().median()
-    bias_scale = bias_scale if bias_scale > 0 else torch.tensor(1.0, dtype=torch.float64)
+    bias_scale = bias_scale if bias_scale > 0 else torch.tensor(1.0, dtype=work)
     n_dir = n // 2
-    directions = torch.randn(n_dir, d_in, generator=gen, dtype=torch.float64)
+    directions = torch.randn(n_dir, d_in, generator=gen, dtype=work)
     directions /= directions.norm(dim=-1, keepdim=True)
     radius = bias_scale * math.sqrt(d_in) / col_norm
-    radii = radius * 10 ** (torch.rand(n_dir, 1, generator=gen, dtype=torch.float64) * 3 - 1.5)
+    radii = radius * 10 ** (torch.rand(n_dir, 1, generator=gen, dtype=work) * 3 - 1.5)
     n_dec, k = n - n_dir, min(8, d_sae)
     latents = torch.stack([torch.randperm(d_sae, generator=gen)[:k] for _ in range(n_dec)])
-    response = (w_dec * w_gate.T).sum(dim=-1).abs().clamp_min(1e-30)  # W_dec[i] . W_gate[:, i]
+    response = torch.einsum("id,di->i", w_dec, w_gate).abs().clamp_min(1e-30)
     crossing = (b_gate.abs() + 1e-3 * bias_scale) / response  # coefficient that opens the gate
-    coeffs = crossing[latents] * torch.rand(n_dec, k, generator=gen, dtype=torch.float64) * 3
+    coeffs = crossing[latents] * torch.rand(n_dec, k, generator=gen, dtype=work) * 3
     combos = torch.einsum("pk,pkd->pd", coeffs, w_dec[latents])
     probes = torch.cat([directions * radii, combos]) + b_dec
     return probes.to(weights["W_enc"].dtype)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32, or float64 for a float64 SAE: precise enough to measure the SAE's rounding."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 @torch.no_grad()
@@ -138,21 +144,22 @@ def verify_conversion(
     tol = tolerance(dtype, x.shape[-1])
     # encode then decode, in that order: SAELens's run-time normalisations keep the input's
     # scale on the module between the two calls.
+    work = _work_dtype(dtype)
     features = reference.features(x)
-    r_ref = reference.decode(features).double()
-    f_ref = features.double()
+    r_ref = reference.decode(features).to(work)
+    f_ref = features.to(work)
     converted.turn_off_forward_pass_hook_z_reshaping()  # probes are flat; reshaping is a view
     features = converted.encode(x)
-    r_new = converted.decode(features).double()
-    f_new = features.double()
+    r_new = converted.decode(features).to(work)
+    f_new = features.to(work)
 
-    w_gate = weights["W_enc"].double()
-    x_c = reference.centred(x).double()
-    gate = x_c @ w_gate + weights["b_gate"].double()
+    w = {name: tensor.to(work) for name, tensor in weights.items()}
+    x_c = reference.centred(x).to(work)
+    gate = x_c @ w["W_enc"] + w["b_gate"]
     x_norm = x_c.norm(dim=-1, keepdim=True)
-    gate_scale = x_norm * w_gate.norm(dim=0) + weights["b_gate"].double().abs()
-    mag_norm = w_gate.norm(dim=0) * weights["r_mag"].double().exp()
-    feature_scale = x_norm * mag_norm + weights["b_mag"].double().abs()
+    gate_scale = x_norm * w["W_enc"].norm(dim=0) + w["b_gate"].abs()
+    mag_norm = w["W_enc"].norm(dim=0) * w["r_mag"].exp()
+    feature_scale = x_norm * mag_norm + w["b_mag"].abs()
     # The scales are floored so that an all-zero latent or input does not demand exact zeros.
     feature_error = (f_new - f_ref).abs() / (tol * feature_scale).clamp_min(1e-30)
     beyond = feature_error > 1
@@ -168,8 +175,7 @@ def verify_conversion(
             f"{gate[probe, latent].item():.3g}); nothing was written"
         )
     clean_rows = ~(beyond.any(dim=-1))
-    w_dec = weights["W_dec"].double().abs()
-    recon_scale = (feature_scale + f_ref.abs()) @ w_dec + weights["b_dec"].double().abs()
+    recon_scale = (feature_scale + f_ref.abs()) @ w["W_dec"].abs() + w["b_dec"].abs()
     recon_error = (r_new - r_ref).abs() / (tol * recon_scale).clamp_min(1e-30)
     recon_error = recon_error[clean_rows]
     if recon_error.numel() and recon_error.max() > 1:
