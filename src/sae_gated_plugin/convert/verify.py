@@ -142,9 +142,9 @@ def verify_conversion(
     x = probe_activations(weights, n_probes)
     dtype = weights["W_enc"].dtype
     tol = tolerance(dtype, x.shape[-1])
+    work = _work_dtype(dtype)
     # encode then decode, in that order: SAELens's run-time normalisations keep the input's
     # scale on the module between the two calls.
-    work = _work_dtype(dtype)
     features = reference.features(x)
     r_ref = reference.decode(features).to(work)
     f_ref = features.to(work)
@@ -160,7 +160,7 @@ def verify_conversion(
     gate_scale = x_norm * w["W_enc"].norm(dim=0) + w["b_gate"].abs()
     mag_norm = w["W_enc"].norm(dim=0) * w["r_mag"].exp()
     feature_scale = x_norm * mag_norm + w["b_mag"].abs()
-    # The scales are floored so that an all-zero latent or input does not demand exact zeros.
+    # Floored only to avoid 0 / 0 (where the scale is 0 the values must be equal).
     feature_error = (f_new - f_ref).abs() / (tol * feature_scale).clamp_min(1e-30)
     beyond = feature_error > 1
     at_boundary = gate.abs() <= tol * gate_scale
