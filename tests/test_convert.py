@@ -16,11 +16,12 @@ from sae_lens.saes.gated_sae import GatedSAE
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE
 from safetensors.torch import load_file, save_file
 
-from sae_gated_plugin import GatedPaperSAE, GatedPaperSAEConfig, hub, model_card
+from sae_gated_plugin import GatedPaperSAE, GatedPaperSAEConfig, hub
 from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
 from sae_gated_plugin.convert import convert_sae, jumprelu_parameters
 from sae_gated_plugin.convert.folders import PROVENANCE_KEY
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.hub import card as model_card
 
 D_IN, D_SAE = 24, 48
 METADATA = {
@@ -273,7 +274,7 @@ def test_bfloat16_jumprelu_export_keeps_its_dtype(tmp_path: Path) -> None:
 @pytest.mark.embedded
 def test_jumprelu_export_on_real_smollm2_activations(smollm2: Any, tmp_path: Path) -> None:
     from sae_gated_plugin import embedded
-    from sae_gated_plugin.evals import eval_tokens_from_dataset
+    from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 
     hook = "blocks.2.hook_resid_post"
     tokens = eval_tokens_from_dataset(

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from sae_gated_plugin.arch.artifacts import SPARSITY_FILENAME, WEIGHTS_FILENAME
+from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.convert import dictionary_learning
 from sae_gated_plugin.convert.folders import (
     check_destination,
@@ -30,8 +32,6 @@ from sae_gated_plugin.convert.verify import (
     verify_conversion,
 )
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.registry import ARCHITECTURE
-from sae_gated_plugin.validation import SPARSITY_FILENAME, WEIGHTS_FILENAME
 
 SOURCES = ("saelens", "dictionary_learning")
 """Source formats: a SAELens folder (``gated_paper`` or ``gated``), or a dictionary_learning
@@ -77,7 +77,7 @@ def _read_source(
     """cfg, gated parameters, the source model and its weights file (None: not SAELens)."""
     if source == "dictionary_learning":
         cfg, state = dictionary_learning.read_checkpoint(src)
-        reference = dictionary_learning.DictionaryLearningReference(state)
+        reference: GatedReference = dictionary_learning.DictionaryLearningReference(state)
         return cfg, dictionary_learning.gated_parameters(state), reference, None
     from sae_lens import SAE
 

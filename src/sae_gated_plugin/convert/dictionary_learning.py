@@ -33,6 +33,7 @@ import torch
 
 from sae_gated_plugin.convert.folders import PROVENANCE_KEY
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.io import read_json
 
 STATE_FILENAME = "ae.pt"
 CONFIG_FILENAME = "config.json"
@@ -144,7 +145,7 @@ def sae_cfg(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str,
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.util import dtype_to_str
 
-    from sae_gated_plugin.config import GatedPaperSAEConfig
+    from sae_gated_plugin.arch.config import GatedPaperSAEConfig
 
     trainer = config.get("trainer") or {}
     buffer = config.get("buffer") or {}
@@ -171,8 +172,6 @@ def sae_cfg(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str,
 def read_checkpoint(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The ``gated_paper`` cfg.json and the checked ``ae.pt`` state dict of a
     dictionary_learning folder (:func:`gated_parameters` maps the state dict)."""
-    from sae_gated_plugin.training import read_json
-
     src = Path(src)
     if not src.is_dir():
         raise GatedPluginError(f"{src}: no such folder (a dictionary_learning training folder)")

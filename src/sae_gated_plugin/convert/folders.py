@@ -17,20 +17,21 @@ from typing import Any, TypeVar
 
 import torch
 
-from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.registry import ARCHITECTURE
-from sae_gated_plugin.staging import staging_folder
-from sae_gated_plugin.validation import (
+from sae_gated_plugin.arch.artifacts import (
     CFG_FILENAME,
+    PLUGIN_METADATA_KEY,
     SPARSITY_FILENAME,
     WEIGHTS_FILENAME,
     read_safetensors,
     validate_sae_folder,
 )
+from sae_gated_plugin.arch.schema import ARCHITECTURE
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.io import staging_folder
 
 T = TypeVar("T")
 
-PROVENANCE_KEY = "sae_gated_plugin"
+PROVENANCE_KEY = PLUGIN_METADATA_KEY
 """cfg.json ``metadata`` key recording what a converted SAE was trained as and how it is saved.
 The same key marks a portable SAE for the model card (``model_card.PORTABLE_METADATA_KEY``)."""
 

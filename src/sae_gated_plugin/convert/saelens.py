@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.registry import ARCHITECTURE
 
 TARGETS = (ARCHITECTURE, "gated", "jumprelu")
 """Architectures a gated SAE converts into."""
@@ -47,7 +47,7 @@ def renamed_cfg(cfg: dict[str, Any], target: str) -> dict[str, Any]:
     if target == ARCHITECTURE:
         from pydantic import ValidationError
 
-        from sae_gated_plugin.config import GatedPaperSAESchema
+        from sae_gated_plugin.arch.schema import GatedPaperSAESchema
 
         try:
             GatedPaperSAESchema.model_validate(out)
