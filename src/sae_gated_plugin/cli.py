@@ -1,4 +1,4 @@
-"""The ``sae-gated`` command: train, cache, eval, push, schema, demo.
+"""The ``sae-gated`` command: train, cache, eval, push, convert, schema, demo.
 
 Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
 message naming what is wrong, 1 when training diverges, 130 when interrupted.
@@ -88,6 +88,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     push.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
 
+    # --- convert (issue 12): arguments and run live in sae_gated_plugin.convert.command
+    from sae_gated_plugin.convert import command as convert_command
+
+    convert_command.add_parser(verbs)
+    # --- end convert
+
     verbs.add_parser("schema", help="print the JSON Schema of the train config")
 
     demo = verbs.add_parser("demo", help="train, evaluate and reload an SAE on SmolLM2, offline")
@@ -146,6 +152,11 @@ def _run(args: argparse.Namespace) -> int:
             token=args.token,
         )
         print(f"Pushed to {url}")
+        return EXIT_OK
+    if args.verb == "convert":  # --- convert (issue 12)
+        from sae_gated_plugin.convert import command as convert_command
+
+        print(convert_command.run(args))
         return EXIT_OK
     if args.verb == "demo":
         from sae_gated_plugin.demo import run_demo

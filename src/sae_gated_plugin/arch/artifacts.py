@@ -24,6 +24,9 @@ TRAIN_CONFIG_FILENAME = "train_config.yaml"
 EVAL_FILENAME = "evaluation.json"
 """The evaluation report a run (or ``sae-gated eval``) saves beside its SAE."""
 GATED_ARCHITECTURES = (ARCHITECTURE, "gated")
+PLUGIN_METADATA_KEY = "sae_gated_plugin"
+"""cfg.json ``metadata`` key under which the plugin records what an SAE was trained as and
+the form it is saved in (portable ``gated``, a conversion)."""
 
 
 def gated_parameter_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:

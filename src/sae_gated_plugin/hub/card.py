@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from sae_gated_plugin.arch.artifacts import PLUGIN_METADATA_KEY
 from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
 
@@ -52,7 +53,7 @@ FORM_PORTABLE = "portable gated"
 FORM_BUILTIN = "gated"
 """An SAE of SAELens's own ``gated`` architecture (not trained with this plugin)."""
 
-PORTABLE_METADATA_KEY = "sae_gated_plugin"
+PORTABLE_METADATA_KEY = PLUGIN_METADATA_KEY
 """cfg.json ``metadata`` key under which a portable SAE records that it was gated_paper."""
 
 TAGS = ("sparse-autoencoder", "gated-sae", "sae-gated-plugin", "saelens")

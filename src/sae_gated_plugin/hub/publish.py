@@ -11,7 +11,6 @@ SAELens loads the SAE without this plugin.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import re
 import tempfile
@@ -70,19 +69,12 @@ def _read_yaml(path: Path) -> Any:
 
 
 def portable_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A gated_paper cfg.json rewritten as SAELens's built-in ``gated`` (same parameters)."""
-    out = copy.deepcopy(cfg)
-    out["architecture"] = "gated"
-    metadata = dict(out.get("metadata") or {})
-    metadata[model_card.PORTABLE_METADATA_KEY] = {
-        "trained_architecture": ARCHITECTURE,
-        "form": "portable",
-        "note": "Trained with sae-gated-plugin's gated_paper (arXiv:2404.16014) and published "
-        "as SAELens's built-in 'gated': same parameters, same encode/decode outputs, so plain "
-        "SAELens loads it without the plugin.",
-    }
-    out["metadata"] = metadata
-    return out
+    """A gated_paper cfg.json rewritten as SAELens's built-in ``gated`` (same parameters): the
+    same rewrite as ``sae-gated convert --to gated``."""
+    from sae_gated_plugin.convert.folders import provenance, with_metadata
+    from sae_gated_plugin.convert.saelens import renamed_cfg
+
+    return with_metadata(renamed_cfg(cfg, "gated"), provenance(cfg, "gated"), None)
 
 
 def _dump(value: Any, filename: str) -> bytes:

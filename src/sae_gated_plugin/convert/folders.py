@@ -1,0 +1,150 @@
+"""Reading the SAE folder a conversion starts from, and writing the one it makes.
+
+A converted SAE is a normal SAELens folder: ``cfg.json`` and ``sae_weights.safetensors`` (and
+``sparsity.safetensors`` when the source has one: the latents fire exactly as before). It is
+written into a staging folder beside the destination, loaded back and checked there, and only
+then renamed into place; an existing destination is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from sae_gated_plugin.arch.artifacts import (
+    CFG_FILENAME,
+    PLUGIN_METADATA_KEY,
+    SPARSITY_FILENAME,
+    WEIGHTS_FILENAME,
+    read_safetensors,
+    validate_sae_folder,
+)
+from sae_gated_plugin.arch.schema import ARCHITECTURE
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.io import staging_folder
+
+T = TypeVar("T")
+
+PROVENANCE_KEY = PLUGIN_METADATA_KEY
+"""cfg.json ``metadata`` key recording what a converted SAE was trained as and how it is saved.
+The same key marks a portable SAE for the model card (``model_card.PORTABLE_METADATA_KEY``)."""
+
+PORTABLE_NOTE = (
+    "Trained with sae-gated-plugin's gated_paper (arXiv:2404.16014) and published as SAELens's "
+    "built-in 'gated': same parameters, same encode/decode outputs, so plain SAELens loads it "
+    "without the plugin."
+)
+"""The note ``sae-gated push --portable`` writes; a ``--to gated`` conversion writes the same."""
+
+FORM_OF_TARGET = {ARCHITECTURE: ARCHITECTURE, "gated": "portable", "jumprelu": "jumprelu"}
+"""``form`` recorded in the provenance for each target architecture."""
+
+
+def check_destination(dst: str | Path) -> Path:
+    """``dst`` as a Path, refused if anything exists there already."""
+    dst = Path(dst)
+    if dst.exists() or dst.is_symlink():
+        raise GatedPluginError(
+            f"{dst}: already exists; a conversion never overwrites, pick a new path"
+        )
+    return dst
+
+
+def read_gated_folder(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The validated cfg.json and weights of a SAELens ``gated`` or ``gated_paper`` folder."""
+    src = Path(src)
+    cfg = validate_sae_folder(src)
+    if cfg["architecture"] not in (ARCHITECTURE, "gated"):
+        raise GatedPluginError(
+            f"{src / CFG_FILENAME}: architecture {cfg['architecture']!r} is not a gated SAE; "
+            f"sae-gated convert reads {ARCHITECTURE!r} and SAELens 'gated' folders (and "
+            "dictionary_learning GatedAutoEncoder checkpoints with --from dictionary_learning)"
+        )
+    return cfg, read_safetensors(src / WEIGHTS_FILENAME)
+
+
+def provenance(cfg: dict[str, Any], target: str) -> dict[str, Any] | None:
+    """The provenance entry for ``cfg`` saved as ``target``; None when none is needed.
+
+    The entry says what the weights were trained as and in which form they are saved now. No
+    entry is written when an SAE is back in the form it was trained in, so a round trip
+    (gated_paper -> gated -> gated_paper, or gated -> gated_paper -> gated) gives back the
+    original cfg.json.
+    """
+    metadata = cfg.get("metadata") or {}
+    entry = dict(metadata.get(PROVENANCE_KEY) or {})
+    trained = entry.get("trained_architecture") or cfg["architecture"]
+    form = "gated" if target == "gated" and trained == "gated" else FORM_OF_TARGET[target]
+    native = {ARCHITECTURE: ARCHITECTURE, "gated": "gated"}.get(trained)
+    extra = set(entry) - {"trained_architecture", "form", "note"}
+    if form == native and not extra:
+        return None
+    entry.update(trained_architecture=trained, form=form)
+    if trained == ARCHITECTURE and form == "portable":
+        entry["note"] = PORTABLE_NOTE
+    else:
+        entry["note"] = (
+            f"Trained as {trained}; saved as SAELens's {target!r} by `sae-gated convert`, "
+            "an exact conversion checked against the source model."
+        )
+    return entry
+
+
+def with_metadata(
+    cfg: dict[str, Any], entry: dict[str, Any] | None, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A copy of ``cfg`` with its provenance entry set (or removed) and ``overrides`` applied."""
+    out = json.loads(json.dumps(cfg))  # a deep copy
+    metadata = dict(out.get("metadata") or {})
+    metadata.pop(PROVENANCE_KEY, None)
+    if entry is not None:
+        metadata[PROVENANCE_KEY] = entry
+    for key, value in (overrides or {}).items():
+        try:
+            metadata[key] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            raise GatedPluginError(
+                f"metadata {key!r}: {type(value).__name__} is not JSON-serialisable"
+            ) from None
+    out["metadata"] = metadata
+    return out
+
+
+def write_sae_folder(
+    dst: Path,
+    cfg: dict[str, Any],
+    weights: dict[str, torch.Tensor] | Path,
+    check: Callable[[Path], T],
+    sparsity: Path | None = None,
+) -> T:
+    """Write a SAELens folder at ``dst`` through a staging folder; return what ``check`` says.
+
+    ``weights`` is a dict of tensors, or a safetensors file to copy byte for byte. ``check``
+    runs on the complete staging folder (load it, compare outputs) and raises to refuse; only
+    after it returns is the folder renamed to ``dst``.
+    """
+    from safetensors.torch import save_file
+
+    dst = check_destination(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with staging_folder(dst.parent / f".{dst.name}.convert-partial") as staging:
+        staging.mkdir()
+        (staging / CFG_FILENAME).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        if isinstance(weights, Path):
+            shutil.copyfile(weights, staging / WEIGHTS_FILENAME)
+        else:
+            tensors = {name: t.detach().cpu().contiguous() for name, t in weights.items()}
+            save_file(tensors, staging / WEIGHTS_FILENAME)
+        if sparsity is not None and sparsity.is_file():
+            shutil.copyfile(sparsity, staging / SPARSITY_FILENAME)
+        validate_sae_folder(staging)
+        result = check(staging)
+        check_destination(dst)  # still free after the check (another process may have written)
+        os.replace(staging, dst)
+    return result

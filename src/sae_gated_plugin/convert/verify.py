@@ -1,0 +1,193 @@
+"""Check a converted SAE against the model it came from, on probe activations.
+
+Every conversion ends here before its folder is moved into place: the written folder is loaded
+with ``SAE.load_from_disk`` and its features and reconstructions are compared with the source
+model's. Each conversion is exact in real arithmetic; in floating point the two models round
+differently, so the comparison allows, per entry,
+
+- a feature difference up to ``tol * (||x_c|| ||W_mag[:, i]|| + |b_mag[i]|)``, the size of the
+  rounding in a magnitude pre-activation, with ``tol = 16 * eps(dtype) * sqrt(d_in)``;
+- a latent whose gate flips only where the source's own gate pre-activation is within rounding
+  of zero: ``|pi_gate| <= tol * (||x_c|| ||W_gate[:, i]|| + |b_gate[i]|)``;
+- reconstruction differences that those feature differences and rounding explain.
+
+Anything else means the conversion is not exact (a layout mistake, or a latent whose threshold
+cannot be represented in the dtype) and the conversion is refused. The probes are synthetic,
+built from the SAE's own weights so that every latent is seen on both sides of its gate; they
+check the conversion, they are not a sample of any model's activations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from sae_gated_plugin.errors import GatedPluginError
+
+N_PROBES = 256
+"""Probe activations per check (half random directions, half sparse decoder combinations)."""
+
+
+class GatedReference(Protocol):
+    """What the check needs from the source model (a SAELens gated SAE or another library's)."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations f(x)."""
+        ...
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from features."""
+        ...
+
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the encoder multiplies it (x_c: normalised and centred)."""
+        ...
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of a passed check."""
+
+    n_probes: int
+    """Probe activations compared."""
+    n_entries: int
+    """Feature entries compared (probes x latents)."""
+    gate_boundary_flips: int
+    """Entries where one model's gate opened and the other's did not, all within rounding of 0."""
+    max_feature_error: float
+    """Largest feature difference, in units of that entry's allowed rounding (<= 1 passes)."""
+    max_reconstruction_error: float
+    """Largest reconstruction difference, in units of its allowed rounding (<= 1 passes)."""
+
+
+class SAELensReference:
+    """A loaded SAELens ``gated`` / ``gated_paper`` SAE as a :class:`GatedReference`."""
+
+    def __init__(self, sae: Any) -> None:
+        sae.turn_off_forward_pass_hook_z_reshaping()  # probes are flat; reshaping is a view
+        self.sae = sae
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``sae.encode``."""
+        return self.sae.encode(x)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """``sae.decode``."""
+        return self.sae.decode(features)
+
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        """``sae.process_sae_in``."""
+        return self.sae.process_sae_in(x)
+
+
+def tolerance(dtype: torch.dtype, d_in: int) -> float:
+    """Allowed rounding, relative to the scale of the terms summed: 16 eps sqrt(d_in)."""
+    return 16 * torch.finfo(dtype).eps * math.sqrt(d_in)
+
+
+def probe_activations(
+    weights: dict[str, torch.Tensor], n: int = N_PROBES, seed: int = 0
+) -> torch.Tensor:
+    """Synthetic inputs that put every latent's gate pre-activation on both sides of zero.
+
+    Half are random directions around ``b_dec`` at radii spread over three decades around the
+    scale where ``x_c . W_gate[:, i]`` matches ``|b_gate|``; half are ``b_dec`` plus sparse
+    non-negative combinations of decoder rows, with coefficients around each chosen latent's
+    gate threshold (what a trained SAE sees).
+    """
+    work = _work_dtype(weights["W_enc"].dtype)
+    w_gate, w_dec = weights["W_enc"].to(work), weights["W_dec"].to(work)
+    b_gate, b_dec = weights["b_gate"].to(work), weights["b_dec"].to(work)
+    d_in, d_sae = w_gate.shape
+    gen = torch.Generator().manual_seed(seed)
+    col_norm = w_gate.norm(dim=0).median().clamp_min(1e-30)
+    bias_scale = b_gate.abs().median()
+    bias_scale = bias_scale if bias_scale > 0 else torch.tensor(1.0, dtype=work)
+    n_dir = n // 2
+    directions = torch.randn(n_dir, d_in, generator=gen, dtype=work)
+    directions /= directions.norm(dim=-1, keepdim=True)
+    radius = bias_scale * math.sqrt(d_in) / col_norm
+    radii = radius * 10 ** (torch.rand(n_dir, 1, generator=gen, dtype=work) * 3 - 1.5)
+    n_dec, k = n - n_dir, min(8, d_sae)
+    latents = torch.stack([torch.randperm(d_sae, generator=gen)[:k] for _ in range(n_dec)])
+    response = torch.einsum("id,di->i", w_dec, w_gate).abs().clamp_min(1e-30)
+    crossing = (b_gate.abs() + 1e-3 * bias_scale) / response  # coefficient that opens the gate
+    coeffs = crossing[latents] * torch.rand(n_dec, k, generator=gen, dtype=work) * 3
+    combos = torch.einsum("pk,pkd->pd", coeffs, w_dec[latents])
+    probes = torch.cat([directions * radii, combos]) + b_dec
+    return probes.to(weights["W_enc"].dtype)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32, or float64 for a float64 SAE: precise enough to measure the SAE's rounding."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@torch.no_grad()
+def verify_conversion(
+    converted: Any,
+    reference: GatedReference,
+    weights: dict[str, torch.Tensor],
+    *,
+    n_probes: int = N_PROBES,
+) -> VerifyReport:
+    """Compare ``converted`` (a loaded SAELens SAE) with ``reference`` on probe activations.
+
+    ``weights`` are the source's gated parameters (SAELens names). Raises ``GatedPluginError``
+    naming the latent and probe where the two differ beyond rounding.
+    """
+    x = probe_activations(weights, n_probes)
+    dtype = weights["W_enc"].dtype
+    tol = tolerance(dtype, x.shape[-1])
+    work = _work_dtype(dtype)
+    # encode then decode, in that order: SAELens's run-time normalisations keep the input's
+    # scale on the module between the two calls.
+    features = reference.features(x)
+    r_ref = reference.decode(features).to(work)
+    f_ref = features.to(work)
+    converted.turn_off_forward_pass_hook_z_reshaping()  # probes are flat; reshaping is a view
+    features = converted.encode(x)
+    r_new = converted.decode(features).to(work)
+    f_new = features.to(work)
+
+    w = {name: tensor.to(work) for name, tensor in weights.items()}
+    x_c = reference.centred(x).to(work)
+    gate = x_c @ w["W_enc"] + w["b_gate"]
+    x_norm = x_c.norm(dim=-1, keepdim=True)
+    gate_scale = x_norm * w["W_enc"].norm(dim=0) + w["b_gate"].abs()
+    mag_norm = w["W_enc"].norm(dim=0) * w["r_mag"].exp()
+    feature_scale = x_norm * mag_norm + w["b_mag"].abs()
+    # Floored only to avoid 0 / 0 (where the scale is 0 the values must be equal).
+    feature_error = (f_new - f_ref).abs() / (tol * feature_scale).clamp_min(1e-30)
+    beyond = feature_error > 1
+    at_boundary = gate.abs() <= tol * gate_scale
+    wrong = beyond & ~at_boundary
+    if wrong.any():
+        probe, latent = (int(i) for i in wrong.nonzero()[0])
+        raise GatedPluginError(
+            f"the converted SAE is not exact: {int(wrong.sum())} of {wrong.numel()} feature "
+            f"values differ beyond rounding on the check's probe activations (e.g. latent "
+            f"{latent}: {f_ref[probe, latent].item():.6g} in the source, "
+            f"{f_new[probe, latent].item():.6g} converted, gate pre-activation "
+            f"{gate[probe, latent].item():.3g}); nothing was written"
+        )
+    clean_rows = ~(beyond.any(dim=-1))
+    recon_scale = (feature_scale + f_ref.abs()) @ w["W_dec"].abs() + w["b_dec"].abs()
+    recon_error = (r_new - r_ref).abs() / (tol * recon_scale).clamp_min(1e-30)
+    recon_error = recon_error[clean_rows]
+    if recon_error.numel() and recon_error.max() > 1:
+        raise GatedPluginError(
+            "the converted SAE is not exact: its reconstructions differ from the source's beyond "
+            f"rounding (by {recon_error.max().item():.3g} times the allowed rounding) where the "
+            "features agree; nothing was written"
+        )
+    return VerifyReport(
+        n_probes=x.shape[0],
+        n_entries=f_ref.numel(),
+        gate_boundary_flips=int(beyond.sum()),
+        max_feature_error=float(feature_error[~beyond].max()) if (~beyond).any() else 0.0,
+        max_reconstruction_error=float(recon_error.max()) if recon_error.numel() else 0.0,
+    )
