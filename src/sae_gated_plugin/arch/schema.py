@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ARCHITECTURE = "gated_paper"
-"""The SAELens architecture id this plugin registers (SAELens's own ``gated`` is left alone)."""
+from sae_gated_plugin.arch.names import ARCHITECTURE as ARCHITECTURE  # re-exported
 
 AuxDecoder = Literal["frozen", "trainable"]
 SparsityPenalty = Literal["l1", "decoder_norm_weighted"]

@@ -11,9 +11,9 @@ from typing import Any
 
 _EXPORTS = {
     "ConversionReport": "sae_gated_plugin.convert.api",
-    "SOURCES": "sae_gated_plugin.convert.api",
+    "SOURCES": "sae_gated_plugin.convert.names",
     "convert_sae": "sae_gated_plugin.convert.api",
-    "TARGETS": "sae_gated_plugin.convert.saelens",
+    "TARGETS": "sae_gated_plugin.convert.names",
     "jumprelu_parameters": "sae_gated_plugin.convert.saelens",
     "gated_parameters": "sae_gated_plugin.convert.dictionary_learning",
 }

@@ -18,8 +18,8 @@ from sae_gated_plugin.convert.folders import (
     with_metadata,
     write_sae_folder,
 )
+from sae_gated_plugin.convert.names import SOURCES, TARGETS
 from sae_gated_plugin.convert.saelens import (
-    TARGETS,
     jumprelu_cfg,
     jumprelu_parameters,
     renamed_cfg,
@@ -32,10 +32,6 @@ from sae_gated_plugin.convert.verify import (
     verify_conversion,
 )
 from sae_gated_plugin.errors import GatedPluginError
-
-SOURCES = ("saelens", "dictionary_learning")
-"""Source formats: a SAELens folder (``gated_paper`` or ``gated``), or a dictionary_learning
-GatedAutoEncoder training folder (``ae.pt`` + ``config.json``)."""
 
 
 @dataclass(frozen=True)

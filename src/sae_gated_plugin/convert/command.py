@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sae_gated_plugin.convert.api import SOURCES
-from sae_gated_plugin.convert.saelens import TARGETS
+from sae_gated_plugin.convert.names import SOURCES, TARGETS
 from sae_gated_plugin.errors import GatedPluginError
 
 

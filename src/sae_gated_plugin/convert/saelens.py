@@ -17,9 +17,6 @@ import torch
 from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
 
-TARGETS = (ARCHITECTURE, "gated", "jumprelu")
-"""Architectures a gated SAE converts into."""
-
 CFG_FIELDS = (
     "d_in",
     "d_sae",

@@ -21,6 +21,7 @@ from sae_gated_plugin.io import staging_folder
 from sae_gated_plugin.run.run_config import TrainRunConfig
 from sae_gated_plugin.sources import (
     activation_width,
+    announce,
     dataset_load_errors,
     load_language_model,
     load_text_dataset,
@@ -95,14 +96,16 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
         cfg: the run config that will train from the cache.
         model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
     """
-    from sae_lens.config import CacheActivationsRunnerConfig
-
     path = cached_activations_path(cfg)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise GatedPluginError(f"{path} already exists and is not empty; nothing was overwritten")
+    announce("loading SAELens...")
+    from sae_lens.config import CacheActivationsRunnerConfig
+
     device = resolve_device(cfg.device)
     dataset = load_text_dataset(cfg.dataset, "train")
     if model is None:
+        announce(f"loading {cfg.model_name}...")
         model = load_language_model(cfg.model_name, device)
     d_in = activation_width(model, cfg.hook_name)
     positions = cfg.training_positions
