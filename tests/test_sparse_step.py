@@ -83,19 +83,25 @@ def step_input(x: torch.Tensor) -> TrainStepInput:
     )
 
 
+class ApplySpy:
+    """Counts the sparse step's autograd Function calls (patched in with monkeypatch)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.original = sparse._SparseGatedStep.apply
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.original(*args)
+
+
 def run_step(
     sae: GatedPaperTrainingSAE, x: torch.Tensor, sparse_path: bool
 ) -> tuple[TrainStepOutput, dict[str, torch.Tensor]]:
     """One training step through ``training_forward_pass`` (sparse or dense) and its gradients."""
     mp = pytest.MonkeyPatch()
     mp.setenv(sparse.THRESHOLD_ENV, "inf" if sparse_path else "0")
-    calls: list[bool] = []
-    original = sparse._SparseGatedStep.apply
-
-    def spy(*args: Any) -> Any:
-        calls.append(True)
-        return original(*args)
-
+    spy = ApplySpy()
     mp.setattr(sparse._SparseGatedStep, "apply", spy)
     try:
         sae.zero_grad(set_to_none=True)
@@ -103,7 +109,7 @@ def run_step(
         out.loss.backward()
     finally:
         mp.undo()
-    assert bool(calls) == sparse_path, "the step did not take the path asked for"
+    assert spy.calls == int(sparse_path), "the step did not take the path asked for"
     grads = {name: getattr(sae, name).grad.detach().clone() for name in PARAM_NAMES}
     return out, grads
 
@@ -176,10 +182,26 @@ def test_sparse_step_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
         compare_paths(sae, x.bfloat16(), tol=3e-2)
 
 
+def capture_grads(sae: GatedPaperTrainingSAE) -> dict[str, torch.Tensor]:
+    """A dict that receives each parameter's gradient as soon as backward has accumulated it
+    (SAETrainer clips, steps and zeroes the gradients before returning)."""
+    grads: dict[str, torch.Tensor] = {}
+    for name in PARAM_NAMES:
+
+        def keep(param: torch.Tensor, name: str = name) -> None:
+            assert param.grad is not None
+            grads[name] = param.grad.detach().clone()
+
+        getattr(sae, name).register_post_accumulate_grad_hook(keep)
+    return grads
+
+
 def test_saelens_trainer_step_runs_the_sparse_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """One step of SAELens's own SAETrainer at 1% open latents, with the shipped threshold:
-    it takes the sparse path, and its loss and gradients are the dense path's."""
+    it takes the sparse path, and its loss and gradients are the dense path's. (Small arrays
+    come from fresh mappings here too, as large ones do in real runs.)"""
     monkeypatch.delenv(sparse.THRESHOLD_ENV, raising=False)
+    monkeypatch.setattr(sparse, "_FRESH_MAPPING_BYTES", 0)
     results = {}
     for path in ("auto", "dense"):
         sae, x = make_sae(0.01)
@@ -194,21 +216,14 @@ def test_saelens_trainer_step_runs_the_sparse_path(monkeypatch: pytest.MonkeyPat
             sae,
             data_provider=iter([]),
         )
-        grads: dict[str, torch.Tensor] = {}
-        for name in PARAM_NAMES:
-            getattr(sae, name).register_post_accumulate_grad_hook(
-                lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone())
-            )
-        calls: list[bool] = []
-        original = sparse._SparseGatedStep.apply
+        grads = capture_grads(sae)
+        spy = ApplySpy()
         with monkeypatch.context() as mp:
-            mp.setattr(
-                sparse._SparseGatedStep, "apply", lambda *a: calls.append(True) or original(*a)
-            )
+            mp.setattr(sparse._SparseGatedStep, "apply", spy)
             if path == "dense":
                 mp.setenv(sparse.THRESHOLD_ENV, "0")
             output = trainer.step(x)
-        assert bool(calls) == (path == "auto")
+        assert spy.calls == int(path == "auto")
         results[path] = (output, grads)
     (sparse_out, sparse_grads), (dense_out, dense_grads) = results["auto"], results["dense"]
     for name in LOSS_NAMES:
@@ -222,13 +237,10 @@ def test_dense_initial_state_keeps_the_dense_path(monkeypatch: pytest.MonkeyPatc
     choose the dense path there."""
     monkeypatch.delenv(sparse.THRESHOLD_ENV, raising=False)
     sae = GatedPaperTrainingSAE(GatedPaperTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE))
-    calls: list[bool] = []
-    original = sparse._SparseGatedStep.apply
-    monkeypatch.setattr(
-        sparse._SparseGatedStep, "apply", lambda *a: calls.append(True) or original(*a)
-    )
+    spy = ApplySpy()
+    monkeypatch.setattr(sparse._SparseGatedStep, "apply", spy)
     sae.training_forward_pass(step_input(torch.randn(BATCH, D_IN))).loss.backward()
-    assert not calls
+    assert spy.calls == 0
 
 
 def test_sparse_step_declines_what_it_cannot_reproduce() -> None:
@@ -278,3 +290,29 @@ def test_open_pairs_in_both_orders() -> None:
     assert torch.equal(pairs.cols_t, cols_t)
     assert torch.equal(pairs.pre_t, pre[rows_t, cols_t])
     assert torch.equal(pairs.latent_starts, torch.searchsorted(cols_t, torch.arange(10)))
+
+
+@pytest.mark.parametrize("shape", [(64, 40), (33, 13), (1, 8)], ids=["words", "ragged", "one-word"])
+def test_nonzero_flat_matches_nonzero(shape: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(4)
+    for density in (0.0, 0.01, 0.3, 1.0):
+        mask = torch.rand(shape, generator=gen) < density
+        expected = mask.view(-1).nonzero().squeeze(1)
+        assert torch.equal(sparse._nonzero_flat(mask), expected)
+        transposed = mask.t().contiguous()
+        assert torch.equal(sparse._nonzero_flat(transposed), transposed.view(-1).nonzero()[:, 0])
+
+
+def test_large_zeros_come_from_a_fresh_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mapped zeros behave as torch.zeros: right shape, dtype, all zero, writable, and
+    independent of each other."""
+    monkeypatch.setattr(sparse, "_FRESH_MAPPING_BYTES", 1024)
+    like = torch.ones(64, 32)
+    first, second = sparse._zeros_like(like), sparse._zeros_like(like)
+    for zeros in (first, second):
+        assert zeros.shape == like.shape and zeros.dtype == like.dtype
+        assert torch.count_nonzero(zeros) == 0
+    first.view(-1).index_copy_(0, torch.tensor([0, 100]), torch.tensor([1.0, 2.0]))
+    assert first.sum() == 3 and torch.count_nonzero(second) == 0
+    del first
+    assert torch.count_nonzero(second) == 0
