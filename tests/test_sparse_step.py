@@ -156,6 +156,16 @@ def test_sparse_step_equals_dense_float32(
     assert ((out.feature_acts == 0) & (pi_gate > 0)).any()
 
 
+def test_sparse_step_with_every_gate_closed() -> None:
+    """No open pair at all: only the decoder bias (and the centring) see a gradient."""
+    sae, x = make_sae(0.01)
+    with torch.no_grad():
+        sae.b_gate.fill_(-1e4)
+    sparse_out, _ = compare_paths(sae, x, tol=1e-5)
+    assert torch.count_nonzero(sparse_out.feature_acts) == 0
+    assert sae.W_enc.grad is not None and torch.count_nonzero(sae.W_enc.grad) == 0
+
+
 @pytest.mark.parametrize(
     "cfg",
     [

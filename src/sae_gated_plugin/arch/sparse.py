@@ -18,7 +18,7 @@ Loss, every gradient and the ``TrainStepOutput`` are those of the dense path
 (``GatedPaperTrainingSAE.training_forward_pass``), which stays the reference:
 ``tests/test_sparse_step.py`` compares them for every combination of the ablation switches.
 No d_in x d_sae temporary is made besides the gradients themselves (the encoder's is produced
-latent-major and handed to autograd as a transposed view).
+latent-major; autograd copies it once into ``W_enc``'s layout).
 
 Whether a step runs sparse is decided per step from the fraction of open pairs (see
 ``density_threshold``); above it, the dense path is faster and runs unchanged.
@@ -297,28 +297,32 @@ class _SparseGatedStep(torch.autograd.Function):
 
         d_magnitude = torch.where(magnitude > 0, _sampled_dots(pairs, w_dec, d_recon).to(acc), 0)
         penalty_weight = d_penalty.to(acc) / n_rows
+        per_pair_penalty = penalty_weight
         if norms is not None:
-            penalty_weight = penalty_weight * _at(norms.to(acc), cols)
-        d_gate = _sampled_dots(pairs, w_dec, d_aux).to(acc) + penalty_weight
+            per_pair_penalty = penalty_weight * _at(norms.to(acc), cols)
+        d_gate = _sampled_dots(pairs, w_dec, d_aux).to(acc) + per_pair_penalty
         scale_acc = scale.to(acc)
         d_pre = d_magnitude * scale_t.to(acc) + d_gate
 
         grad_b_gate = _latent_sums(pairs, d_gate, n_latents)
         grad_b_mag = _latent_sums(pairs, d_magnitude, n_latents)
         grad_r_mag = _latent_sums(pairs, d_magnitude * pairs.pre_t.to(acc), n_latents) * scale_acc
-        grad_w_enc = _weighted_rows(pairs, x_c, d_pre, latent_major=True).t()
-
-        grad_w_dec = _weighted_rows(pairs, d_recon, torch.relu(magnitude), latent_major=True)
+        needs = ctx.needs_input_grad
+        grad_w_enc = _weighted_rows(pairs, x_c, d_pre, latent_major=True).t() if needs[4] else None
+        grad_w_dec = None
+        if needs[8]:
+            grad_w_dec = _weighted_rows(pairs, d_recon, torch.relu(magnitude), latent_major=True)
+            if options.aux_trainable:
+                grad_w_dec += _weighted_rows(pairs, d_aux, gates, latent_major=True)
+            if norms is not None:  # d ||W_j|| / d W_j = W_j / ||W_j||, times sum_b gate_bj / B
+                gate_sums = _latent_sums(pairs, gates.to(acc), n_latents) * penalty_weight
+                per_row = gate_sums / norms.to(acc).clamp_min(torch.finfo(acc).tiny)
+                grad_w_dec.addcmul_(w_dec, per_row.to(w_dec.dtype)[:, None])
         grad_b_dec = d_recon.sum(0)
         if options.aux_trainable:
-            grad_w_dec = grad_w_dec + _weighted_rows(pairs, d_aux, gates, latent_major=True)
-            grad_b_dec = grad_b_dec + d_aux.sum(0)
-        if norms is not None:
-            gate_sums = _latent_sums(pairs, gates.to(acc), n_latents) * d_penalty.to(acc) / n_rows
-            unit_rows = w_dec / norms.clamp_min(torch.finfo(norms.dtype).tiny)[:, None]
-            grad_w_dec = grad_w_dec + gate_sums.to(w_dec.dtype)[:, None] * unit_rows
-        if options.centred:
-            grad_b_dec = grad_b_dec - w_enc @ (grad_b_mag * scale_acc + grad_b_gate).to(w_enc.dtype)
+            grad_b_dec += d_aux.sum(0)
+        if options.centred:  # x_c = sae_in - b_dec: minus W_enc times the column sums of d_pre
+            grad_b_dec -= w_enc @ (grad_b_mag * scale_acc + grad_b_gate).to(w_enc.dtype)
         dtype = w_dec.dtype
         return (
             None,
