@@ -265,10 +265,20 @@ def test_sparse_step_declines_what_it_cannot_reproduce() -> None:
     handle = sae.hook_sae_acts_post.register_forward_hook(lambda *args: None)
     try:
         assert not sparse.sparse_step_applies(sae, sae_in)
-        assert sparse.sparse_training_forward_pass(sae, step_input(x), sae_in, pre, 1.0) is None
+        assert (
+            sparse.sparse_training_forward_pass(
+                sae, step_input(x), sae_in, pre, sae._decoder_weight, 1.0
+            )
+            is None
+        )
     finally:
         handle.remove()
-    assert sparse.sparse_training_forward_pass(sae, step_input(x), sae_in, pre, 1.0) is not None
+    assert (
+        sparse.sparse_training_forward_pass(
+            sae, step_input(x), sae_in, pre, sae._decoder_weight, 1.0
+        )
+        is not None
+    )
 
 
 def test_threshold_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -194,7 +194,9 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         encoder_pre = self._encoder_product(sae_in)
         # --- sparse step (arch/sparse.py): the same losses and gradients from the open latents
         # only, when few are open; None means: run the dense reference path below.
-        sparse = sparse_training_forward_pass(self, step_input, sae_in, encoder_pre)
+        sparse = sparse_training_forward_pass(
+            self, step_input, sae_in, encoder_pre, self._decoder_weight
+        )
         if sparse is not None:
             return sparse
         # --- end of the sparse step

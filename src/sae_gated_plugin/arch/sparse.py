@@ -31,17 +31,17 @@ import mmap
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from sae_lens.saes.gated_sae import GatedTrainingSAE
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
+from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 from sae_gated_plugin.errors import GatedPluginError
-
-if TYPE_CHECKING:
-    from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 
 THRESHOLD_ENV = "SAE_GATED_PLUGIN_SPARSE_THRESHOLD"
 """Environment variable overriding ``DENSITY_THRESHOLDS``: a fraction of open (row, latent)
@@ -152,15 +152,14 @@ def find_open_pairs(pre: torch.Tensor, b_gate: torch.Tensor) -> OpenPairs:
     # pre > -b_gate is exactly pre + b_gate > 0: the difference of two floats rounds to 0 only
     # when it is 0, so the set is the dense path's without materialising pi_gate.
     mask = torch.gt(pre, b_gate.neg())
-    index_options = {"device": pre.device, "dtype": torch.long}
     flat = _nonzero_flat(mask)
-    row_starts = torch.searchsorted(flat, torch.arange(n_rows, **index_options) * n_latents)
+    row_starts = torch.searchsorted(flat, torch.arange(n_rows, device=pre.device) * n_latents)
     flat_t = _nonzero_flat(mask.t().contiguous())
     del mask
     cols_t = flat_t.div(n_rows, rounding_mode="floor")
     rows_t = flat_t - cols_t * n_rows
     latent_starts = torch.searchsorted(
-        flat_t, torch.arange(n_latents + 1, **index_options) * n_rows
+        flat_t, torch.arange(n_latents + 1, device=pre.device) * n_rows
     )
     pre_flat = pre.view(-1)
     return OpenPairs(
@@ -338,19 +337,20 @@ class _SparseGatedStep(torch.autograd.Function):
         )
 
 
-def sparse_step_applies(sae: GatedPaperTrainingSAE, sae_in: torch.Tensor) -> bool:
+def sparse_step_applies(sae: GatedTrainingSAE, sae_in: torch.Tensor) -> bool:
     """Whether the sparse step computes what the dense path does for this SAE and input.
 
-    Not when the input needs a gradient, under autocast, with hooks on the pre-activation or
-    feature hook points (the sparse step has no dense tensors to run them on), or with an
-    activation function other than SAELens's ReLU.
+    Only for a ``gated_paper`` SAE; not when the input needs a gradient, under autocast, with
+    hooks on the pre-activation or feature hook points (the sparse step has no dense tensors to
+    run them on), or with an activation function other than SAELens's ReLU.
     """
     hooked = any(
         hook._forward_hooks or hook._forward_pre_hooks or hook._backward_hooks
         for hook in (sae.hook_sae_acts_pre, sae.hook_sae_acts_post)
     )
     return (
-        sae_in.dim() == 2
+        isinstance(sae.cfg, GatedPaperTrainingSAEConfig)
+        and sae_in.dim() == 2
         and not sae_in.requires_grad
         and sae_in.is_floating_point()
         and not torch.is_autocast_enabled(sae_in.device.type)
@@ -368,23 +368,29 @@ def open_fraction(pre: torch.Tensor, b_gate: torch.Tensor, rows: int = PROBE_ROW
 
 
 def sparse_training_forward_pass(
-    sae: GatedPaperTrainingSAE,
+    sae: GatedTrainingSAE,
     step_input: TrainStepInput,
     sae_in: torch.Tensor,
     encoder_pre: torch.Tensor,
+    decoder_weight: Callable[[], torch.Tensor],
     threshold: float | None = None,
 ) -> TrainStepOutput | None:
     """The training step from the open latents only, or None when the dense path should run.
 
-    ``sae_in`` is the normalised, uncentred input and ``encoder_pre`` its ``x_c @ W_enc``, as
-    the dense path computes them. On the sparse path ``encoder_pre``'s storage is reused for the
+    For a ``gated_paper`` SAE (``GatedPaperTrainingSAE``, which calls this from its
+    ``training_forward_pass``): ``sae_in`` is the normalised, uncentred input, ``encoder_pre``
+    its ``x_c @ W_enc`` and ``decoder_weight`` gives ``W_dec`` as the loss sees it, as the dense
+    path computes them. On the sparse path ``encoder_pre``'s storage is reused for the
     returned ``hidden_pre``. ``threshold`` (default: ``density_threshold``) is the open fraction
     below which the step runs sparse; the returned ``feature_acts`` and ``hidden_pre`` carry no
     gradient (SAELens's trainer only counts firing latents in them).
     """
     if threshold is None:
         threshold = density_threshold(sae_in.device)
-    if threshold <= 0 or not sparse_step_applies(sae, sae_in):
+    cfg = sae.cfg
+    if not isinstance(cfg, GatedPaperTrainingSAEConfig) or threshold <= 0:
+        return None
+    if not sparse_step_applies(sae, sae_in):
         return None
     pre = encoder_pre.detach()
     if open_fraction(pre, sae.b_gate) >= threshold:
@@ -398,9 +404,9 @@ def sparse_training_forward_pass(
         feature_acts.view(-1).index_copy_(0, pairs.flat, features)
         hidden_pre = torch.addcmul(sae.b_mag, pre, scale, out=pre)  # E's storage, one pass
     options = _Options(
-        centred=sae.cfg.apply_b_dec_to_input,
-        aux_trainable=sae.cfg.aux_decoder == "trainable",
-        weighted_penalty=sae.cfg.sparsity_penalty == "decoder_norm_weighted",
+        centred=cfg.apply_b_dec_to_input,
+        aux_trainable=cfg.aux_decoder == "trainable",
+        weighted_penalty=cfg.sparsity_penalty == "decoder_norm_weighted",
     )
     recon, aux_recon, penalty = _SparseGatedStep.apply(
         pairs,
@@ -411,7 +417,7 @@ def sparse_training_forward_pass(
         sae.b_gate,
         sae.r_mag,
         sae.b_mag,
-        sae._decoder_weight(),
+        decoder_weight(),
         sae.b_dec,
     )
     # As GatedPaperTrainingSAE.decode and gated_auxiliary_losses, from the sparse decodes.
@@ -427,6 +433,6 @@ def sparse_training_forward_pass(
         sae_out=sae_out,
         feature_acts=sae.hook_sae_acts_post(feature_acts),
         hidden_pre=hidden_pre,
-        loss=sum(losses.values()),  # type: ignore[arg-type]
+        loss=sum(losses.values()),
         losses=losses,
     )
