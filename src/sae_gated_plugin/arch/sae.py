@@ -22,6 +22,7 @@ from sae_gated_plugin.arch.artifacts import WEIGHTS_FILENAME, check_weights
 from sae_gated_plugin.arch.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.ops import centred_matmul, hold_unit_decoder_rows, tangent_gradient
 from sae_gated_plugin.arch.registry import register_if_deferred
+from sae_gated_plugin.arch.sparse import sparse_training_forward_pass
 
 UNIT_NORM_TOLERANCE = 1e-5
 """Decoder rows whose norm is within this of 1 are saved as they are (no fold needed)."""
@@ -135,8 +136,11 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     def _pre_activations_of(self, sae_in: torch.Tensor) -> GatedPreActivations:
         # sae_in: the input after SAELens's run-time normalisation, before centring.
+        return _gated_features(self, self._encoder_product(sae_in))
+
+    def _encoder_product(self, sae_in: torch.Tensor) -> torch.Tensor:
         centring = self.b_dec if self.cfg.apply_b_dec_to_input else None
-        return _gated_features(self, centred_matmul(sae_in, centring, self.W_enc))
+        return centred_matmul(sae_in, centring, self.W_enc)
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +191,16 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         if self.holds_unit_decoder:
             self.normalize_decoder_rows()
         sae_in = self._uncentred_input(step_input.sae_in)
-        acts = self._pre_activations_of(sae_in)
+        encoder_pre = self._encoder_product(sae_in)
+        # --- sparse step (arch/sparse.py): the same losses and gradients from the open latents
+        # only, when few are open; None means: run the dense reference path below.
+        sparse = sparse_training_forward_pass(
+            self, step_input, sae_in, encoder_pre, self._decoder_weight
+        )
+        if sparse is not None:
+            return sparse
+        # --- end of the sparse step
+        acts = _gated_features(self, encoder_pre)
         sae_out = self.decode(acts.feature_acts)  # decode undoes the run-time normalisation
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
         losses = {"mse_loss": mse_loss}
