@@ -336,3 +336,29 @@ def test_large_zeros_come_from_a_fresh_mapping(monkeypatch: pytest.MonkeyPatch) 
     assert first.sum() == 3 and torch.count_nonzero(second) == 0
     del first
     assert torch.count_nonzero(second) == 0
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+"""Every device this machine has: CUDA where present (the GPU check runs this file there)."""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("density", (0.01, 0.5), ids=lambda d: f"{d:.0%}")
+@pytest.mark.parametrize(
+    ("aux", "penalty", "norm"),
+    [("frozen", "l1", "unit"), ("trainable", "decoder_norm_weighted", "free")],
+    ids=["paper", "saelens-like"],
+)
+def test_sparse_step_equals_dense_on_each_device(
+    device: str, density: float, aux: str, penalty: str, norm: str
+) -> None:
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 here
+    try:
+        sae, x = make_sae(density, aux, penalty, norm, device=device)
+        compare_paths(sae, x.to(device), tol=1e-5 if device == "cpu" else 1e-4)
+        if device == "cuda" and torch.cuda.is_bf16_supported():
+            sae, x = make_sae(density, aux, penalty, norm, device=device, dtype="bfloat16")
+            compare_paths(sae, x.to(device, torch.bfloat16), tol=3e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
