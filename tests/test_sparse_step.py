@@ -54,7 +54,8 @@ def make_sae(
         )
     sae = GatedPaperTrainingSAE(config)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, D_IN, generator=gen) * 2 + 0.5
+    device = sae.W_enc.device  # drawn on the CPU (same numbers everywhere), then moved
+    x = (torch.randn(BATCH, D_IN, generator=gen) * 2 + 0.5).to(device)
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(D_IN, D_SAE, generator=gen) / D_IN**0.5)
         sae.r_mag.copy_(0.3 * torch.randn(D_SAE, generator=gen))
@@ -69,7 +70,8 @@ def make_sae(
         threshold = torch.quantile(pre.flatten().float(), 1 - density)
         sae.b_gate.fill_(-threshold.item())
         spread = 0.3 * pre.std().item()
-        sae.b_mag.copy_(sae.b_gate * sae.r_mag.exp() + spread * torch.randn(D_SAE, generator=gen))
+        noise = spread * torch.randn(D_SAE, generator=gen).to(device)
+        sae.b_mag.copy_(sae.b_gate * sae.r_mag.exp() + noise)
     return sae, x
 
 
