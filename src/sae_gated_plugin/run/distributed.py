@@ -128,9 +128,9 @@ def quiet_unless_main(ctx: DistributedContext) -> Iterator[None]:
     with ExitStack() as stack:
         for name in _PROGRESS_MODULES:
             module = importlib.import_module(name)
-            original = module.tqdm
-            module.tqdm = partial(original, disable=True)
-            stack.callback(setattr, module, "tqdm", original)
+            original = vars(module)["tqdm"]
+            vars(module)["tqdm"] = partial(original, disable=True)
+            stack.callback(vars(module).__setitem__, "tqdm", original)
         sae_lens_logger = logging.getLogger("sae_lens")
         stack.callback(sae_lens_logger.setLevel, sae_lens_logger.level)
         sae_lens_logger.setLevel(logging.ERROR)

@@ -103,7 +103,7 @@ class DistributedRunner(GatedRunner):
         assert isinstance(trainer, DistributedTrainer)
         self.trainer = trainer
         assert hasattr(self.activations_store, "shard_rank")
-        trainer.attach(self.dist_ctx, self.activations_store)  # type: ignore[arg-type]
+        trainer.attach(self.dist_ctx, self.activations_store)
         if self.resume_from is not None:
             trainer.load_trainer_state(self.resume_from)
             self.sae.load_weights_from_checkpoint(self.resume_from)

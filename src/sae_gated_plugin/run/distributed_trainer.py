@@ -22,7 +22,7 @@ shows progress.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,13 +171,15 @@ class DistributedTrainer(GuardedTrainer):
 class _TrainingPass(torch.nn.Module):
     """The SAE's training pass as a module, so that DistributedDataParallel can run it."""
 
-    def __init__(self, sae: torch.nn.Module) -> None:
+    training_pass: Callable[..., TrainStepOutput]
+
+    def __init__(self, sae: GatedPaperTrainingSAE | Any) -> None:
         super().__init__()
         self.sae = sae
-        self.training_forward_pass = sae.training_forward_pass
+        self.training_pass = sae.training_forward_pass
 
     def forward(self, step_input: TrainStepInput) -> TrainStepOutput:
-        return self.training_forward_pass(step_input=step_input)
+        return self.training_pass(step_input=step_input)
 
 
 class DataParallelTrainer(DistributedTrainer):
@@ -189,7 +191,7 @@ class DataParallelTrainer(DistributedTrainer):
         ddp = DistributedDataParallel(_TrainingPass(self.sae), device_ids=None)
         # Replaces the method on this instance only (as SAELens's compile_sae does); a bound
         # method, not the module, so that the SAE's state_dict does not grow a DDP entry.
-        self.sae.training_forward_pass = ddp.__call__  # type: ignore[method-assign]
+        self.sae.training_forward_pass = ddp.__call__
 
     @torch.no_grad()
     def synchronise_step(self, output: TrainStepOutput) -> None:
@@ -234,7 +236,7 @@ class _FullState:
 class LatentShardedTrainer(DistributedTrainer):
     """Every rank trains its slice of the latents on the whole (gathered) global batch."""
 
-    sae: LatentShardedGatedSAE  # type: ignore[assignment]
+    sae: LatentShardedGatedSAE
     grad_clip: GlobalGradClip
     _full_sae: GatedPaperTrainingSAE | None = None
     _global_dead: int = 0
@@ -335,16 +337,18 @@ class LatentShardedTrainer(DistributedTrainer):
             yield
             return
         assert optimizer_state is not None and freq is not None and since_fired is not None
-        full = _FullState(optimizer_state, freq, since_fired)
-        held = (self.sae, self.optimizer, self.act_freq_scores, self.n_forward_passes_since_fired)
-        self.sae, self.optimizer = full_sae, full  # type: ignore[assignment]
-        self.act_freq_scores, self.n_forward_passes_since_fired = freq, since_fired
+        swapped = {
+            "sae": full_sae,
+            "optimizer": _FullState(optimizer_state, freq, since_fired),
+            "act_freq_scores": freq,
+            "n_forward_passes_since_fired": since_fired,
+        }
+        held = {name: self.__dict__[name] for name in swapped}
+        self.__dict__.update(swapped)
         try:
             yield
         finally:
-            (self.sae, self.optimizer, self.act_freq_scores, self.n_forward_passes_since_fired) = (
-                held
-            )
+            self.__dict__.update(held)
 
     def after_saving(self) -> None:
         """Every rank's slice from the saved SAE (saving may fold decoder norms into it)."""

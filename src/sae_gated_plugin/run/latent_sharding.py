@@ -136,13 +136,16 @@ class LatentShardedGatedSAE(GatedPaperTrainingSAE):
         freshly initialised."""
         if cfg.d_sae != shard.d_sae:
             raise ValueError(f"cfg.d_sae {cfg.d_sae} != shard.d_sae {shard.d_sae}")
-        sae = cls(dataclasses.replace(cfg, d_sae=shard.width))
+        # (d_sae is a field of SAELens's base config class, which mypy does not see here)
+        changes: dict[str, Any] = {"d_sae": shard.width}
+        sae = cls(dataclasses.replace(cfg, **changes))
         sae.shard = shard
         return sae
 
     def full_config(self, device: str = "cpu") -> GatedPaperTrainingSAEConfig:
         """The whole dictionary's config (sharing this slice's metadata), on ``device``."""
-        return dataclasses.replace(self.cfg, d_sae=self.shard.d_sae, device=device)
+        changes: dict[str, Any] = {"d_sae": self.shard.d_sae, "device": device}
+        return dataclasses.replace(self.cfg, **changes)
 
     @override
     def _encoder_centring(self) -> torch.Tensor:
