@@ -1,7 +1,8 @@
 """The ``sae-gated`` command: train, cache, eval, push, convert, schema, demo.
 
 Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
-message naming what is wrong, 1 when training diverges, 130 when interrupted.
+message naming what is wrong, 1 when training diverges or a rank of a torchrun launch fails,
+130 when interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from sae_gated_plugin.errors import (
+    DistributedTrainingError,
     GatedPluginError,
     TrainingDivergedError,
     TrainingInterruptedError,
@@ -112,6 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         from sae_gated_plugin.run.train import train
 
         result = train(load_config(args.config, args.overrides), resume_from=args.resume)
+        if not _is_main_process():  # under torchrun, rank 0 alone reports
+            return EXIT_OK
         if result.report is not None:
             print(result.report.to_table())
         print(f"Saved the SAE to {result.output_path}")
@@ -170,6 +174,12 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _is_main_process() -> bool:
+    from sae_gated_plugin.sources import is_main_process
+
+    return is_main_process()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sae-gated`` console script."""
     # SIGTERM behaves as Ctrl-C from the first second (model loading included): a clean exit
@@ -189,10 +199,15 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"sae-gated: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except TrainingDivergedError as exc:
-        print(f"sae-gated: training diverged: {exc}", file=sys.stderr)
+        if _is_main_process():  # under torchrun every rank stops alike: rank 0 says so
+            print(f"sae-gated: training diverged: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except DistributedTrainingError as exc:
+        print(f"sae-gated: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except TrainingInterruptedError as exc:
-        print(f"sae-gated: {exc}", file=sys.stderr)
+        if _is_main_process():
+            print(f"sae-gated: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("sae-gated: interrupted; nothing was left half-written", file=sys.stderr)

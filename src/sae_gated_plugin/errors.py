@@ -25,3 +25,8 @@ class TrainingDivergedError(RuntimeError):
 
 class TrainingInterruptedError(RuntimeError):
     """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint it can resume from."""
+
+
+class DistributedTrainingError(RuntimeError):
+    """A rank of a torchrun launch failed, or lost a peer that failed (a collective raised or
+    timed out); the message names the rank, the cause and the last complete checkpoint."""

@@ -7,6 +7,7 @@ dataset that cannot be reached) becomes a ``GatedPluginError`` naming it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,12 +48,57 @@ def dataset_load_errors(dataset_name: str, embedded_dataset: Any) -> Iterator[No
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``; under torchrun,
+    ``cuda`` is the rank's own GPU (``rank_device``)."""
     import torch
 
+    if launched_by_torchrun():
+        return rank_device(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+# -- torchrun (issue 13): which rank this process is, from the variables torchrun sets
+def launched_by_torchrun() -> bool:
+    """Whether this process is a worker of a torchrun (or compatible) launch."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 of a torchrun launch."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def env_int(name: str, default: str | None = None) -> int:
+    """An integer environment variable set by torchrun; a clear error if it is not one."""
+    value = os.environ.get(name, default)
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise GatedPluginError(
+            f"environment variable {name}={value!r} is not an integer (set by torchrun)"
+        ) from None
+
+
+def rank_device(device: str) -> str:
+    """The device a torchrun worker uses for ``device`` (``cpu``, ``cuda`` or ``auto``): each
+    rank drives GPU ``LOCAL_RANK``. An explicit ``cuda:N`` would put every rank on one GPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{env_int('LOCAL_RANK', os.environ.get('RANK', '0'))}"
+    if device.startswith("cuda:"):
+        raise GatedPluginError(
+            f"device {device!r}: under torchrun each rank uses GPU LOCAL_RANK; set device to "
+            "'cuda' or 'auto' (choose GPUs with CUDA_VISIBLE_DEVICES)"
+        )
+    return device
+
+
+# -- end torchrun
 
 
 def load_language_model(name: str, device: str) -> HookedTransformer:

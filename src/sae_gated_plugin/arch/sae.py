@@ -139,8 +139,22 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         return _gated_features(self, self._encoder_product(sae_in))
 
     def _encoder_product(self, sae_in: torch.Tensor) -> torch.Tensor:
-        centring = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        centring = self._encoder_centring() if self.cfg.apply_b_dec_to_input else None
         return centred_matmul(sae_in, centring, self.W_enc)
+
+    sparse_step: bool = True
+    """Whether a training step may take the sparse path (arch/sparse.py). Latent shards
+    (run/latent_sharding.py), whose sums over latents span ranks, take the dense one."""
+
+    def _encoder_centring(self) -> torch.Tensor:
+        """The bias subtracted from the input before encoding (``b_dec``). A seam for latent
+        sharding, where each rank's encoder sees only its own latents' share of its gradient."""
+        return self.b_dec
+
+    def _latent_sum(self, partial: torch.Tensor) -> torch.Tensor:
+        """A sum over latents, given this module's part of it (all of it here). A seam for
+        latent sharding, where each rank holds some of the latents and the parts are added."""
+        return partial
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +163,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        sae_out = feature_acts @ self._decoder_weight() + self.b_dec
+        sae_out = self._latent_sum(feature_acts @ self._decoder_weight()) + self.b_dec
         sae_out = self.hook_sae_recons(sae_out)
         sae_out = self.run_time_activation_norm_fn_out(sae_out)
         return self.reshape_fn_out(sae_out, self.d_head)
@@ -160,14 +174,15 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         """The sparsity and auxiliary reconstruction terms, given the gate pre-activation."""
         gate_acts = torch.relu(pi_gate)
         if self.cfg.sparsity_penalty == "l1":
-            penalty = gate_acts.sum(dim=-1).mean()
+            penalty = self._latent_sum(gate_acts.sum(dim=-1).mean())
         else:
-            penalty = (gate_acts * self._decoder_weight().norm(dim=-1)).sum(dim=-1).mean()
+            weighted = gate_acts * self._decoder_weight().norm(dim=-1)
+            penalty = self._latent_sum(weighted.sum(dim=-1).mean())
         if self.cfg.aux_decoder == "frozen":
             aux_w_dec, aux_b_dec = self.W_dec.detach(), self.b_dec.detach()
         else:
             aux_w_dec, aux_b_dec = self._decoder_weight(), self.b_dec
-        via_gate = gate_acts @ aux_w_dec + aux_b_dec
+        via_gate = self._latent_sum(gate_acts @ aux_w_dec) + aux_b_dec
         aux_recon = (via_gate - sae_in).pow(2).sum(dim=-1).mean()
         return {"l1_loss": l1_coefficient * penalty, "auxiliary_reconstruction_loss": aux_recon}
 
@@ -194,8 +209,12 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         encoder_pre = self._encoder_product(sae_in)
         # --- sparse step (arch/sparse.py): the same losses and gradients from the open latents
         # only, when few are open; None means: run the dense reference path below.
-        sparse = sparse_training_forward_pass(
-            self, step_input, sae_in, encoder_pre, self._decoder_weight
+        sparse = (
+            sparse_training_forward_pass(
+                self, step_input, sae_in, encoder_pre, self._decoder_weight
+            )
+            if self.sparse_step
+            else None
         )
         if sparse is not None:
             return sparse

@@ -36,9 +36,12 @@ CHECKPOINT_FILES = (
 )
 """The files of a complete SAELens checkpoint."""
 
-MAY_CHANGE_ON_RESUME = frozenset({"training_tokens", "n_checkpoints", "eval", "wandb", "device"})
+MAY_CHANGE_ON_RESUME = frozenset(
+    {"training_tokens", "n_checkpoints", "eval", "wandb", "device", "distributed"}
+)
 """Top-level config fields a resumed run may change: the total length (while the schedules
-stay as they were), the checkpoint count, the final evaluation, logging and the device."""
+stay as they were), the checkpoint count, the final evaluation, logging, the device and how
+torchrun's ranks share the work (checkpoints are the same whatever the ranks)."""
 
 
 def saved_train_config(checkpoint: Path) -> tuple[Path, dict[str, Any]]:

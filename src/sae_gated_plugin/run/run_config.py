@@ -81,6 +81,25 @@ class EvalSettings(BaseModel):
     batch_size: int = Field(default=8, gt=0, description="Windows per forward pass.")
 
 
+class DistributedSettings(BaseModel):
+    """How a run launched with torchrun uses its ranks (ignored without torchrun)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latent_sharding: bool = Field(
+        default=False,
+        description="Split the dictionary's latents across the ranks (each holds d_sae / ranks "
+        "of them and trains them on the whole batch) instead of a full copy per rank: for "
+        "dictionaries too wide for one device. gated_paper only.",
+    )
+    timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a rank waits for the others at a collective before the run stops "
+        "with an error (a rank that died or hangs); longer than any checkpoint save.",
+    )
+
+
 class TrainRunConfig(BaseModel):
     """Everything ``sae-gated train`` needs; defaults follow the paper where SAELens allows."""
 
@@ -167,6 +186,9 @@ class TrainRunConfig(BaseModel):
     sae: SAESettings = Field(default_factory=SAESettings, description="The dictionary.")
     wandb: WandbSettings = Field(default_factory=WandbSettings, description="wandb logging.")
     eval: EvalSettings = Field(default_factory=EvalSettings, description="Final evaluation.")
+    distributed: DistributedSettings = Field(
+        default_factory=DistributedSettings, description="Runs launched with torchrun."
+    )
     saelens: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other LanguageModelSAERunnerConfig field, passed through verbatim.",

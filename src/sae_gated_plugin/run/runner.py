@@ -73,6 +73,12 @@ class GuardedTrainer(SAETrainer):
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
         """One optimiser step; raises ``TrainingDivergedError`` if the loss is not finite."""
         output = super().step(batch)
+        self.raise_if_diverged(output)
+        return output
+
+    def raise_if_diverged(self, output: TrainStepOutput) -> None:
+        """Raise ``TrainingDivergedError`` naming the last good checkpoint if the loss is not
+        finite (a seam: distributed trainers check the loss agreed across ranks)."""
         if not torch.isfinite(output.loss.detach()).item():
             if self._pbar is not None:
                 self._pbar.close()
@@ -84,7 +90,15 @@ class GuardedTrainer(SAETrainer):
                 f"({self.n_training_samples} tokens; {terms}); training stopped and nothing "
                 f"after it was saved: {where}. Lower lr or l1_coefficient and resume or restart."
             )
-        return output
+
+    def mean_l0(self, step_output: TrainStepOutput) -> float:
+        """Mean number of firing latents per token in this step (shown by the progress bar)."""
+        with torch.no_grad():
+            return (step_output.feature_acts > 0).float().sum(-1).mean().item()
+
+    def should_stop(self) -> bool:
+        """Whether to stop at this step boundary (a seam: ranks of a distributed run agree)."""
+        return self.stop_requested
 
     def _update_pbar(
         self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100
@@ -99,8 +113,7 @@ class GuardedTrainer(SAETrainer):
         pbar.update(self.cfg.train_batch_size_samples)
         final = self.n_training_samples >= self.cfg.total_training_samples
         if self.n_training_steps % PROGRESS_POSTFIX_EVERY == 0 or final:
-            with torch.no_grad():
-                l0 = (step_output.feature_acts > 0).float().sum(-1).mean().item()
+            l0 = self.mean_l0(step_output)
             pbar.set_postfix(
                 loss=f"{step_output.loss.item():.4g}",
                 mse=f"{step_output.losses['mse_loss'].item():.4g}",
@@ -109,7 +122,7 @@ class GuardedTrainer(SAETrainer):
             )
         # The last call of each loop iteration of fit(): a step boundary, where stopping
         # leaves optimiser, schedulers and counters consistent for the checkpoint.
-        if self.stop_requested:
+        if self.should_stop():
             pbar.close()  # end the bar's line before the interruption message is printed
             raise InterruptedException()
 
@@ -139,6 +152,12 @@ class GatedRunner(LanguageModelSAETrainingRunner):
     metadata_overrides: dict[str, Any] = {}  # noqa: RUF012  (replaced, never mutated)
     """SAE metadata fields to set after SAELens's own (the run's real window, where SAELens
     was handed a cut one for cached activations)."""
+    trainer_class: type[GuardedTrainer] = GuardedTrainer
+    """The class SAELens's trainer is re-typed to (distributed runs use a subclass)."""
+
+    def prepare_trainer(self, trainer: GuardedTrainer) -> None:
+        """Called once the trainer is re-typed, before training starts (a seam for
+        distributed runs, which wrap the SAE and load a checkpoint shard by shard)."""
 
     def _set_sae_metadata(self) -> None:
         super()._set_sae_metadata()
@@ -163,8 +182,9 @@ class GatedRunner(LanguageModelSAETrainingRunner):
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:
         # SAELens's own handler saves only the activation store's state on interruption, not
         # the SAE or the optimiser; here the trainer saves a complete, resumable checkpoint.
-        trainer.__class__ = GuardedTrainer
+        trainer.__class__ = self.trainer_class
         assert isinstance(trainer, GuardedTrainer)
+        self.prepare_trainer(trainer)
         trainer.stop_requested = False
         trainer.extra_checkpoint_files = self.extra_checkpoint_files
         # After a resume, thresholds already passed would each fire a checkpoint at once.

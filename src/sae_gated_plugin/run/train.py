@@ -174,6 +174,22 @@ def train(
             describes, with the same data, optimiser and evaluation (for baselines such as
             SAELens's ``standard``); its ``d_in`` must be the hook's width.
     """
+    # -- distributed (issue 13): a torchrun worker trains as one rank of the run
+    from sae_gated_plugin.sources import launched_by_torchrun
+
+    if launched_by_torchrun():
+        from sae_gated_plugin.run.distributed_train import train_distributed
+
+        trained, report = train_distributed(
+            cfg,
+            resume_from,
+            model,
+            sae_config,
+            runner_config=build_runner_config,
+            evaluate=evaluate_run,
+        )
+        return TrainResult(trained_sae=trained, output_path=Path(cfg.output_path), report=report)
+    # -- end distributed
     output = Path(cfg.output_path)
     if resume_from is not None:
         check_resume(cfg, resume_from)

@@ -1,0 +1,262 @@
+"""``sae-gated train`` as one rank of a torchrun launch.
+
+``run.train.train`` hands over to ``train_distributed`` when torchrun's variables are set. The
+run config means the same as in one process: ``train_batch_size_tokens`` is the global batch of
+one optimiser step (each rank's ActivationsStore supplies 1/world_size of it) and
+``training_tokens``, the schedules, checkpoint names and the progress bar count global tokens.
+So a run gives the same optimisation whatever the number of ranks, and a checkpoint resumes
+with any number of them (see ``data_shards`` for where the data then continues).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+from sae_lens.config import LanguageModelSAERunnerConfig
+
+from sae_gated_plugin.arch.artifacts import TRAIN_CONFIG_FILENAME
+from sae_gated_plugin.errors import (
+    DistributedTrainingError,
+    GatedPluginError,
+    TrainingDivergedError,
+    TrainingInterruptedError,
+)
+from sae_gated_plugin.io import atomic_write_text
+from sae_gated_plugin.run.caching import check_cache_matches
+from sae_gated_plugin.run.data_shards import distribute_store
+from sae_gated_plugin.run.distributed import (
+    DistributedContext,
+    context_from_environment,
+    process_group,
+    quiet_unless_main,
+)
+from sae_gated_plugin.run.distributed_trainer import (
+    DataParallelTrainer,
+    DistributedTrainer,
+    LatentShardedTrainer,
+)
+from sae_gated_plugin.run.latent_sharding import LatentShard, LatentShardedGatedSAE
+from sae_gated_plugin.run.output_folder import (
+    OutputFolder,
+    check_no_finished_sae,
+    own_output_folder,
+)
+from sae_gated_plugin.run.resume import check_resume
+from sae_gated_plugin.run.run_config import TrainRunConfig
+from sae_gated_plugin.run.runner import GatedRunner, GuardedTrainer
+from sae_gated_plugin.sources import (
+    activation_width,
+    announce,
+    dataset_load_errors,
+    load_language_model,
+    load_text_dataset,
+)
+
+if TYPE_CHECKING:
+    from sae_lens import SAE, TrainingSAEConfig
+    from transformer_lens import HookedTransformer
+
+    from sae_gated_plugin.eval.metrics import EvalReport
+
+RunnerConfigBuilder = Callable[
+    [TrainRunConfig, int, "Path | None"], LanguageModelSAERunnerConfig[Any]
+]
+"""``run.train.build_runner_config``: the run config as SAELens's runner config."""
+Evaluator = Callable[[TrainRunConfig, "SAE[Any]", "HookedTransformer"], "EvalReport"]
+"""``run.train.evaluate_run``: the held-out evaluation of the saved SAE."""
+
+
+class DistributedRunner(GatedRunner):
+    """``GatedRunner`` for one rank: a sharded data store, a distributed trainer, checkpoints
+    loaded by that trainer, and the final SAE written by rank 0 alone."""
+
+    dist_ctx: DistributedContext
+    trainer: DistributedTrainer | None = None
+
+    def __init__(
+        self,
+        cfg: LanguageModelSAERunnerConfig[Any],
+        ctx: DistributedContext,
+        **overrides: Any,
+    ) -> None:
+        super().__init__(cfg, **overrides)
+        self.dist_ctx = ctx
+        sharded = isinstance(self.sae, LatentShardedGatedSAE)
+        self.trainer_class = LatentShardedTrainer if sharded else DataParallelTrainer
+        # SAELens's run() would load a checkpoint into its plain trainer, which cannot take a
+        # full-width state into a latent shard: prepare_trainer loads it instead.
+        self.resume_from, cfg.resume_from_checkpoint = cfg.resume_from_checkpoint, None
+        distribute_store(
+            self.activations_store,
+            ctx.rank,
+            ctx.world_size,
+            cfg.train_batch_size_tokens // ctx.world_size,
+        )
+
+    def prepare_trainer(self, trainer: GuardedTrainer) -> None:
+        """Attach the rank, load the checkpoint to resume (if any), start the collectives."""
+        assert isinstance(trainer, DistributedTrainer)
+        self.trainer = trainer
+        assert hasattr(self.activations_store, "shard_rank")
+        trainer.attach(self.dist_ctx, self.activations_store)
+        if self.resume_from is not None:
+            trainer.load_trainer_state(self.resume_from)
+            self.sae.load_weights_from_checkpoint(self.resume_from)
+            self.activations_store.load_from_checkpoint(self.resume_from)
+            self.cfg.resume_from_checkpoint = self.resume_from  # recorded in runner_cfg.json
+        trainer.begin()
+
+    def save_final_sae(
+        self,
+        sae: Any,
+        output_path: str,
+        log_feature_sparsity: torch.Tensor | None = None,
+    ) -> None:
+        """Rank 0 writes the final SAE; a latent-sharded one is gathered first (collective)."""
+        if isinstance(self.trainer, LatentShardedTrainer):
+            sae = self.trainer.gather_sae()
+            log_feature_sparsity = self.trainer.gather_log_feature_sparsity()
+        if self.dist_ctx.is_main:
+            super().save_final_sae(sae, output_path, log_feature_sparsity)
+
+
+def check_distributed_run(
+    cfg: TrainRunConfig, ctx: DistributedContext, sae_config: TrainingSAEConfig | None
+) -> None:
+    """Refuse, before any rank waits for another, what cannot be split across the ranks."""
+    if cfg.train_batch_size_tokens % ctx.world_size:
+        raise GatedPluginError(
+            f"train_batch_size_tokens ({cfg.train_batch_size_tokens}) must be divisible by the "
+            f"number of ranks ({ctx.world_size}): each rank supplies an equal part of each batch"
+        )
+    if cfg.distributed.latent_sharding and sae_config is not None:
+        raise GatedPluginError("latent sharding trains gated_paper SAEs only (no sae_config)")
+
+
+def _shard_sae(runner_cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedContext) -> Any:
+    # Each rank initialises its own latents: seeds differ per rank, so the initial dictionary
+    # depends on the number of ranks (its distribution does not).
+    shard = LatentShard(ctx.rank, ctx.world_size, runner_cfg.sae.d_sae)
+    return LatentShardedGatedSAE.for_rank(runner_cfg.sae, shard).to(ctx.device)
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return max(found, key=lambda p: int(p.name), default=None)
+
+
+def train_distributed(
+    cfg: TrainRunConfig,
+    resume_from: Path | None,
+    model: HookedTransformer | None,
+    sae_config: TrainingSAEConfig | None,
+    *,
+    runner_config: RunnerConfigBuilder,
+    evaluate: Evaluator,
+) -> tuple[Any, EvalReport | None]:
+    """``run.train.train`` for one rank of a torchrun launch (same arguments), which passes
+    its own ``build_runner_config`` and ``evaluate_run`` (this module does not import it:
+    imports point one way). Returns the trained SAE - on rank 0 the whole one, elsewhere the
+    rank's replica or slice - and, on rank 0, the evaluation."""
+    from sae_lens import SAE
+
+    ctx = context_from_environment(cfg.device)
+    check_distributed_run(cfg, ctx, sae_config)
+    if resume_from is not None:
+        check_resume(cfg, resume_from)
+    output = Path(cfg.output_path)
+    with _output_folder(ctx, output) as folder:
+        with process_group(ctx, cfg.distributed.timeout_s), quiet_unless_main(ctx):
+            runner, model = _prepare_runner(cfg, ctx, resume_from, model, sae_config, runner_config)
+            config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+            runner.extra_checkpoint_files = {TRAIN_CONFIG_FILENAME: config_text}
+            if ctx.is_main:
+                atomic_write_text(output / TRAIN_CONFIG_FILENAME, config_text)
+            folder.keep = True  # from here on, checkpoints may exist: the folder stays
+            trained = _run(runner, ctx, cfg)
+        report = None
+        if ctx.is_main and cfg.eval.enabled:
+            report = evaluate(cfg, SAE.load_from_disk(output, device=ctx.device), model)
+    return trained, report
+
+
+@contextmanager
+def _output_folder(ctx: DistributedContext, output: Path) -> Iterator[OutputFolder]:
+    """Rank 0 owns (creates and locks) the output folder for the run, as one process does;
+    the other ranks write nothing there and only refuse a finished SAE."""
+    if ctx.is_main:
+        with own_output_folder(output) as folder:
+            yield folder
+        return
+    check_no_finished_sae(output)
+    yield OutputFolder(output, created=False)
+
+
+def _prepare_runner(
+    cfg: TrainRunConfig,
+    ctx: DistributedContext,
+    resume_from: Path | None,
+    model: HookedTransformer | None,
+    sae_config: TrainingSAEConfig | None,
+    runner_config: RunnerConfigBuilder,
+) -> tuple[DistributedRunner, HookedTransformer]:
+    """Load what this rank needs and build its runner (nothing is written yet)."""
+    from sae_gated_plugin.arch.registry import register
+
+    if ctx.is_main:
+        announce(f"training on {ctx.world_size} ranks ({ctx.backend})")
+    register()
+    dataset = load_text_dataset(cfg.dataset, "train")
+    if model is None:
+        model = load_language_model(cfg.model_name, ctx.device)
+    d_in = activation_width(model, cfg.hook_name, cfg.saelens.get("hook_head_index"))
+    if cfg.saelens.get("use_cached_activations"):
+        check_cache_matches(cfg, d_in)
+    runner_cfg = runner_config(cfg, d_in, resume_from)
+    if not ctx.is_main:
+        runner_cfg.logger.log_to_wandb = False
+    if sae_config is not None:
+        if sae_config.d_in != d_in:
+            raise GatedPluginError(
+                f"sae_config.d_in is {sae_config.d_in}, but {cfg.hook_name} is {d_in} wide"
+            )
+        runner_cfg.sae = sae_config
+    overrides: dict[str, Any] = {"override_model": model, "override_dataset": dataset}
+    if cfg.distributed.latent_sharding:
+        torch.manual_seed(cfg.seed + ctx.rank)
+        overrides["override_sae"] = _shard_sae(runner_cfg, ctx)
+    torch.manual_seed(cfg.seed)  # as one process: repeatable initialisation and shuffling
+    with dataset_load_errors(cfg.dataset, dataset):
+        runner = DistributedRunner(runner_cfg, ctx, **overrides)
+    runner.metadata_overrides = {
+        "context_size": cfg.context_size,
+        "seqpos_slice": cfg.training_positions,
+        "world_size": ctx.world_size,
+        "latent_sharding": cfg.distributed.latent_sharding,
+    }
+    return runner, model
+
+
+def _run(runner: DistributedRunner, ctx: DistributedContext, cfg: TrainRunConfig) -> Any:
+    """``runner.run()``; a failed collective (a peer died or timed out) becomes an error that
+    names this rank and the last complete checkpoint."""
+    try:
+        trained = runner.run()
+    except (TrainingDivergedError, TrainingInterruptedError, GatedPluginError):
+        raise
+    except RuntimeError as exc:
+        last = _last_checkpoint(cfg.checkpoint_path)
+        where = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved"
+        raise DistributedTrainingError(
+            f"rank {ctx.rank} of {ctx.world_size} stopped training ({type(exc).__name__}: "
+            f"{str(exc).strip()[:500]}); if another rank failed first, its log has the cause; "
+            f"{where}"
+        ) from exc
+    if isinstance(runner.trainer, LatentShardedTrainer) and ctx.is_main:
+        return runner.trainer.full_sae  # the whole SAE, as saved
+    return trained
