@@ -127,6 +127,8 @@ VARIANTS: list[dict[str, Any]] = [
     {"decoder_norm": "free", "sparsity_penalty": "decoder_norm_weighted"},
     {"apply_b_dec_to_input": False},
 ]
+FEW_OPEN = -4.0
+"""A gate bias shift that leaves few latents open, so the unsharded SAE takes the sparse step."""
 
 
 def _shard_of(full: GatedPaperTrainingSAE, ctx: DistributedContext) -> LatentShardedGatedSAE:
@@ -148,9 +150,12 @@ def _randomise(sae: GatedPaperTrainingSAE) -> None:
 
 def _forward_backward_worker(ctx: DistributedContext) -> None:
     x = 2.0 * torch.randn(64, D_IN, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    for variant in VARIANTS:
+    cases = [(variant, 0.0) for variant in VARIANTS] + [({}, FEW_OPEN)]
+    for variant, gate_shift in cases:
         full = tiny_sae(dtype="float64", **variant)
         _randomise(full)
+        with torch.no_grad():
+            full.b_gate += gate_shift
         shard = _shard_of(full, ctx)
         step_input = TrainStepInput(
             sae_in=x,
@@ -161,6 +166,9 @@ def _forward_backward_worker(ctx: DistributedContext) -> None:
         )
         expected = full.training_forward_pass(step_input)
         got = shard.training_forward_pass(step_input)
+        # The sparse step's feature_acts carry no graph: it ran exactly in the few-open case.
+        assert (expected.feature_acts.grad_fn is None) == (gate_shift == FEW_OPEN)
+        assert got.feature_acts.grad_fn is not None  # a shard always takes the dense step
         for name, value in expected.losses.items():
             torch.testing.assert_close(got.losses[name], value, msg=f"{variant} {name}")
         torch.testing.assert_close(got.sae_out, expected.sae_out)
