@@ -1,4 +1,4 @@
-"""The ``sae-gated`` command: train, cache, eval, push, convert, schema, demo.
+"""The ``sae-gated`` command: train, cache, sweep, plot, eval, push, convert, schema, demo.
 
 Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
 message naming what is wrong, 1 when training diverges or a rank of a torchrun launch fails,
@@ -59,6 +59,33 @@ def _build_parser() -> argparse.ArgumentParser:
         "cache", help="cache a run's activations on disk, to train a sweep from them"
     )
     _add_run_config_arguments(cache, "the run config that will train from the cache")
+
+    sweep = verbs.add_parser(
+        "sweep", help="train and evaluate a grid of SAEs from one activation stream"
+    )
+    _add_run_config_arguments(sweep, "YAML or JSON sweep config (grids + a base run)")
+    sweep.add_argument(
+        "--grid",
+        dest="grids",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this grid of the config (repeatable; default all)",
+    )
+
+    plot = verbs.add_parser("plot", help="plot a sweep's results: L0 vs loss recovered, gamma")
+    plot.add_argument("results", type=Path, help="the sweep's JSON-lines results file")
+    plot.add_argument(
+        "--output", type=Path, help="file prefix for .png and .svg (default: beside the results)"
+    )
+    plot.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="keep only lines whose FIELD is one of the values (repeatable), e.g. grids=frontier",
+    )
+    plot.add_argument("--title", help="figure title")
 
     evaluate = verbs.add_parser("eval", help="evaluate any SAELens SAE on held-out text")
     evaluate.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
@@ -126,6 +153,20 @@ def _run(args: argparse.Namespace) -> int:
 
         path = cache_activations(load_config(args.config, args.overrides))
         print(f"Cached activations in {path}")
+        return EXIT_OK
+    if args.verb == "sweep":
+        from sae_gated_plugin.run.sweep import run_sweep
+        from sae_gated_plugin.run.sweep_config import load_sweep_config
+
+        config = load_sweep_config(args.config, args.overrides)
+        run_sweep(config, only=args.grids, echo=lambda line: print(line, flush=True))
+        print(f"Results in {config.output}")
+        return EXIT_OK
+    if args.verb == "plot":
+        from sae_gated_plugin.eval.plot import plot_sweep
+
+        paths = plot_sweep(args.results, output=args.output, select=args.select, title=args.title)
+        print("Wrote " + ", ".join(str(p) for p in paths))
         return EXIT_OK
     if args.verb == "eval":
         from sae_gated_plugin.eval.saved import evaluate_saved_sae

@@ -229,6 +229,19 @@ def _check_arguments(
         raise GatedPluginError(f"the model has no hook point {hook_name!r}")
 
 
+def _runs(
+    hooks: _SpliceHooks, hook_name: str, with_references: bool
+) -> dict[str, list[tuple[str | Callable[..., Any], Callable[..., Any]]]]:
+    """The forward hooks of each run of a batch: the SAE spliced in, and (unless the clean and
+    zero-ablated losses are known) none and zeros spliced in."""
+    runs: dict[str, list[tuple[str | Callable[..., Any], Callable[..., Any]]]] = {
+        "clean": [],
+        "sae": [(hook_name, hooks.splice_sae)],
+        "zero": [(hook_name, hooks.splice_zeros)],
+    }
+    return runs if with_references else {"sae": runs["sae"]}
+
+
 def evaluate_sae(
     sae: SAE[Any],
     model: HookedTransformer,
@@ -240,6 +253,7 @@ def evaluate_sae(
     batch_size: int = 8,
     show_progress: bool = True,
     norm_scaling_factor: float | None = None,
+    reference_ce: tuple[float, float] | None = None,
 ) -> EvalReport:
     """Evaluate ``sae`` spliced into ``model`` at ``hook_name`` on the windows ``tokens``.
 
@@ -260,6 +274,9 @@ def evaluate_sae(
             folded into its weights: the SAE reads ``x * factor`` and its output is divided by
             it. Metrics are always in the model's units. SAELens folds the factor at the end
             of training, so finished SAEs need none.
+        reference_ce: ``(ce_loss_clean, ce_loss_zero_ablation)`` of an earlier evaluation on
+            the same model, tokens, hook and positions: the clean and zero-ablated runs are
+            then skipped (a sweep evaluating many SAEs on the same windows runs them once).
 
     Returns:
         An :class:`EvalReport`. SAE metrics cover the spliced positions only; CE losses are
@@ -298,12 +315,7 @@ def evaluate_sae(
             batch = tokens[start : start + batch_size]
             mask = _position_mask(batch, seqpos_slice, exclude)
             hooks = _SpliceHooks(sae, accumulator, mask, head_index, scale, hook_name)
-            runs: dict[str, list[tuple[str | Callable[..., Any], Callable[..., Any]]]] = {
-                "clean": [],
-                "sae": [(hook_name, hooks.splice_sae)],
-                "zero": [(hook_name, hooks.splice_zeros)],
-            }
-            for key, fwd_hooks in runs.items():
+            for key, fwd_hooks in _runs(hooks, hook_name, reference_ce is None).items():
                 loss = model.run_with_hooks(
                     batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks
                 )
@@ -313,6 +325,8 @@ def evaluate_sae(
         raise GatedPluginError(f"the SAE hook at {hook_name!r} was never called")
     n_predicted = n_sequences * (context_size - 1)
     ce_means = {key: total / n_predicted for key, total in ce_sums.items()}
+    if reference_ce is not None:
+        ce_means["clean"], ce_means["zero"] = reference_ce
     return _report(accumulator, ce_means, tokens.shape, hook_name, description)
 
 

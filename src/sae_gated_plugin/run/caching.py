@@ -86,7 +86,11 @@ def _buffer_size_gb(cfg: TrainRunConfig, d_in: int, tokens_per_batch: int) -> fl
     return min(MAX_BUFFER_GB, wanted / 1e9)
 
 
-def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = None) -> Path:
+def cache_activations(
+    cfg: TrainRunConfig,
+    model: HookedTransformer | None = None,
+    dataset: datasets.Dataset | None = None,
+) -> Path:
     """Cache ``cfg.training_tokens`` activations of the run's hook and positions.
 
     Written to a staging folder and renamed into ``saelens.cached_activations_path`` when
@@ -95,6 +99,7 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
     Args:
         cfg: the run config that will train from the cache.
         model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
+        dataset: an in-memory training dataset to use instead of ``cfg.dataset``.
     """
     path = cached_activations_path(cfg)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -103,7 +108,8 @@ def cache_activations(cfg: TrainRunConfig, model: HookedTransformer | None = Non
     from sae_lens.config import CacheActivationsRunnerConfig
 
     device = resolve_device(cfg.device)
-    dataset = load_text_dataset(cfg.dataset, "train")
+    if dataset is None:
+        dataset = load_text_dataset(cfg.dataset, "train")
     if model is None:
         announce(f"loading {cfg.model_name}...")
         model = load_language_model(cfg.model_name, device)

@@ -23,6 +23,7 @@ from sae_gated_plugin.arch.schema import (
     NormalizeActivations,
 )
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.run.resampling import ResamplingSettings
 
 PLUGIN_OWNED_RUNNER_FIELDS = frozenset({
     "sae", "logger", "model_name", "hook_name", "dataset_path", "dataset_trust_remote_code",
@@ -184,6 +185,10 @@ class TrainRunConfig(BaseModel):
         default=2000, gt=0, description="Steps per sparsity-statistics window."
     )
     sae: SAESettings = Field(default_factory=SAESettings, description="The dictionary.")
+    resampling: ResamplingSettings | None = Field(
+        default=None,
+        description="Dead-latent resampling (Bricken et al., as the paper); null: none.",
+    )
     wandb: WandbSettings = Field(default_factory=WandbSettings, description="wandb logging.")
     eval: EvalSettings = Field(default_factory=EvalSettings, description="Final evaluation.")
     distributed: DistributedSettings = Field(

@@ -9,6 +9,7 @@ of copying ``run``.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
@@ -28,18 +29,32 @@ from tqdm.auto import tqdm
 from sae_gated_plugin.errors import TrainingDivergedError, TrainingInterruptedError
 from sae_gated_plugin.io import atomic_write_text, staging_folder
 
+if TYPE_CHECKING:
+    from sae_gated_plugin.run.resampling import DeadLatentResampler, ResamplingSettings
+
 PROGRESS_POSTFIX_EVERY = 10
 """Steps between progress-bar postfix refreshes (each costs a device sync)."""
 
 
 class GuardedTrainer(SAETrainer):
-    """SAETrainer with a stop at the first non-finite loss, step-boundary interrupts and a
-    progress bar showing tokens/s, loss and L0."""
+    """SAETrainer with a stop at the first non-finite loss, step-boundary interrupts, a
+    progress bar showing tokens/s, loss and L0, the loss of every step, and optional dead-latent
+    resampling."""
 
     stop_requested: bool = False
     _pbar: tqdm | None = None
     extra_checkpoint_files: dict[str, str] = {}  # noqa: RUF012  (replaced, never mutated)
     """Plugin files written into every checkpoint (the run config, to check a resume against)."""
+    resampler: DeadLatentResampler | None = None
+    """Set by ``enable_resampling``; None: no resampling (SAELens's behaviour)."""
+    losses: list[float] | None = None
+    """The training loss of each step taken by this trainer object (not across a resume)."""
+
+    def enable_resampling(self, settings: ResamplingSettings) -> None:
+        """Resample dead latents at ``settings.steps`` (Bricken et al.; see run/resampling.py)."""
+        from sae_gated_plugin.run.resampling import DeadLatentResampler
+
+        self.resampler = DeadLatentResampler(settings, self)
 
     def save_checkpoint(
         self,
@@ -71,8 +86,20 @@ class GuardedTrainer(SAETrainer):
         return max(folders, key=lambda p: int(p.name), default=None)
 
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
-        """One optimiser step; raises ``TrainingDivergedError`` if the loss is not finite."""
+        """One optimiser step; raises ``TrainingDivergedError`` if the loss is not finite.
+
+        Resampling happens here because ``step`` is the only SAETrainer method that sees the
+        batch after the optimiser step and before ``fit`` moves on: SAELens has no hook, and
+        the trainer is built inside SAELens's runner (and MultiSAETrainer), so overriding this
+        one method of the class they already use is the smallest seam.
+        """
         output = super().step(batch)
+        loss = output.loss.detach().item()
+        if self.losses is None:
+            self.losses = []
+        self.losses.append(loss)
+        if self.resampler is not None and math.isfinite(loss):
+            self.resampler.after_step(output.sae_in.detach())
         self.raise_if_diverged(output)
         return output
 
@@ -152,6 +179,8 @@ class GatedRunner(LanguageModelSAETrainingRunner):
     metadata_overrides: dict[str, Any] = {}  # noqa: RUF012  (replaced, never mutated)
     """SAE metadata fields to set after SAELens's own (the run's real window, where SAELens
     was handed a cut one for cached activations)."""
+    resampling: ResamplingSettings | None = None
+    """Dead-latent resampling for the trainer (None: none, as in SAELens)."""
     trainer_class: type[GuardedTrainer] = GuardedTrainer
     """The class SAELens's trainer is re-typed to (distributed runs use a subclass)."""
 
@@ -187,6 +216,8 @@ class GatedRunner(LanguageModelSAETrainingRunner):
         self.prepare_trainer(trainer)
         trainer.stop_requested = False
         trainer.extra_checkpoint_files = self.extra_checkpoint_files
+        if self.resampling is not None:
+            trainer.enable_resampling(self.resampling)
         # After a resume, thresholds already passed would each fire a checkpoint at once.
         trainer.checkpoint_thresholds = [
             t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples

@@ -241,6 +241,7 @@ def _prepare_runner(
     torch.manual_seed(cfg.seed)
     with dataset_load_errors(cfg.dataset, dataset):
         runner = GatedRunner(runner_cfg, override_model=model, override_dataset=dataset)
+    runner.resampling = cfg.resampling
     runner.metadata_overrides = {
         "context_size": cfg.context_size,
         "seqpos_slice": cfg.training_positions,

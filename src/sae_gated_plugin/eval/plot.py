@@ -1,0 +1,164 @@
+"""``sae-gated plot SWEEP.jsonl``: the figures SAEs are compared by, from a sweep's results.
+
+Left: L0 (log scale) against loss recovered; right: L0 against the relative reconstruction bias
+gamma (1 = no shrinkage). One line per architecture / variant (and learning rate or resampling,
+where the plotted lines differ in them); where seeds repeat a point, it is their mean with
+standard-deviation error bars. Written as PNG and SVG. matplotlib (Agg, no display) is imported
+here only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float, read_results
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+X_LABEL = "L0 (active latents per token, log scale)"
+Y_LABELS = ("loss recovered", "relative reconstruction bias γ")
+
+
+def _matches(record: dict[str, Any], field: str, wanted: list[str]) -> bool:
+    value = record.get(field)
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        for text in wanted:
+            if isinstance(item, bool):
+                if str(item).lower() == text.lower():
+                    return True
+            elif isinstance(item, (int, float)):
+                with contextlib.suppress(ValueError):
+                    if math.isclose(float(item), float(text), rel_tol=1e-9):
+                        return True
+            elif str(item) == text:
+                return True
+    return False
+
+
+def select_records(records: list[dict[str, Any]], select: Sequence[str]) -> list[dict[str, Any]]:
+    """The records matching every ``FIELD=V1,V2`` filter (a list field matches by membership)."""
+    for item in select:
+        field, sep, values = item.partition("=")
+        if not sep or not field or not values:
+            raise GatedPluginError(f"--select expects FIELD=V1,V2, got {item!r}")
+        if records and all(field not in r for r in records):
+            raise GatedPluginError(f"--select {item!r}: no result line has a field {field!r}")
+        records = [r for r in records if _matches(r, field, values.split(","))]
+    return records
+
+
+def line_label(record: dict[str, Any], show_lr: bool, show_resampling: bool) -> str:
+    """The legend entry of the line ``record`` belongs to."""
+    label = record["architecture"]
+    if record["variant"] not in DEFAULT_VARIANTS:
+        label += f" ({record['variant']})"
+    if show_lr:
+        label += f", lr {compact_float(float(record['lr']))}"
+    if show_resampling and record.get("resampling"):
+        label += ", resampling"
+    return label
+
+
+def _mean_std(values: list[Any]) -> tuple[float, float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, 0.0
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def group_lines(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Points per line label: one point per coefficient, its seeds averaged (means, stds and
+    the number of seeds), sorted by L0."""
+    show_lr = len({float(r["lr"]) for r in records}) > 1
+    show_resampling = len({bool(r.get("resampling")) for r in records}) > 1
+    by_line: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for record in records:
+        label = line_label(record, show_lr, show_resampling)
+        by_line.setdefault(label, {}).setdefault(float(record["coefficient"]), []).append(record)
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for label, by_coefficient in by_line.items():
+        points = []
+        for coefficient, seeds in by_coefficient.items():
+            point: dict[str, Any] = {"coefficient": coefficient, "n_seeds": len(seeds)}
+            for key in ("l0", "loss_recovered", "relative_reconstruction_bias"):
+                point[key], point[key + "_std"] = _mean_std([r.get(key) for r in seeds])
+            points.append(point)
+        lines[label] = sorted(points, key=lambda p: p["l0"])
+    return lines
+
+
+def build_figure(records: list[dict[str, Any]], title: str | None = None) -> Figure:
+    """The two-panel figure of ``records`` (one line per label of ``group_lines``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    for label, points in group_lines(records).items():
+        xs = [p["l0"] for p in points]
+        xerr = [p["l0_std"] for p in points] if any(p["n_seeds"] > 1 for p in points) else None
+        for ax, key in zip(axes, ("loss_recovered", "relative_reconstruction_bias"), strict=True):
+            ys = [p[key] for p in points]
+            yerr = [p[key + "_std"] for p in points] if xerr is not None else None
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=label)
+    for ax, y_label in zip(axes, Y_LABELS, strict=True):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.set_xlabel(X_LABEL)
+        ax.set_ylabel(y_label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    axes[0].legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """Save through a temporary file renamed into place (never a half-written figure)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=150)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def plot_sweep(
+    results: Path,
+    *,
+    output: Path | None = None,
+    select: Sequence[str] = (),
+    title: str | None = None,
+) -> list[Path]:
+    """Plot a sweep's results file to ``<output>.png`` and ``<output>.svg`` (default: the
+    results path without its suffix); returns the two paths."""
+    if not results.is_file():
+        raise GatedPluginError(f"{results}: no such results file")
+    records = select_records(read_results(results), select)
+    if not records:
+        raise GatedPluginError(f"{results}: no result lines to plot (after --select {select})")
+    prefix = output if output is not None else results.with_suffix("")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    figure = build_figure(records, title)
+    paths = [prefix.with_name(prefix.name + suffix) for suffix in (".png", ".svg")]
+    for path in paths:
+        _save(figure, path)
+    return paths

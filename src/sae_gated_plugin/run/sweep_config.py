@@ -1,0 +1,231 @@
+"""The ``sae-gated sweep`` config: a base run and grids of SAEs to train from one activation stream.
+
+YAML or JSON, checked by pydantic: unknown fields and wrong types are errors naming the field.
+A sweep is the union of its ``grids`` (each one a cartesian product of architectures,
+coefficients, variants, learning rates, seeds and resampling on/off); a point listed by two
+grids is trained once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float
+from sae_gated_plugin.run.run_config import TrainRunConfig, apply_overrides, read_config_file
+
+PAPER_ARCHITECTURE = "gated_paper"
+Stream = Literal["cached", "multi"]
+
+
+class GridSpec(BaseModel):
+    """One cartesian block of the sweep."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Name of the block (select it with --grid).")
+    architectures: list[str] = Field(
+        min_length=1, description="SAELens-registered architectures, e.g. gated_paper, standard."
+    )
+    coefficients: dict[str, list[float]] = Field(
+        description="Sparsity coefficients per architecture: l1_coefficient (gated_paper, "
+        "gated, standard), k (topk) or l0_coefficient (jumprelu)."
+    )
+    variants: list[str] = Field(
+        default_factory=lambda: ["paper"],
+        min_length=1,
+        description="Names from the sweep's `variants` ('paper'/'default': no changes).",
+    )
+    lrs: list[float] | None = Field(
+        default=None, min_length=1, description="Learning rates; default the run's lr."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds.")
+    resampling: list[bool] = Field(
+        default_factory=lambda: [False],
+        min_length=1,
+        description="Train without (false) and/or with (true) the run's dead-latent resampling.",
+    )
+
+    @model_validator(mode="after")
+    def _check_coefficients(self) -> GridSpec:
+        missing = [a for a in self.architectures if not self.coefficients.get(a)]
+        if missing:
+            raise ValueError(f"coefficients: no values for architecture(s) {missing}")
+        extra = sorted(set(self.coefficients) - set(self.architectures))
+        if extra:
+            raise ValueError(f"coefficients: {extra} not among this grid's architectures")
+        if any(lr <= 0 for lr in self.lrs or []):
+            raise ValueError("lrs must be positive")
+        return self
+
+
+class SweepConfig(BaseModel):
+    """Everything ``sae-gated sweep`` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(description="JSON-lines file of results, one line per trained SAE.")
+    stream: Stream = Field(
+        default="cached",
+        description="'cached': activations cached once (`sae-gated cache`) and read in epochs; "
+        "'multi': SAELens's MultiSAETrainingRunner, one LM pass per batch for every SAE "
+        "sharing a learning rate.",
+    )
+    cache_path: str | None = Field(
+        default=None,
+        description="Folder of the cached activations (made if missing); default "
+        "<output>.activations.",
+    )
+    cache_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Activations to cache; each SAE trains run.training_tokens over them in "
+        "epochs. Default run.training_tokens (one epoch).",
+    )
+    run: TrainRunConfig = Field(
+        description="The base run (`sae-gated train` fields): model, hook, data, window, tokens "
+        "per SAE, optimiser, d_sae, evaluation, resampling settings. output_path is unused."
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named SAE-config overrides, e.g. trainable_aux: {aux_decoder: trainable}.",
+    )
+    grids: list[GridSpec] = Field(min_length=1, description="The blocks of the sweep.")
+
+    @model_validator(mode="after")
+    def _check_references(self) -> SweepConfig:
+        names = [grid.name for grid in self.grids]
+        if len(set(names)) != len(names):
+            raise ValueError(f"grids: names must be unique, got {names}")
+        clash = sorted(set(self.variants) & set(DEFAULT_VARIANTS))
+        if clash:
+            raise ValueError(f"variants: {clash} are reserved for the default recipe")
+        for grid in self.grids:
+            unknown = sorted(set(grid.variants) - set(self.variants) - set(DEFAULT_VARIANTS))
+            if unknown:
+                raise ValueError(f"grids.{grid.name}.variants: unknown variant(s) {unknown}")
+            if True in grid.resampling and self.run.resampling is None:
+                raise ValueError(
+                    f"grids.{grid.name}.resampling: true needs run.resampling settings"
+                )
+        if self.stream == "multi" and self.cache_tokens is not None:
+            raise ValueError("cache_tokens applies to stream 'cached' only")
+        return self
+
+    @property
+    def activations_path(self) -> Path:
+        """Where the activations are cached."""
+        return Path(self.cache_path) if self.cache_path else Path(self.output + ".activations")
+
+    def settings_id(self) -> str:
+        """A short hash of the run settings the config sets explicitly, its stream and its
+        cache size; a results file only resumes runs made with the same one. (Only what the
+        config says counts, so a plugin upgrade that adds a field or changes a default of one
+        the config leaves out does not orphan a results file.)"""
+        unused = {"output_path", "device", "wandb", "n_checkpoints"}
+        shared = self.run.model_dump(mode="json", exclude=unused, exclude_unset=True)
+        shared.get("eval", {}).pop("batch_size", None)
+        shared["stream"] = self.stream
+        shared["cache_tokens"] = self.cache_tokens if self.stream == "cached" else None
+        text = json.dumps(shared, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One SAE of the sweep."""
+
+    architecture: str
+    variant: str
+    coefficient: float
+    lr: float
+    seed: int
+    resampling: bool
+    grids: tuple[str, ...] = ()
+
+    def key(self) -> tuple[Any, ...]:
+        """What identifies the point in a results file."""
+        return (
+            self.architecture,
+            self.variant,
+            float(self.coefficient),
+            float(self.lr),
+            int(self.seed),
+            bool(self.resampling),
+        )
+
+    def label(self, coefficient_name: str) -> str:
+        """E.g. ``gated_paper l1=2 lr=3e-4 seed=0``."""
+        short = {"l1_coefficient": "l1", "l0_coefficient": "l0"}.get(
+            coefficient_name, coefficient_name
+        )
+        parts = [self.architecture]
+        if self.variant not in DEFAULT_VARIANTS:
+            parts.append(f"[{self.variant}]")
+        parts += [f"{short}={self.coefficient:g}", f"lr={compact_float(self.lr)}"]
+        parts.append(f"seed={self.seed}")
+        if self.resampling:
+            parts.append("+resampling")
+        return " ".join(parts)
+
+
+def default_variant(architecture: str) -> str:
+    """The variant name of an architecture's own defaults."""
+    return "paper" if architecture == PAPER_ARCHITECTURE else "default"
+
+
+def expand(config: SweepConfig, only: Sequence[str] = ()) -> list[GridPoint]:
+    """The sweep's points in grid order, each once (``only``: just these grids)."""
+    unknown = sorted(set(only) - {grid.name for grid in config.grids})
+    if unknown:
+        raise GatedPluginError(
+            f"--grid {unknown}: no such grid (the config has {[g.name for g in config.grids]})"
+        )
+    points: dict[tuple[Any, ...], GridPoint] = {}
+    for grid in config.grids:
+        if only and grid.name not in only:
+            continue
+        for architecture, variant in itertools.product(grid.architectures, grid.variants):
+            name = default_variant(architecture) if variant in DEFAULT_VARIANTS else variant
+            axes = itertools.product(
+                grid.coefficients[architecture],
+                grid.lrs or [config.run.lr],
+                grid.seeds,
+                grid.resampling,
+            )
+            for coefficient, lr, seed, resampling in axes:
+                point = GridPoint(architecture, name, coefficient, lr, seed, resampling)
+                known = points.get(point.key())
+                grids = (known.grids if known else ()) + (grid.name,)
+                points[point.key()] = dataclasses.replace(point, grids=grids)
+    return list(points.values())
+
+
+def parse_sweep_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
+    """Validate a sweep config mapping; errors name the field and the source."""
+    raw = dict(raw)
+    if isinstance(raw.get("run"), dict):
+        raw["run"] = {"output_path": str(Path(str(raw.get("output", "."))).parent), **raw["run"]}
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise GatedPluginError(f"{source}: invalid sweep config: {problems}") from None
+
+
+def load_sweep_config(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read, override (``key=value``, dotted) and validate a sweep config file."""
+    raw = apply_overrides(read_config_file(path), overrides)
+    return parse_sweep_config(raw, source=str(path))

@@ -1,0 +1,161 @@
+"""Building one grid point of a sweep: its SAELens SAE config, the SAE and its trainer.
+
+Shared by the sweep's two activation streams (``sweep`` and ``sweep_multi``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.run.sweep_config import PAPER_ARCHITECTURE, GridPoint, SweepConfig
+
+if TYPE_CHECKING:
+    import datasets
+    from sae_lens import TrainingSAE, TrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+    from transformer_lens import HookedTransformer
+
+    from sae_gated_plugin.run.runner import GuardedTrainer
+    from sae_gated_plugin.run.sweep_eval import HeldOutEvaluation
+
+Echo = Callable[[str], None]
+COEFFICIENT_FIELDS = ("k", "l1_coefficient", "l0_coefficient")
+"""Sparsity coefficient field per architecture, the first its config class has."""
+WARM_UP_FIELDS = {"l1_coefficient": "l1_warm_up_steps", "l0_coefficient": "l0_warm_up_steps"}
+
+
+def _training_config_class(architecture: str) -> type[TrainingSAEConfig]:
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, get_sae_training_class
+
+    from sae_gated_plugin.arch.registry import register
+
+    register()  # gated_paper, whether or not SAELens's import already registered it
+
+    try:
+        return get_sae_training_class(architecture)[1]
+    except KeyError:
+        known = sorted(SAE_TRAINING_CLASS_REGISTRY)
+        raise GatedPluginError(
+            f"architecture {architecture!r} is not registered in SAELens (known: {known})"
+        ) from None
+
+
+def coefficient_field(architecture: str) -> str:
+    """The config field a grid's coefficient sets for ``architecture`` (k, l1_coefficient...)."""
+    names = {f.name for f in dataclasses.fields(_training_config_class(architecture))}
+    for name in COEFFICIENT_FIELDS:
+        if name in names:
+            return name
+    raise GatedPluginError(f"architecture {architecture!r} has no sparsity coefficient field")
+
+
+def build_sae_config(
+    point: GridPoint, config: SweepConfig, d_in: int, device: str
+) -> TrainingSAEConfig:
+    """The SAELens training config of one grid point: the run's width, normalisation and
+    warm-up, the point's coefficient, the ``gated_paper`` settings of ``run.sae`` for
+    ``gated_paper``, then the variant's overrides."""
+    cfg_class = _training_config_class(point.architecture)
+    names = {f.name for f in dataclasses.fields(cfg_class)}
+    base = config.run
+    field = coefficient_field(point.architecture)
+    settings: dict[str, Any] = {
+        "d_in": d_in,
+        "d_sae": base.sae.d_sae or base.sae.expansion_factor * d_in,
+        "dtype": base.dtype,
+        "device": device,
+        "normalize_activations": base.normalize_activations,
+    }
+    if point.architecture == PAPER_ARCHITECTURE:
+        settings.update(
+            base.sae.model_dump(exclude={"d_sae", "expansion_factor", "l1_warm_up_steps"})
+        )
+    if field == "k":
+        if point.coefficient != int(point.coefficient) or point.coefficient < 1:
+            raise GatedPluginError(f"{point.label(field)}: k must be a positive integer")
+        settings["k"] = int(point.coefficient)
+    else:
+        settings[field] = float(point.coefficient)
+    warm_up = WARM_UP_FIELDS.get(field)
+    if warm_up in names:
+        steps = base.sae.l1_warm_up_steps
+        settings[warm_up] = base.total_steps // 20 if steps is None else steps
+    overrides = config.variants.get(point.variant, {})
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise GatedPluginError(
+            f"variants.{point.variant}: {unknown} not field(s) of {point.architecture}'s config"
+        )
+    settings.update(overrides)
+    try:
+        return cfg_class(**settings)
+    except (TypeError, ValueError) as exc:
+        raise GatedPluginError(f"{point.label(field)}: invalid SAE config: {exc}") from None
+
+
+def trainer_config(config: SweepConfig, lr: float, device: str) -> SAETrainerConfig:
+    """SAELens's trainer settings for one SAE: the run's optimiser at learning rate ``lr``."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    base = config.run
+    return SAETrainerConfig(
+        total_training_samples=base.training_tokens,
+        train_batch_size_samples=base.train_batch_size_tokens,
+        lr=lr,
+        lr_end=lr / 10,
+        lr_scheduler_name=base.lr_scheduler_name,
+        lr_warm_up_steps=(
+            base.total_steps // 20 if base.lr_warm_up_steps is None else base.lr_warm_up_steps
+        ),
+        lr_decay_steps=base.lr_decay_steps,
+        adam_beta1=base.adam_beta1,
+        adam_beta2=base.adam_beta2,
+        device=device,
+        dead_feature_window=base.dead_feature_window,
+        feature_sampling_window=base.feature_sampling_window,
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=base.n_batches_for_norm_estimate,
+    )
+
+
+def new_sae(point: GridPoint, config: SweepConfig, d_in: int, device: str) -> TrainingSAE[Any]:
+    """A freshly initialised training SAE for ``point``, seeded by its seed."""
+    import torch
+    from sae_lens.registry import get_sae_training_class
+
+    sae_cfg = build_sae_config(point, config, d_in, device)
+    torch.manual_seed(point.seed)
+    sae_class = get_sae_training_class(sae_cfg.architecture())[0]
+    return sae_class(sae_cfg)
+
+
+def make_trainer(
+    point: GridPoint, config: SweepConfig, sae: TrainingSAE[Any], data: Iterator[Any], device: str
+) -> GuardedTrainer:
+    """SAELens's trainer (as ``GuardedTrainer``) for one SAE, resampling when the point asks."""
+    from sae_gated_plugin.run.runner import GuardedTrainer
+
+    trainer = GuardedTrainer(trainer_config(config, point.lr, device), sae, data)
+    if point.resampling:
+        assert config.run.resampling is not None  # checked by SweepConfig
+        trainer.enable_resampling(config.run.resampling)
+    return trainer
+
+
+@dataclasses.dataclass
+class SweepContext:
+    """What every grid point of one sweep shares."""
+
+    config: SweepConfig
+    model: HookedTransformer
+    d_in: int
+    device: str
+    evaluation: HeldOutEvaluation
+    train_dataset: datasets.Dataset | None
+    echo: Echo

@@ -1,0 +1,273 @@
+"""``sae-gated sweep``: a 2 x 2 grid on a tiny random model and in-memory tokens, resumed after
+an interruption; the evaluation shortcut checked against a plain ``evaluate_sae``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sae_gated_plugin.cli import EXIT_INVALID, main
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.eval.results import read_results
+from sae_gated_plugin.eval.splice import evaluate_sae
+from sae_gated_plugin.run import sweep as sweep_module
+from sae_gated_plugin.run.sweep import run_sweep
+from sae_gated_plugin.run.sweep_config import expand, parse_sweep_config
+from sae_gated_plugin.run.sweep_eval import HeldOutEvaluation
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+D_MODEL, CONTEXT, VOCAB = 16, 16, 64
+HOOK = "blocks.0.hook_resid_post"
+REQUIRED = (
+    "architecture",
+    "variant",
+    "coefficient",
+    "lr",
+    "seed",
+    "d_sae",
+    "tokens_trained",
+    "n_tokens",
+    "l0",
+    "dead_fraction",
+    "explained_variance",
+    "loss_recovered",
+    "delta_ce_loss",
+    "relative_reconstruction_bias",
+    "seconds",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> HookedTransformer:
+    """A random two-layer model; the SAEs read the residual stream after layer 0."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return HookedTransformer(
+            HookedTransformerConfig(
+                n_layers=2, d_model=D_MODEL, n_ctx=CONTEXT, d_head=4, d_vocab=VOCAB, act_fn="gelu"
+            )
+        )
+
+
+def token_dataset(n_rows: int, seed: int) -> Dataset:
+    """Pre-tokenised rows of random tokens, one context each."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randint(1, VOCAB, (n_rows, CONTEXT), generator=generator)
+    return Dataset.from_dict({"input_ids": rows.tolist()})
+
+
+def sweep_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Two grids: gated_paper at two coefficients, standard at two coefficients."""
+    return {
+        "output": str(tmp_path / "sweep.jsonl"),
+        "cache_tokens": 64 * CONTEXT,
+        "run": {
+            "model_name": "tiny-random",
+            "hook_name": HOOK,
+            "dataset": "in-memory",
+            "is_dataset_tokenized": True,
+            "streaming": False,
+            "context_size": CONTEXT,
+            "prepend_bos": False,
+            "exclude_special_tokens": False,
+            "training_tokens": 24 * 64,
+            "train_batch_size_tokens": 64,
+            "store_batch_size_prompts": 4,
+            "n_batches_in_buffer": 4,
+            "n_batches_for_norm_estimate": 2,
+            "lr": 1e-3,
+            "device": "cpu",
+            "sae": {"d_sae": 32},
+            "eval": {"n_sequences": 8, "batch_size": 4},
+        },
+        "grids": [
+            {
+                "name": "gated",
+                "architectures": ["gated_paper"],
+                "coefficients": {"gated_paper": [1, 4]},
+            },
+            {
+                "name": "standard",
+                "architectures": ["standard"],
+                "coefficients": {"standard": [1, 4]},
+            },
+        ],
+        **overrides,
+    }
+
+
+def run(tmp_path: Path, model: HookedTransformer, lines: list[str], **kwargs: Any) -> list[dict]:
+    config = parse_sweep_config(sweep_settings(tmp_path, **kwargs.pop("settings", {})))
+    return run_sweep(
+        config,
+        model=model,
+        train_dataset=token_dataset(96, seed=1),
+        eval_dataset=token_dataset(8, seed=2),
+        echo=lines.append,
+        **kwargs,
+    )
+
+
+def test_a_2x2_sweep_resumes_where_it_stopped(
+    tiny_model: HookedTransformer, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    first = run(tmp_path, tiny_model, lines, only=["gated"])
+    assert [r["architecture"] for r in first] == ["gated_paper", "gated_paper"]
+    assert "[1/2] gated_paper l1=1 lr=1e-3 seed=0" in lines
+    output = tmp_path / "sweep.jsonl"
+    # A crash in the middle of writing a line leaves it cut short: it must be dropped.
+    with output.open("a", encoding="utf-8") as handle:
+        handle.write('{"architecture": "standard", "vari')
+
+    lines.clear()
+    trained: list[str] = []
+    original = sweep_module.new_sae
+
+    def counting_new_sae(point: Any, *args: Any) -> Any:
+        trained.append(point.architecture)
+        return original(point, *args)
+
+    sweep_module.new_sae = counting_new_sae  # type: ignore[assignment]
+    try:
+        results = run(tmp_path, tiny_model, lines)
+    finally:
+        sweep_module.new_sae = original  # type: ignore[assignment]
+
+    assert trained == ["standard", "standard"]  # the gated_paper points were not retrained
+    assert "Sweep of 4 SAEs: 2 already in " + str(output) in lines
+    assert any(line.startswith("[3/4] standard l1=1 lr=1e-3 seed=0") for line in lines)
+    saved = read_results(output)
+    assert [(r["architecture"], r["coefficient"]) for r in saved] == [
+        ("gated_paper", 1.0),
+        ("gated_paper", 4.0),
+        ("standard", 1.0),
+        ("standard", 4.0),
+    ]
+    assert output.read_text(encoding="utf-8").endswith("\n")
+    assert results == saved
+    for record in saved:
+        assert all(record[key] is not None for key in REQUIRED), record
+        assert record["tokens_trained"] == 24 * 64
+        assert record["n_tokens"] == 8 * CONTEXT
+        assert record["epochs"] == pytest.approx(24 * 64 / (64 * CONTEXT))
+        assert record["variant"] == (
+            "paper" if record["architecture"] == "gated_paper" else "default"
+        )
+    # The same held-out windows: identical references; a higher coefficient, a sparser SAE.
+    assert len({r["ce_loss_clean"] for r in saved}) == 1
+    gated = [r for r in saved if r["architecture"] == "gated_paper"]
+    assert gated[1]["l0"] < gated[0]["l0"]
+
+    # A finished sweep trains nothing; a changed config refuses to mix into the same file.
+    assert len(run(tmp_path, tiny_model, [])) == 4
+    with pytest.raises(GatedPluginError, match="other settings"):
+        run(
+            tmp_path,
+            tiny_model,
+            [],
+            settings={"run": {**sweep_settings(tmp_path)["run"], "lr": 2e-3}},
+        )
+
+
+def test_multi_stream_trains_a_lockstep_group(
+    tiny_model: HookedTransformer, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    results = run(tmp_path, tiny_model, lines, settings={"stream": "multi", "cache_tokens": None})
+    assert [r["architecture"] for r in results] == ["gated_paper"] * 2 + ["standard"] * 2
+    assert all(r["stream"] == "multi" and r["tokens_trained"] == 24 * 64 for r in results)
+    assert sum("lockstep group of 4" in line for line in lines) == 4
+
+
+def test_resumed_evaluation_equals_a_plain_evaluate_sae(tiny_model: HookedTransformer) -> None:
+    from sae_lens import StandardTrainingSAEConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAE
+
+    torch.manual_seed(3)
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D_MODEL, d_sae=32))
+    tokens = torch.tensor(token_dataset(8, seed=4)["input_ids"])
+    settings = {
+        "hook_name": HOOK,
+        "seqpos_slice": (2, None),
+        "exclude_token_ids": [5],
+        "batch_size": 3,
+    }
+    plain = evaluate_sae(sae, tiny_model, tokens, show_progress=False, **settings)
+    shared = HeldOutEvaluation(tiny_model, tokens, **settings)
+    first, second = shared.evaluate(sae), shared.evaluate(sae)
+    for report in (first, second):
+        for key, value in plain.to_dict().items():
+            if isinstance(value, float):
+                assert getattr(report, key) == pytest.approx(value, rel=1e-5, abs=1e-6), key
+            else:
+                assert getattr(report, key) == value, key
+
+
+def test_sweep_config_errors_name_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = sweep_settings(tmp_path)
+    settings["grids"][0]["coefficients"] = {"standard": [1]}
+    with pytest.raises(GatedPluginError, match=r"grids\.0.*no values for architecture"):
+        parse_sweep_config(settings)
+    settings = sweep_settings(tmp_path)
+    settings["grids"][0]["variants"] = ["missing"]
+    with pytest.raises(GatedPluginError, match=r"unknown variant\(s\) \['missing'\]"):
+        parse_sweep_config(settings)
+    settings = sweep_settings(tmp_path, stream="fast")
+    with pytest.raises(GatedPluginError, match="stream"):
+        parse_sweep_config(settings)
+    settings = sweep_settings(tmp_path)
+    settings["grids"][1]["resampling"] = [True]
+    with pytest.raises(GatedPluginError, match=r"needs run\.resampling"):
+        parse_sweep_config(settings)
+    config_file = tmp_path / "sweep.yaml"
+    config_file.write_text(json.dumps(sweep_settings(tmp_path, grids=[])), encoding="utf-8")
+    assert main(["sweep", str(config_file)]) == EXIT_INVALID
+    assert "grids" in capsys.readouterr().err
+
+
+def test_grids_union_each_point_once(tmp_path: Path) -> None:
+    settings = sweep_settings(tmp_path)
+    settings["grids"].append(
+        {
+            "name": "seeds",
+            "architectures": ["gated_paper"],
+            "coefficients": {"gated_paper": [4]},
+            "seeds": [0, 1],
+        }
+    )
+    points = expand(parse_sweep_config(settings))
+    assert len(points) == 5
+    shared = [
+        p for p in points if p.coefficient == 4 and p.seed == 0 and p.architecture == "gated_paper"
+    ]
+    assert len(shared) == 1 and shared[0].grids == ("gated", "seeds")
+
+
+def test_the_committed_benchmark_sweep_is_valid_and_as_documented() -> None:
+    from sae_gated_plugin.run.sweep_config import load_sweep_config
+
+    config = load_sweep_config(Path(__file__).resolve().parents[1] / "benchmarks/pareto_sweep.yaml")
+    grids = {grid.name: grid for grid in config.grids}
+    assert config.run.training_tokens >= 1_000_000
+    assert config.run.eval.n_sequences * (config.run.context_size - 3) >= 16_000
+    for architecture in ("gated_paper", "gated", "standard"):
+        assert len(grids["frontier"].coefficients[architecture]) >= 5
+    assert len(grids["seeds"].seeds) == 3 and len(grids["lr"].lrs or []) >= 3
+    assert (
+        len(grids["ablations"].variants) == 4
+        and len(grids["ablations"].coefficients["gated_paper"]) == 2
+    )
+    assert grids["resampling"].resampling == [False, True]
+    assert config.run.resampling is not None
