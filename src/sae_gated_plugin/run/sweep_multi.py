@@ -73,9 +73,7 @@ def _runner_config(ctx: SweepContext, lr: float, saes: dict[str, Any]) -> Any:
         lr=lr,
         lr_end=lr / 10,
         lr_scheduler_name=base.lr_scheduler_name,
-        lr_warm_up_steps=(
-            base.total_steps // 20 if base.lr_warm_up_steps is None else base.lr_warm_up_steps
-        ),
+        lr_warm_up_steps=base.lr_warm_up_steps_in_force,
         lr_decay_steps=base.lr_decay_steps,
         dead_feature_window=base.dead_feature_window,
         feature_sampling_window=base.feature_sampling_window,

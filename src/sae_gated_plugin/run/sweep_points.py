@@ -107,9 +107,7 @@ def trainer_config(config: SweepConfig, lr: float, device: str) -> SAETrainerCon
         lr=lr,
         lr_end=lr / 10,
         lr_scheduler_name=base.lr_scheduler_name,
-        lr_warm_up_steps=(
-            base.total_steps // 20 if base.lr_warm_up_steps is None else base.lr_warm_up_steps
-        ),
+        lr_warm_up_steps=base.lr_warm_up_steps_in_force,
         lr_decay_steps=base.lr_decay_steps,
         adam_beta1=base.adam_beta1,
         adam_beta2=base.adam_beta2,
