@@ -28,9 +28,9 @@ from typing import Any
 
 from sae_lens import StandardTrainingSAEConfig
 
-from sae_gated_plugin import training
 from sae_gated_plugin.demo import DEMO_SETTINGS
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.run import train as training
 from sae_gated_plugin.run.caching import cache_activations, check_cache_matches
 from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
 
