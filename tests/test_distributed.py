@@ -39,6 +39,7 @@ from sae_lens.training._interruption import InterruptedException
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
+from sae_gated_plugin.arch.sparse import THRESHOLD_ENV
 from sae_gated_plugin.run.data_shards import SHARDS_FILENAME, distribute_store, resume_position
 from sae_gated_plugin.run.distributed import DistributedContext, process_group
 from sae_gated_plugin.run.distributed_trainer import DataParallelTrainer, LatentShardedTrainer
@@ -129,6 +130,9 @@ VARIANTS: list[dict[str, Any]] = [
 ]
 FEW_OPEN = -4.0
 """A gate bias shift that leaves few latents open, so the unsharded SAE takes the sparse step."""
+FIRST_HALF_FEW_OPEN = "first half"
+"""Only the first half of the latents (rank 0's) shifted by FEW_OPEN: rank 0 alone would take
+the sparse step, the batch as a whole the dense one, which every rank must then agree on."""
 
 
 def _shard_of(full: GatedPaperTrainingSAE, ctx: DistributedContext) -> LatentShardedGatedSAE:
@@ -150,12 +154,15 @@ def _randomise(sae: GatedPaperTrainingSAE) -> None:
 
 def _forward_backward_worker(ctx: DistributedContext) -> None:
     x = 2.0 * torch.randn(64, D_IN, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    cases = [(variant, 0.0) for variant in VARIANTS] + [({}, FEW_OPEN)]
-    for variant, gate_shift in cases:
+    shifts: list[float | str] = [0.0, FEW_OPEN, FIRST_HALF_FEW_OPEN]
+    for variant, gate_shift in [(v, shift) for v in VARIANTS for shift in shifts]:
         full = tiny_sae(dtype="float64", **variant)
         _randomise(full)
         with torch.no_grad():
-            full.b_gate += gate_shift
+            if gate_shift == FIRST_HALF_FEW_OPEN:
+                full.b_gate[: D_SAE // 2] += FEW_OPEN
+            else:
+                full.b_gate += gate_shift
         shard = _shard_of(full, ctx)
         step_input = TrainStepInput(
             sae_in=x,
@@ -166,11 +173,14 @@ def _forward_backward_worker(ctx: DistributedContext) -> None:
         )
         expected = full.training_forward_pass(step_input)
         got = shard.training_forward_pass(step_input)
-        # The sparse step's feature_acts carry no graph: it ran exactly in the few-open case.
+        # The sparse step's feature_acts carry no graph: it ran exactly in the few-open case,
+        # on every shard alike.
         assert (expected.feature_acts.grad_fn is None) == (gate_shift == FEW_OPEN)
-        assert got.feature_acts.grad_fn is not None  # a shard always takes the dense step
+        assert (got.feature_acts.grad_fn is None) == (gate_shift == FEW_OPEN)
         for name, value in expected.losses.items():
-            torch.testing.assert_close(got.losses[name], value, msg=f"{variant} {name}")
+            torch.testing.assert_close(
+                got.losses[name], value, msg=f"{variant} {gate_shift} {name}"
+            )
         torch.testing.assert_close(got.sae_out, expected.sae_out)
         mine = shard.shard.take(expected.feature_acts, "W_enc")  # latents are its last dim
         torch.testing.assert_close(got.feature_acts, mine)
@@ -180,7 +190,9 @@ def _forward_backward_worker(ctx: DistributedContext) -> None:
             full_grad = getattr(full, name).grad
             assert parameter.grad is not None and full_grad is not None
             torch.testing.assert_close(
-                parameter.grad, shard.shard.take(full_grad, name), msg=f"{variant} d{name}"
+                parameter.grad,
+                shard.shard.take(full_grad, name),
+                msg=f"{variant} {gate_shift} d{name}",
             )
 
 
@@ -197,6 +209,18 @@ def _sharded_training_worker(ctx: DistributedContext, out: Path) -> None:
     )
     trainer = _retyped(trainer, LatentShardedTrainer, ctx)
     trainer.fit()
+    # The path the steps took: sparse exactly where the test's threshold asks for it.
+    x = torch.randn(8, D_IN, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    probe = trainer.sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            coefficients={"l1": 1.0},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+    )
+    assert (probe.feature_acts.grad_fn is None) == (os.environ[THRESHOLD_ENV] == "inf")
     gathered = trainer.gather_sae()
     if ctx.is_main:
         assert gathered is not None
@@ -223,7 +247,12 @@ def _sharded_training_worker(ctx: DistributedContext, out: Path) -> None:
     )
 
 
-def test_latent_sharded_training_and_checkpoints_equal_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sparse_threshold", ["0", "inf"], ids=["dense", "sparse"])
+def test_latent_sharded_training_and_checkpoints_equal_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sparse_threshold: str
+) -> None:
+    # Every step dense, or every step sparse (in the ranks and the one-process reference alike).
+    monkeypatch.setenv(THRESHOLD_ENV, sparse_threshold)
     run_ranks(_sharded_training_worker, WORLD, tmp_path)
     reference = reference_run(
         tiny_sae(dtype="float64"), checkpoint_path=str(tmp_path / "single"), n_checkpoints=1

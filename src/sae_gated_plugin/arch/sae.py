@@ -22,7 +22,7 @@ from sae_gated_plugin.arch.artifacts import WEIGHTS_FILENAME, check_weights
 from sae_gated_plugin.arch.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.ops import centred_matmul, hold_unit_decoder_rows, tangent_gradient
 from sae_gated_plugin.arch.registry import register_if_deferred
-from sae_gated_plugin.arch.sparse import sparse_training_forward_pass
+from sae_gated_plugin.arch.sparse import LatentParts, sparse_training_forward_pass
 
 UNIT_NORM_TOLERANCE = 1e-5
 """Decoder rows whose norm is within this of 1 are saved as they are (no fold needed)."""
@@ -142,9 +142,9 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         centring = self._encoder_centring() if self.cfg.apply_b_dec_to_input else None
         return centred_matmul(sae_in, centring, self.W_enc)
 
-    sparse_step: bool = True
-    """Whether a training step may take the sparse path (arch/sparse.py). Latent shards
-    (run/latent_sharding.py), whose sums over latents span ranks, take the dense one."""
+    holds_all_latents: bool = True
+    """False for a latent shard (run/latent_sharding.py), whose sums over latents span ranks:
+    the sparse step (arch/sparse.py) then adds its parts through ``_latent_sum``."""
 
     def _encoder_centring(self) -> torch.Tensor:
         """The bias subtracted from the input before encoding (``b_dec``). A seam for latent
@@ -209,12 +209,13 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         encoder_pre = self._encoder_product(sae_in)
         # --- sparse step (arch/sparse.py): the same losses and gradients from the open latents
         # only, when few are open; None means: run the dense reference path below.
-        sparse = (
-            sparse_training_forward_pass(
-                self, step_input, sae_in, encoder_pre, self._decoder_weight
-            )
-            if self.sparse_step
-            else None
+        parts = (
+            None
+            if self.holds_all_latents
+            else LatentParts(self._latent_sum, self._encoder_centring)
+        )
+        sparse = sparse_training_forward_pass(
+            self, step_input, sae_in, encoder_pre, self._decoder_weight, parts=parts
         )
         if sparse is not None:
             return sparse

@@ -176,6 +176,15 @@ def find_open_pairs(pre: torch.Tensor, b_gate: torch.Tensor) -> OpenPairs:
     )
 
 
+class LatentParts(NamedTuple):
+    """How a module holding only part of the latents (a latent shard) completes the step."""
+
+    latent_sum: Callable[[torch.Tensor], torch.Tensor]
+    """Adds this module's part of a sum over latents to the other parts' (differentiably)."""
+    encoder_centring: Callable[[], torch.Tensor]
+    """``b_dec`` as the encoder subtracts it, its gradient added over the parts."""
+
+
 class _Options(NamedTuple):
     centred: bool
     """Input centred by ``b_dec`` (``apply_b_dec_to_input``)."""
@@ -183,6 +192,10 @@ class _Options(NamedTuple):
     """Auxiliary decoder trainable (else stop-gradient ``W_dec`` and ``b_dec``)."""
     weighted_penalty: bool
     """L1 weighted by decoder row norms."""
+    parts: bool
+    """Return this module's parts of the sums over latents, without ``b_dec``: a latent shard
+    (``run/latent_sharding.py``) adds them across ranks outside, where autograd then gives
+    ``b_dec`` its decode gradient; the ``b_dec`` input is then only the encoder's centring."""
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -249,7 +262,8 @@ class _SparseGatedStep(torch.autograd.Function):
     Inputs after the non-tensor ones: ``sae_in`` (normalised, uncentred; no gradient),
     ``W_enc``, ``b_gate``, ``r_mag``, ``b_mag``, ``W_dec`` (as the loss sees it: through the
     tangent projection when unit norm), ``b_dec``. Outputs: ``f @ W_dec + b_dec``,
-    ``ReLU(pi_gate) @ W_dec + b_dec`` and the per-row mean of the (weighted) gate activations.
+    ``ReLU(pi_gate) @ W_dec + b_dec`` and the per-row mean of the (weighted) gate activations
+    (with ``options.parts``: the module's parts of these sums, without ``b_dec``).
     """
 
     @staticmethod
@@ -268,8 +282,10 @@ class _SparseGatedStep(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n_rows = sae_in.shape[0]
         gates = pairs.pre + _at(b_gate, pairs.cols)
-        recon = _weighted_rows(pairs, w_dec, features, latent_major=False) + b_dec
-        aux_recon = _weighted_rows(pairs, w_dec, gates, latent_major=False) + b_dec
+        recon = _weighted_rows(pairs, w_dec, features, latent_major=False)
+        aux_recon = _weighted_rows(pairs, w_dec, gates, latent_major=False)
+        if not options.parts:
+            recon, aux_recon = recon + b_dec, aux_recon + b_dec
         if options.weighted_penalty:
             gates = gates * _at(w_dec.norm(dim=-1), pairs.cols)
         acc = _accumulation_dtype(gates.dtype)
@@ -319,11 +335,14 @@ class _SparseGatedStep(torch.autograd.Function):
                 gate_sums = _latent_sums(pairs, gates.to(acc), n_latents) * penalty_weight
                 per_row = gate_sums / norms.to(acc).clamp_min(torch.finfo(acc).tiny)
                 grad_w_dec.addcmul_(w_dec, per_row.to(w_dec.dtype)[:, None])
-        grad_b_dec = d_recon.sum(0)
-        if options.aux_trainable:
-            grad_b_dec += d_aux.sum(0)
+        grad_b_dec: torch.Tensor | None = None
+        if not options.parts:
+            grad_b_dec = d_recon.sum(0)
+            if options.aux_trainable:
+                grad_b_dec += d_aux.sum(0)
         if options.centred:  # x_c = sae_in - b_dec: minus W_enc times the column sums of d_pre
-            grad_b_dec -= w_enc @ (grad_b_mag * scale_acc + grad_b_gate).to(w_enc.dtype)
+            centring = w_enc @ (grad_b_mag * scale_acc + grad_b_gate).to(w_enc.dtype)
+            grad_b_dec = -centring if grad_b_dec is None else grad_b_dec.sub_(centring)
         dtype = w_dec.dtype
         return (
             None,
@@ -361,12 +380,24 @@ def sparse_step_applies(sae: GatedTrainingSAE, sae_in: torch.Tensor) -> bool:
     )
 
 
-def open_fraction(pre: torch.Tensor, b_gate: torch.Tensor, rows: int = PROBE_ROWS) -> float:
-    """Fraction of open (row, latent) pairs among the first ``rows`` rows of the batch."""
+def open_fraction(
+    pre: torch.Tensor,
+    b_gate: torch.Tensor,
+    rows: int = PROBE_ROWS,
+    latent_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """Fraction of open (row, latent) pairs among the first ``rows`` rows of the batch.
+
+    ``latent_sum`` adds the open and total counts over every part of the latents (a latent
+    shard's ``_latent_sum``), so that all ranks take the same decision.
+    """
     probe = pre[:rows]
-    if probe.numel() == 0:
-        return 0.0
-    return torch.count_nonzero(probe > b_gate.detach().neg()).item() / probe.numel()
+    opened = torch.count_nonzero(probe > b_gate.detach().neg())
+    counts = torch.stack([opened, torch.full_like(opened, probe.numel())])
+    if latent_sum is not None:
+        counts = latent_sum(counts)
+    n_open, total = counts.tolist()
+    return n_open / total if total else 0.0
 
 
 def sparse_training_forward_pass(
@@ -376,6 +407,7 @@ def sparse_training_forward_pass(
     encoder_pre: torch.Tensor,
     decoder_weight: Callable[[], torch.Tensor],
     threshold: float | None = None,
+    parts: LatentParts | None = None,
 ) -> TrainStepOutput | None:
     """The training step from the open latents only, or None when the dense path should run.
 
@@ -385,7 +417,9 @@ def sparse_training_forward_pass(
     path computes them. On the sparse path ``encoder_pre``'s storage is reused for the
     returned ``hidden_pre``. ``threshold`` (default: ``density_threshold``) is the open fraction
     below which the step runs sparse; the returned ``feature_acts`` and ``hidden_pre`` carry no
-    gradient (SAELens's trainer only counts firing latents in them).
+    gradient (SAELens's trainer only counts firing latents in them). ``parts`` is given when
+    ``sae`` holds only part of the latents: the open fraction, the decodes and the penalty are
+    then summed over every part, so all parts take the same path and compute the same loss.
     """
     if threshold is None:
         threshold = density_threshold(sae_in.device)
@@ -395,7 +429,8 @@ def sparse_training_forward_pass(
     if not sparse_step_applies(sae, sae_in):
         return None
     pre = encoder_pre.detach()
-    if open_fraction(pre, sae.b_gate) >= threshold:
+    latent_sum = None if parts is None else parts.latent_sum
+    if open_fraction(pre, sae.b_gate, latent_sum=latent_sum) >= threshold:
         return None
     with torch.no_grad():
         pairs = find_open_pairs(pre, sae.b_gate)
@@ -409,7 +444,11 @@ def sparse_training_forward_pass(
         centred=cfg.apply_b_dec_to_input,
         aux_trainable=cfg.aux_decoder == "trainable",
         weighted_penalty=cfg.sparsity_penalty == "decoder_norm_weighted",
+        parts=parts is not None,
     )
+    centring = sae.b_dec
+    if parts is not None and cfg.apply_b_dec_to_input:
+        centring = parts.encoder_centring()
     recon, aux_recon, penalty = _SparseGatedStep.apply(
         pairs,
         features,
@@ -420,8 +459,13 @@ def sparse_training_forward_pass(
         sae.r_mag,
         sae.b_mag,
         decoder_weight(),
-        sae.b_dec,
+        centring,
     )
+    if parts is not None:
+        aux_b_dec = sae.b_dec if options.aux_trainable else sae.b_dec.detach()
+        recon = parts.latent_sum(recon) + sae.b_dec
+        aux_recon = parts.latent_sum(aux_recon) + aux_b_dec
+        penalty = parts.latent_sum(penalty)
     # As GatedPaperTrainingSAE.decode and gated_auxiliary_losses, from the sparse decodes.
     sae_out = sae.run_time_activation_norm_fn_out(sae.hook_sae_recons(recon))
     sae_out = sae.reshape_fn_out(sae_out, sae.d_head)

@@ -15,6 +15,10 @@ model's, and so are the gradients, given two autograd operations (Megatron-LM's 
   backward all-reduces, since each rank's encoder sees only its own latents' share of
   ``b_dec``'s gradient.
 
+The sparse step (``arch/sparse.py``) runs on shards too: its decodes and penalty are this
+rank's parts, added by ``sum_over_shards``, and the open fraction that picks dense or sparse
+is counted over all ranks, so that every rank takes the same path (and the same collectives).
+
 The unit-norm constraint is per decoder row, so each rank keeps its own rows at unit norm.
 Checkpoints and the final SAE are ordinary full-width SAELens files: ``gather_*`` collects the
 shards on rank 0 (host memory, one shard at a time on the device), ``scatter_*`` and
@@ -128,7 +132,7 @@ class LatentShardedGatedSAE(GatedPaperTrainingSAE):
     collective: every rank must run them, on the same input."""
 
     shard: LatentShard
-    sparse_step = False  # its decodes and b_dec gradient do not add up across ranks
+    holds_all_latents = False
 
     @classmethod
     def for_rank(cls, cfg: GatedPaperTrainingSAEConfig, shard: LatentShard) -> Any:
