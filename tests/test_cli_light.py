@@ -49,6 +49,7 @@ def probe(argv: list[str], cwd: Path) -> dict[str, object]:
         pytest.param(["train", "--help"], 0, id="train-help"),
         pytest.param(["convert", "--help"], 0, id="convert-help"),
         pytest.param(["schema"], 0, id="schema"),
+        pytest.param(["compare", "missing.jsonl"], 2, id="compare-missing-file"),
         pytest.param(["train", "bad.yaml"], 2, id="config-error"),
         pytest.param(["train", "bad.yaml", "--set", "lr=[1"], 2, id="bad-set"),
         pytest.param(["train", "missing.yaml"], 2, id="missing-file"),

@@ -1,4 +1,4 @@
-"""The ``sae-gated`` command: train, cache, sweep, plot, eval, push, convert, schema, demo.
+"""The ``sae-gated`` command: train, cache, sweep, plot, compare, eval, push, convert, schema, demo.
 
 Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
 message naming what is wrong, 1 when training diverges or a rank of a torchrun launch fails,
@@ -44,6 +44,46 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser, config_help: str)
     )
 
 
+def _add_select_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="keep only lines whose FIELD is one of the values (repeatable), e.g. grids=frontier",
+    )
+
+
+def _add_results_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
+    """The verbs that read a sweep's results file: plot and compare."""
+    plot = verbs.add_parser("plot", help="plot a sweep's results: L0 vs loss recovered, gamma")
+    plot.add_argument("results", type=Path, help="the sweep's JSON-lines results file")
+    plot.add_argument(
+        "--output", type=Path, help="file prefix for .png and .svg (default: beside the results)"
+    )
+    _add_select_argument(plot)
+    plot.add_argument("--title", help="figure title")
+
+    compare = verbs.add_parser(
+        "compare", help="tables of a sweep's results: every point, L0 at equal loss recovered"
+    )
+    compare.add_argument("results", type=Path, help="the sweep's JSON-lines results file")
+    _add_select_argument(compare)
+    compare.add_argument(
+        "--reference",
+        help="line the L0 ratios are taken against (default: standard, else the first line)",
+    )
+    compare.add_argument(
+        "--at",
+        dest="levels",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LEVEL",
+        help="loss-recovered levels to read L0 at (default 0.90 0.93 0.95 0.97)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sae-gated",
@@ -73,19 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run only this grid of the config (repeatable; default all)",
     )
 
-    plot = verbs.add_parser("plot", help="plot a sweep's results: L0 vs loss recovered, gamma")
-    plot.add_argument("results", type=Path, help="the sweep's JSON-lines results file")
-    plot.add_argument(
-        "--output", type=Path, help="file prefix for .png and .svg (default: beside the results)"
-    )
-    plot.add_argument(
-        "--select",
-        action="append",
-        default=[],
-        metavar="FIELD=V1,V2",
-        help="keep only lines whose FIELD is one of the values (repeatable), e.g. grids=frontier",
-    )
-    plot.add_argument("--title", help="figure title")
+    _add_results_verbs(verbs)
 
     evaluate = verbs.add_parser("eval", help="evaluate any SAELens SAE on held-out text")
     evaluate.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
@@ -167,6 +195,17 @@ def _run(args: argparse.Namespace) -> int:
 
         paths = plot_sweep(args.results, output=args.output, select=args.select, title=args.title)
         print("Wrote " + ", ".join(str(p) for p in paths))
+        return EXIT_OK
+    if args.verb == "compare":
+        from sae_gated_plugin.eval.compare import DEFAULT_LEVELS, compare_sweep
+
+        levels = DEFAULT_LEVELS if args.levels is None else args.levels
+        print(
+            compare_sweep(
+                args.results, select=args.select, reference=args.reference, levels=levels
+            ),
+            end="",
+        )
         return EXIT_OK
     if args.verb == "eval":
         from sae_gated_plugin.eval.saved import evaluate_saved_sae

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 
 X_LABEL = "L0 (active latents per token, log scale)"
 Y_LABELS = ("loss recovered", "relative reconstruction bias γ")
+POINT_METRICS = (
+    "l0",
+    "loss_recovered",
+    "relative_reconstruction_bias",
+    "explained_variance",
+    "dead_fraction",
+)
+"""The metrics a point of a line averages over its seeds (with their standard deviation)."""
 
 
 def _matches(record: dict[str, Any], field: str, wanted: list[str]) -> bool:
@@ -90,7 +98,7 @@ def group_lines(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
         points = []
         for coefficient, seeds in by_coefficient.items():
             point: dict[str, Any] = {"coefficient": coefficient, "n_seeds": len(seeds)}
-            for key in ("l0", "loss_recovered", "relative_reconstruction_bias"):
+            for key in POINT_METRICS:
                 point[key], point[key + "_std"] = _mean_std([r.get(key) for r in seeds])
             points.append(point)
         lines[label] = sorted(points, key=lambda p: p["l0"])
