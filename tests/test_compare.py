@@ -75,3 +75,27 @@ def test_compare_refuses_what_it_cannot_compare(
     assert "no such results file" in capsys.readouterr().err
     assert main(["compare", str(results), "--select", "grids=nothing"]) == EXIT_INVALID
     assert "no result lines" in capsys.readouterr().err
+
+
+def test_grid_selection_keeps_the_points_of_that_grid_of_the_sweep_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = Path(__file__).resolve().parents[1] / "benchmarks/pareto_sweep.yaml"
+    # The committed sweep's lr grid has gated_paper at coefficient 4 only, at every lr.
+    records = [record("gated_paper", 4, lr=lr) for lr in (3e-4, 1e-3)]
+    records += [record("gated_paper", 2.5), record("gated_paper", 4, lr=5e-4)]
+    results = write_results(tmp_path / "sweep.jsonl", records)
+    args = ["compare", str(results), "--sweep", str(sweep), "--grid", "lr"]
+    assert main(args) == EXIT_OK
+    points = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| gated_paper")]
+    assert [r.split("|")[1:3] for r in points[:2]] == [
+        [" gated_paper, lr 3e-4 ", " 4 "],
+        [" gated_paper, lr 1e-3 ", " 4 "],
+    ]
+    assert not any("2.5" in r or "5e-4" in r for r in points)
+    assert main(["compare", str(results), "--grid", "lr"]) == EXIT_INVALID
+    assert "--grid needs --sweep" in capsys.readouterr().err
+    assert main(["plot", str(results), "--sweep", str(sweep), "--grid", "nope"]) == EXIT_INVALID
+    assert "no such grid" in capsys.readouterr().err
+    assert main(["plot", str(results), "--sweep", str(sweep), "--grid", "lr"]) == EXIT_OK
+    assert (tmp_path / "sweep.png").is_file()

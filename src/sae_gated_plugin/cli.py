@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from sae_gated_plugin.errors import (
     DistributedTrainingError,
@@ -54,6 +55,32 @@ def _add_select_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_grid_selection(parser: argparse.ArgumentParser) -> None:
+    _add_select_argument(parser)
+    parser.add_argument(
+        "--sweep", type=Path, metavar="CONFIG", help="the sweep config (for --grid)"
+    )
+    parser.add_argument(
+        "--grid",
+        dest="grids",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep only the points of this grid of --sweep's config (repeatable)",
+    )
+
+
+def _grid_points(args: argparse.Namespace) -> set[tuple[Any, ...]] | None:
+    """The point keys of the --grid grids of the --sweep config (None: no --grid)."""
+    if not args.grids:
+        return None
+    if args.sweep is None:
+        raise GatedPluginError("--grid needs --sweep CONFIG, the sweep config that defines it")
+    from sae_gated_plugin.run.sweep_config import expand, load_sweep_config
+
+    return {point.key() for point in expand(load_sweep_config(args.sweep), only=args.grids)}
+
+
 def _add_results_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
     """The verbs that read a sweep's results file: plot and compare."""
     plot = verbs.add_parser("plot", help="plot a sweep's results: L0 vs loss recovered, gamma")
@@ -61,17 +88,17 @@ def _add_results_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
     plot.add_argument(
         "--output", type=Path, help="file prefix for .png and .svg (default: beside the results)"
     )
-    _add_select_argument(plot)
+    _add_grid_selection(plot)
     plot.add_argument("--title", help="figure title")
 
     compare = verbs.add_parser(
         "compare", help="tables of a sweep's results: every point, L0 at equal loss recovered"
     )
     compare.add_argument("results", type=Path, help="the sweep's JSON-lines results file")
-    _add_select_argument(compare)
+    _add_grid_selection(compare)
     compare.add_argument(
         "--reference",
-        help="line the L0 ratios are taken against (default: standard, else the first line)",
+        help="line the L0 ratios are taken against (default: the first standard line)",
     )
     compare.add_argument(
         "--at",
@@ -158,6 +185,36 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_results_verb(args: argparse.Namespace) -> int:
+    """plot or compare: read a sweep's results file."""
+    if args.verb == "plot":
+        from sae_gated_plugin.eval.plot import plot_sweep
+
+        paths = plot_sweep(
+            args.results,
+            output=args.output,
+            select=args.select,
+            points=_grid_points(args),
+            title=args.title,
+        )
+        print("Wrote " + ", ".join(str(p) for p in paths))
+        return EXIT_OK
+    from sae_gated_plugin.eval.compare import DEFAULT_LEVELS, compare_sweep
+
+    levels = DEFAULT_LEVELS if args.levels is None else args.levels
+    print(
+        compare_sweep(
+            args.results,
+            select=args.select,
+            points=_grid_points(args),
+            reference=args.reference,
+            levels=levels,
+        ),
+        end="",
+    )
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "schema":
         from sae_gated_plugin.run.run_config import json_schema
@@ -190,23 +247,8 @@ def _run(args: argparse.Namespace) -> int:
         run_sweep(config, only=args.grids, echo=lambda line: print(line, flush=True))
         print(f"Results in {config.output}")
         return EXIT_OK
-    if args.verb == "plot":
-        from sae_gated_plugin.eval.plot import plot_sweep
-
-        paths = plot_sweep(args.results, output=args.output, select=args.select, title=args.title)
-        print("Wrote " + ", ".join(str(p) for p in paths))
-        return EXIT_OK
-    if args.verb == "compare":
-        from sae_gated_plugin.eval.compare import DEFAULT_LEVELS, compare_sweep
-
-        levels = DEFAULT_LEVELS if args.levels is None else args.levels
-        print(
-            compare_sweep(
-                args.results, select=args.select, reference=args.reference, levels=levels
-            ),
-            end="",
-        )
-        return EXIT_OK
+    if args.verb in ("plot", "compare"):
+        return _run_results_verb(args)
     if args.verb == "eval":
         from sae_gated_plugin.eval.saved import evaluate_saved_sae
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,22 +98,25 @@ def compare_sweep(
     results: Path,
     *,
     select: Sequence[str] = (),
+    points: Collection[tuple[Any, ...]] | None = None,
     reference: str | None = None,
     levels: Sequence[float] = DEFAULT_LEVELS,
 ) -> str:
     """Both tables for the (selected) lines of a sweep's results file, as Markdown.
-    ``reference`` is a line label (default: ``standard`` where present, else the first line)."""
+    ``select`` and ``points`` as in ``plot.select_records``; ``reference`` is a line label
+    (default: the first ``standard`` line, else the first line)."""
     if not results.is_file():
         raise GatedPluginError(f"{results}: no such results file")
     bad = [level for level in levels if not 0.0 < level < 1.0]
     if bad:
         raise GatedPluginError(f"--at {bad[0]}: loss-recovered levels must be between 0 and 1")
-    records = select_records(read_results(results), select)
+    records = select_records(read_results(results), select, points)
     if not records:
         raise GatedPluginError(f"{results}: no result lines to compare (after --select {select})")
     lines = group_lines(records)
     if reference is None:
-        reference = "standard" if "standard" in lines else next(iter(lines))
+        standard = [label for label in lines if re.match(r"standard($|,| \()", label)]
+        reference = (standard or list(lines))[0]
     if reference not in lines:
         raise GatedPluginError(
             f"--reference {reference!r}: not a line of these results; lines: "

@@ -14,12 +14,12 @@ import math
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float, read_results
+from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float, line_key, read_results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,8 +53,15 @@ def _matches(record: dict[str, Any], field: str, wanted: list[str]) -> bool:
     return False
 
 
-def select_records(records: list[dict[str, Any]], select: Sequence[str]) -> list[dict[str, Any]]:
-    """The records matching every ``FIELD=V1,V2`` filter (a list field matches by membership)."""
+def select_records(
+    records: list[dict[str, Any]],
+    select: Sequence[str],
+    points: Collection[tuple[Any, ...]] | None = None,
+) -> list[dict[str, Any]]:
+    """The records matching every ``FIELD=V1,V2`` filter (a list field matches by membership)
+    and, when ``points`` is given, whose grid-point key (``results.line_key``) is one of them."""
+    if points is not None:
+        records = [r for r in records if line_key(r) in points]
     for item in select:
         field, sep, values = item.partition("=")
         if not sep or not field or not values:
@@ -154,13 +161,15 @@ def plot_sweep(
     *,
     output: Path | None = None,
     select: Sequence[str] = (),
+    points: Collection[tuple[Any, ...]] | None = None,
     title: str | None = None,
 ) -> list[Path]:
     """Plot a sweep's results file to ``<output>.png`` and ``<output>.svg`` (default: the
-    results path without its suffix); returns the two paths."""
+    results path without its suffix); returns the two paths. ``select`` and ``points`` as in
+    ``select_records``."""
     if not results.is_file():
         raise GatedPluginError(f"{results}: no such results file")
-    records = select_records(read_results(results), select)
+    records = select_records(read_results(results), select, points)
     if not records:
         raise GatedPluginError(f"{results}: no result lines to plot (after --select {select})")
     prefix = output if output is not None else results.with_suffix("")
