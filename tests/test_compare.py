@@ -51,7 +51,7 @@ def test_compare_reports_every_point_and_ratios_to_the_reference(tmp_path: Path)
     seeded = [r for r in points.splitlines() if r.startswith("| gated_paper | 2 |")]
     # Three seeds at coefficient 2: L0 25, 26, 27 -> mean 26 with std 1.
     assert seeded == [
-        "| gated_paper | 2 | 3 | 26.0 ± 1.0 | 0.8900 ± 0.0100 | 1.000 ± 0.000 | - | - |"
+        "| gated_paper | 2 | 1e-3 | 3 | 26.0 ± 1.0 | 0.8900 ± 0.0100 | 1.000 ± 0.000 | - | - |"
     ]
     standard = _line_of_the_table(fidelity, "standard")
     # standard: (25, 0.80), (50, 0.90), (100, 0.95); 0.85 is half way from 25 to 50.
@@ -99,3 +99,22 @@ def test_grid_selection_keeps_the_points_of_that_grid_of_the_sweep_config(
     assert "no such grid" in capsys.readouterr().err
     assert main(["plot", str(results), "--sweep", str(sweep), "--grid", "lr"]) == EXIT_OK
     assert (tmp_path / "sweep.png").is_file()
+
+
+def test_the_envelope_is_each_architectures_pareto_front_over_its_lrs(tmp_path: Path) -> None:
+    def at(lr: float, coefficient: float, l0: float, loss_recovered: float) -> dict[str, Any]:
+        return record("standard", coefficient, lr=lr, l0=l0, loss_recovered=loss_recovered)
+
+    records = [at(1e-3, 8, 10.0, 0.80), at(1e-3, 2, 40.0, 0.95)]
+    records += [at(3e-3, 8, 10.0, 0.85), at(3e-3, 2, 40.0, 0.93), at(3e-3, 1, 80.0, 0.94)]
+    records += [record("gated_paper", 4, lr=3e-3, l0=20.0, loss_recovered=0.9)]
+    results = write_results(tmp_path / "sweep.jsonl", records)
+    points, fidelity = compare_sweep(results, envelope=True, levels=[0.9]).split("\n\n")
+    front = [r.split("|")[2:4] for r in points.splitlines() if r.startswith("| standard |")]
+    # (10, 0.80) and (40, 0.93) are dominated; (80, 0.94) has more L0 than (40, 0.95).
+    assert front == [[" 8 ", " 3e-3 "], [" 2 ", " 1e-3 "]]
+    expected = math.exp(math.log(10.0) + (0.9 - 0.85) / 0.10 * math.log(4.0))
+    assert _line_of_the_table(fidelity, "standard")[1] == f"{expected:.1f}"
+    # Without --envelope each lr is its own line.
+    lines = {r.split("|")[1].strip() for r in compare_sweep(results).splitlines()[2:] if r}
+    assert {"standard, lr 1e-3", "standard, lr 3e-3"} <= lines

@@ -68,6 +68,11 @@ def _add_grid_selection(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="keep only the points of this grid of --sweep's config (repeatable)",
     )
+    parser.add_argument(
+        "--envelope",
+        action="store_true",
+        help="one line per architecture/variant over all lrs: its Pareto front (best lr per L0)",
+    )
 
 
 def _grid_points(args: argparse.Namespace) -> set[tuple[Any, ...]] | None:
@@ -196,6 +201,7 @@ def _run_results_verb(args: argparse.Namespace) -> int:
             select=args.select,
             points=_grid_points(args),
             title=args.title,
+            envelope=args.envelope,
         )
         print("Wrote " + ", ".join(str(p) for p in paths))
         return EXIT_OK
@@ -209,6 +215,7 @@ def _run_results_verb(args: argparse.Namespace) -> int:
             points=_grid_points(args),
             reference=args.reference,
             levels=levels,
+            envelope=args.envelope,
         ),
         end="",
     )

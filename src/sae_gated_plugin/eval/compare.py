@@ -57,13 +57,15 @@ def _with_std(point: dict[str, Any], key: str, digits: int, percent: bool = Fals
 def points_table(lines: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown table of every point of every line."""
     rows = [
-        "| line | coefficient | seeds | L0 | loss recovered | gamma | explained variance | dead |",
-        "|---|---|---|---|---|---|---|---|",
+        "| line | coefficient | lr | seeds | L0 | loss recovered | gamma | explained variance "
+        "| dead |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, points in lines.items():
         for p in points:
             rows.append(
-                f"| {label} | {compact_float(p['coefficient'])} | {p['n_seeds']} "
+                f"| {label} | {compact_float(p['coefficient'])} | {compact_float(p['lr'])} "
+                f"| {p['n_seeds']} "
                 f"| {_with_std(p, 'l0', 1)} | {_with_std(p, 'loss_recovered', 4)} "
                 f"| {_with_std(p, 'relative_reconstruction_bias', 3)} "
                 f"| {_with_std(p, 'explained_variance', 3)} "
@@ -100,11 +102,13 @@ def compare_sweep(
     select: Sequence[str] = (),
     points: Collection[tuple[Any, ...]] | None = None,
     reference: str | None = None,
+    envelope: bool = False,
     levels: Sequence[float] = DEFAULT_LEVELS,
 ) -> str:
     """Both tables for the (selected) lines of a sweep's results file, as Markdown.
-    ``select`` and ``points`` as in ``plot.select_records``; ``reference`` is a line label
-    (default: the first ``standard`` line, else the first line)."""
+    ``select`` and ``points`` as in ``plot.select_records``, ``envelope`` as in
+    ``plot.group_lines``; ``reference`` is a line label (default: the first ``standard`` line,
+    else the first line)."""
     if not results.is_file():
         raise GatedPluginError(f"{results}: no such results file")
     bad = [level for level in levels if not 0.0 < level < 1.0]
@@ -113,7 +117,7 @@ def compare_sweep(
     records = select_records(read_results(results), select, points)
     if not records:
         raise GatedPluginError(f"{results}: no result lines to compare (after --select {select})")
-    lines = group_lines(records)
+    lines = group_lines(records, envelope)
     if reference is None:
         standard = [label for label in lines if re.match(r"standard($|,| \()", label)]
         reference = (standard or list(lines))[0]

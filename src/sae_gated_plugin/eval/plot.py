@@ -91,28 +91,45 @@ def _mean_std(values: list[Any]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
-def group_lines(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Points per line label: one point per coefficient, its seeds averaged (means, stds and
-    the number of seeds), sorted by L0."""
-    show_lr = len({float(r["lr"]) for r in records}) > 1
+def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point dominates (as low an L0 and as high a loss recovered), by L0."""
+    front: list[dict[str, Any]] = []
+    for point in sorted(points, key=lambda p: (p["l0"], -p["loss_recovered"])):
+        if not front or point["loss_recovered"] > front[-1]["loss_recovered"]:
+            front.append(point)
+    return front
+
+
+def group_lines(
+    records: list[dict[str, Any]], envelope: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """Points per line label: one point per coefficient and lr, its seeds averaged (means,
+    stds and the number of seeds), sorted by L0. With ``envelope``, the lines are not split by
+    lr: each is the Pareto front (``pareto_front``) of its points at every lr - the
+    architecture at its best learning rate for each sparsity."""
+    show_lr = not envelope and len({float(r["lr"]) for r in records}) > 1
     show_resampling = len({bool(r.get("resampling")) for r in records}) > 1
-    by_line: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    by_line: dict[str, dict[tuple[float, float], list[dict[str, Any]]]] = {}
     for record in records:
         label = line_label(record, show_lr, show_resampling)
-        by_line.setdefault(label, {}).setdefault(float(record["coefficient"]), []).append(record)
+        point_key = (float(record["coefficient"]), float(record["lr"]))
+        by_line.setdefault(label, {}).setdefault(point_key, []).append(record)
     lines: dict[str, list[dict[str, Any]]] = {}
-    for label, by_coefficient in by_line.items():
+    for label, by_point in by_line.items():
         points = []
-        for coefficient, seeds in by_coefficient.items():
-            point: dict[str, Any] = {"coefficient": coefficient, "n_seeds": len(seeds)}
+        for (coefficient, lr), seeds in by_point.items():
+            point: dict[str, Any] = {"coefficient": coefficient, "lr": lr, "n_seeds": len(seeds)}
             for key in POINT_METRICS:
                 point[key], point[key + "_std"] = _mean_std([r.get(key) for r in seeds])
             points.append(point)
-        lines[label] = sorted(points, key=lambda p: p["l0"])
+        points.sort(key=lambda p: p["l0"])
+        lines[label] = pareto_front(points) if envelope else points
     return lines
 
 
-def build_figure(records: list[dict[str, Any]], title: str | None = None) -> Figure:
+def build_figure(
+    records: list[dict[str, Any]], title: str | None = None, envelope: bool = False
+) -> Figure:
     """The two-panel figure of ``records`` (one line per label of ``group_lines``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -121,7 +138,7 @@ def build_figure(records: list[dict[str, Any]], title: str | None = None) -> Fig
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
-    for label, points in group_lines(records).items():
+    for label, points in group_lines(records, envelope).items():
         xs = [p["l0"] for p in points]
         xerr = [p["l0_std"] for p in points] if any(p["n_seeds"] > 1 for p in points) else None
         for ax, key in zip(axes, ("loss_recovered", "relative_reconstruction_bias"), strict=True):
@@ -163,10 +180,11 @@ def plot_sweep(
     select: Sequence[str] = (),
     points: Collection[tuple[Any, ...]] | None = None,
     title: str | None = None,
+    envelope: bool = False,
 ) -> list[Path]:
     """Plot a sweep's results file to ``<output>.png`` and ``<output>.svg`` (default: the
     results path without its suffix); returns the two paths. ``select`` and ``points`` as in
-    ``select_records``."""
+    ``select_records``, ``envelope`` as in ``group_lines``."""
     if not results.is_file():
         raise GatedPluginError(f"{results}: no such results file")
     records = select_records(read_results(results), select, points)
@@ -174,7 +192,7 @@ def plot_sweep(
         raise GatedPluginError(f"{results}: no result lines to plot (after --select {select})")
     prefix = output if output is not None else results.with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    figure = build_figure(records, title)
+    figure = build_figure(records, title, envelope)
     paths = [prefix.with_name(prefix.name + suffix) for suffix in (".png", ".svg")]
     for path in paths:
         _save(figure, path)
