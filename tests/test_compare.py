@@ -87,7 +87,9 @@ def test_grid_selection_keeps_the_points_of_that_grid_of_the_sweep_config(
     results = write_results(tmp_path / "sweep.jsonl", records)
     args = ["compare", str(results), "--sweep", str(sweep), "--grid", "lr"]
     assert main(args) == EXIT_OK
-    points = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| gated_paper")]
+    out = capsys.readouterr().out
+    assert "L0 at" not in out  # single points: no L0 at equal loss recovered to read
+    points = [r for r in out.splitlines() if r.startswith("| gated_paper")]
     assert [r.split("|")[1:3] for r in points[:2]] == [
         [" gated_paper, lr 3e-4 ", " 4 "],
         [" gated_paper, lr 1e-3 ", " 4 "],

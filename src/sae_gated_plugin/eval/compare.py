@@ -2,12 +2,13 @@
 
 Two Markdown tables from the same lines as ``sae-gated plot`` (``plot.group_lines``):
 
-- every point: coefficient, seeds, L0, loss recovered, gamma, explained variance and dead
+- every point: coefficient, lr, seeds, L0, loss recovered, gamma, explained variance and dead
   latents (means over seeds, with their standard deviation where seeds repeat);
-- L0 at equal loss recovered: for each target level, each line's L0 where its frontier first
-  reaches it (linear in log L0 between the two points around it; blank where the line does not
-  reach it or starts above it), and its ratio to a reference line's L0 at the same level - the
-  paper's headline comparison ("about half the L0 of standard at equal fidelity").
+- L0 at equal loss recovered (left out when every line is one point): for each level, each
+  line's L0 where its frontier first reaches it (linear in log L0 between the two points around
+  it; blank where the line does not reach it or starts above it), and its ratio to a reference
+  line's L0 at the same level - the paper's headline comparison ("about half the L0 of
+  standard at equal fidelity").
 
 Pure Python: no matplotlib, torch or SAELens.
 """
@@ -126,6 +127,8 @@ def compare_sweep(
             f"--reference {reference!r}: not a line of these results; lines: "
             + ", ".join(repr(label) for label in lines)
         )
+    if all(len(points) < 2 for points in lines.values()):
+        return points_table(lines) + "\n"  # no line to read an L0 from: single points only
     return (
         points_table(lines) + "\n\n" + equal_fidelity_table(lines, reference, sorted(levels)) + "\n"
     )
