@@ -271,3 +271,19 @@ def test_the_committed_benchmark_sweep_is_valid_and_as_documented() -> None:
     )
     assert grids["resampling"].resampling == [False, True]
     assert config.run.resampling is not None
+
+
+def test_the_committed_results_are_the_committed_sweep() -> None:
+    """Every point of benchmarks/pareto_sweep.yaml has exactly one result line, made with the
+    config's settings, on the documented amount of training and evaluation."""
+    from sae_gated_plugin.eval.results import line_key, read_results
+    from sae_gated_plugin.run.sweep_config import expand, load_sweep_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_sweep_config(root / "benchmarks/pareto_sweep.yaml")
+    records = read_results(root / config.output)
+    keys = [line_key(r) for r in records]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {point.key() for point in expand(config)}
+    assert {r["settings_id"] for r in records} == {config.settings_id()}
+    assert all(r["tokens_trained"] >= 1_000_000 and r["n_tokens"] >= 16_000 for r in records)
