@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.plot import group_lines, select_records
-from sae_gated_plugin.eval.results import compact_float, read_results
+from sae_gated_plugin.eval.plot import group_lines, read_selected
+from sae_gated_plugin.eval.results import compact_float
 
 DEFAULT_LEVELS = (0.90, 0.93, 0.95, 0.97)
 """Loss-recovered levels at which ``compare`` reads each line's L0 by default."""
@@ -110,14 +110,10 @@ def compare_sweep(
     ``select`` and ``points`` as in ``plot.select_records``, ``envelope`` as in
     ``plot.group_lines``; ``reference`` is a line label (default: the first ``standard`` line,
     else the first line)."""
-    if not results.is_file():
-        raise GatedPluginError(f"{results}: no such results file")
     bad = [level for level in levels if not 0.0 < level < 1.0]
     if bad:
         raise GatedPluginError(f"--at {bad[0]}: loss-recovered levels must be between 0 and 1")
-    records = select_records(read_results(results), select, points)
-    if not records:
-        raise GatedPluginError(f"{results}: no result lines to compare (after --select {select})")
+    records = read_selected(results, select, points, "compare")
     lines = group_lines(records, envelope)
     if reference is None:
         standard = [label for label in lines if re.match(r"standard($|,| \()", label)]
@@ -127,7 +123,7 @@ def compare_sweep(
             f"--reference {reference!r}: not a line of these results; lines: "
             + ", ".join(repr(label) for label in lines)
         )
-    if all(len(points) < 2 for points in lines.values()):
+    if all(len(line) < 2 for line in lines.values()):
         return points_table(lines) + "\n"  # no line to read an L0 from: single points only
     return (
         points_table(lines) + "\n\n" + equal_fidelity_table(lines, reference, sorted(levels)) + "\n"

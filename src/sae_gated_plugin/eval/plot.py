@@ -72,6 +72,22 @@ def select_records(
     return records
 
 
+def read_selected(
+    results: Path,
+    select: Sequence[str],
+    points: Collection[tuple[Any, ...]] | None,
+    purpose: str,
+) -> list[dict[str, Any]]:
+    """The ``select_records`` of a results file; an error naming the file when it is missing
+    or nothing is left ``to {purpose}``."""
+    if not results.is_file():
+        raise GatedPluginError(f"{results}: no such results file")
+    records = select_records(read_results(results), select, points)
+    if not records:
+        raise GatedPluginError(f"{results}: no result lines to {purpose} (after --select {select})")
+    return records
+
+
 def line_label(record: dict[str, Any], show_lr: bool, show_resampling: bool) -> str:
     """The legend entry of the line ``record`` belongs to."""
     label = record["architecture"]
@@ -185,11 +201,7 @@ def plot_sweep(
     """Plot a sweep's results file to ``<output>.png`` and ``<output>.svg`` (default: the
     results path without its suffix); returns the two paths. ``select`` and ``points`` as in
     ``select_records``, ``envelope`` as in ``group_lines``."""
-    if not results.is_file():
-        raise GatedPluginError(f"{results}: no such results file")
-    records = select_records(read_results(results), select, points)
-    if not records:
-        raise GatedPluginError(f"{results}: no result lines to plot (after --select {select})")
+    records = read_selected(results, select, points, "plot")
     prefix = output if output is not None else results.with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     figure = build_figure(records, title, envelope)
