@@ -277,6 +277,24 @@ class TrainRunConfig(BaseModel):
             return self.default_warm_up_steps
         return self.lr_warm_up_steps
 
+    def saelens_optimiser_settings(self, lr: float | None = None) -> dict[str, Any]:
+        """The optimiser, schedule and latent-statistics settings under SAELens's names, at
+        learning rate ``lr`` (default: ``self.lr``): one mapping for its runner and trainer
+        configs alike."""
+        lr = self.lr if lr is None else lr
+        return {
+            "lr": lr,
+            "lr_end": lr / 10,  # SAELens's own default, stated for its trainer config
+            "lr_warm_up_steps": self.lr_warm_up_steps_in_force,
+            "lr_scheduler_name": self.lr_scheduler_name,
+            "lr_decay_steps": self.lr_decay_steps,
+            "adam_beta1": self.adam_beta1,
+            "adam_beta2": self.adam_beta2,
+            "dead_feature_window": self.dead_feature_window,
+            "feature_sampling_window": self.feature_sampling_window,
+            "n_batches_for_norm_estimate": self.n_batches_for_norm_estimate,
+        }
+
     @property
     def checkpoint_path(self) -> Path:
         """Where checkpoints go: ``<output_path>/checkpoints``."""

@@ -246,8 +246,8 @@ def _context(
 ) -> SweepContext:
     """Load the model and build the shared held-out evaluation."""
     from sae_gated_plugin.eval.splice import excluded_token_ids
-    from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
     from sae_gated_plugin.run.sweep_eval import HeldOutEvaluation
+    from sae_gated_plugin.run.train import held_out_tokens
     from sae_gated_plugin.sources import (
         activation_width,
         load_language_model,
@@ -260,21 +260,9 @@ def _context(
     if model is None:
         model = load_language_model(base.model_name, device)
     d_in = activation_width(model, base.hook_name)
-    if eval_dataset is None:
-        eval_dataset = load_text_dataset(base.dataset, "eval")
-    if eval_dataset is None:
-        raise GatedPluginError(
-            f"no held-out split is known for dataset {base.dataset!r}: use an embedded corpus"
-        )
+    tokens = held_out_tokens(base, model, eval_dataset)
     if train_dataset is None:
         train_dataset = load_text_dataset(base.dataset, "train")
-    tokens = eval_tokens_from_dataset(
-        model,
-        eval_dataset,
-        context_size=base.context_size,
-        n_sequences=base.eval.n_sequences,
-        prepend_bos=base.prepend_bos,
-    )
     evaluation = HeldOutEvaluation(
         model,
         tokens,

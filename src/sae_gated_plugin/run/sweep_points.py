@@ -104,21 +104,12 @@ def trainer_config(config: SweepConfig, lr: float, device: str) -> SAETrainerCon
     return SAETrainerConfig(
         total_training_samples=base.training_tokens,
         train_batch_size_samples=base.train_batch_size_tokens,
-        lr=lr,
-        lr_end=lr / 10,
-        lr_scheduler_name=base.lr_scheduler_name,
-        lr_warm_up_steps=base.lr_warm_up_steps_in_force,
-        lr_decay_steps=base.lr_decay_steps,
-        adam_beta1=base.adam_beta1,
-        adam_beta2=base.adam_beta2,
         device=device,
-        dead_feature_window=base.dead_feature_window,
-        feature_sampling_window=base.feature_sampling_window,
         n_checkpoints=0,
         checkpoint_path=None,
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=base.n_batches_for_norm_estimate,
+        **base.saelens_optimiser_settings(lr),
     )
 
 

@@ -31,6 +31,8 @@ from sae_gated_plugin.sources import (
 )
 
 if TYPE_CHECKING:
+    import datasets
+    import torch
     from sae_lens import SAE, TrainingSAE, TrainingSAEConfig
     from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
     from transformer_lens import HookedTransformer
@@ -88,12 +90,7 @@ def _runner_settings(cfg: TrainRunConfig, resume_from: Path | None) -> dict[str,
         "train_batch_size_tokens": cfg.train_batch_size_tokens,
         "store_batch_size_prompts": cfg.store_batch_size_prompts,
         "n_batches_in_buffer": cfg.n_batches_in_buffer,
-        "lr": cfg.lr,
-        "lr_warm_up_steps": cfg.lr_warm_up_steps_in_force,
-        "lr_scheduler_name": cfg.lr_scheduler_name,
-        "lr_decay_steps": cfg.lr_decay_steps,
-        "adam_beta1": cfg.adam_beta1,
-        "adam_beta2": cfg.adam_beta2,
+        **cfg.saelens_optimiser_settings(),
         "seqpos_slice": cfg.training_positions,
         "exclude_special_tokens": cfg.exclude_special_tokens,
         "prepend_bos": cfg.prepend_bos,
@@ -103,9 +100,6 @@ def _runner_settings(cfg: TrainRunConfig, resume_from: Path | None) -> dict[str,
         "n_checkpoints": cfg.n_checkpoints,
         "checkpoint_path": str(cfg.checkpoint_path),
         "output_path": cfg.output_path,
-        "dead_feature_window": cfg.dead_feature_window,
-        "feature_sampling_window": cfg.feature_sampling_window,
-        "n_batches_for_norm_estimate": cfg.n_batches_for_norm_estimate,
         "resume_from_checkpoint": str(resume_from) if resume_from else None,
         "model_from_pretrained_kwargs": model_from_pretrained_kwargs(cfg.model_name),
         "verbose": False,
@@ -256,25 +250,35 @@ def load_trained_sae(path: Path, device: str = "cpu") -> SAE[Any]:
     return SAE.load_from_disk(path, device=device)
 
 
-def evaluate_run(cfg: TrainRunConfig, sae: SAE[Any], model: HookedTransformer) -> EvalReport:
-    """Evaluate on the held-out split with the training positions; write evaluation.json."""
-    from sae_gated_plugin.eval.metrics import write_report
-    from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
+def held_out_tokens(
+    cfg: TrainRunConfig, model: HookedTransformer, eval_split: datasets.Dataset | None = None
+) -> torch.Tensor:
+    """The run's evaluation windows: ``cfg.eval.n_sequences`` of the dataset's held-out split
+    (``eval_split`` when given), cut as training cuts them."""
     from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 
-    eval_split = load_text_dataset(cfg.dataset, "eval")
+    if eval_split is None:
+        eval_split = load_text_dataset(cfg.dataset, "eval")
     if eval_split is None:
         raise GatedPluginError(
-            f"no held-out split is known for dataset {cfg.dataset!r}; evaluate with "
-            "`sae-gated eval` on a dataset of your choice"
+            f"no held-out split is known for dataset {cfg.dataset!r}: use an embedded corpus, "
+            "or evaluate with `sae-gated eval` on a dataset of your choice"
         )
-    tokens = eval_tokens_from_dataset(
+    return eval_tokens_from_dataset(
         model,
         eval_split,
         context_size=cfg.context_size,
         n_sequences=cfg.eval.n_sequences,
         prepend_bos=cfg.prepend_bos,
     )
+
+
+def evaluate_run(cfg: TrainRunConfig, sae: SAE[Any], model: HookedTransformer) -> EvalReport:
+    """Evaluate on the held-out split with the training positions; write evaluation.json."""
+    from sae_gated_plugin.eval.metrics import write_report
+    from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
+
+    tokens = held_out_tokens(cfg, model)
     report = evaluate_sae(
         sae,
         model,
