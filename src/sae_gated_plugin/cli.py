@@ -177,11 +177,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     push.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
 
-    # --- convert (issue 12): arguments and run live in sae_gated_plugin.convert.command
     from sae_gated_plugin.convert import command as convert_command
 
     convert_command.add_parser(verbs)
-    # --- end convert
 
     verbs.add_parser("schema", help="print the JSON Schema of the train config")
 
@@ -228,11 +226,14 @@ def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(json_schema(), indent=2))
         return EXIT_OK
-    if args.verb == "train":
+    if args.verb in ("train", "cache"):
         from sae_gated_plugin.run.run_config import load_config
+
+        config = load_config(args.config, args.overrides)  # config errors answer before torch loads
+    if args.verb == "train":
         from sae_gated_plugin.run.train import train
 
-        result = train(load_config(args.config, args.overrides), resume_from=args.resume)
+        result = train(config, resume_from=args.resume)
         if not _is_main_process():  # under torchrun, rank 0 alone reports
             return EXIT_OK
         if result.report is not None:
@@ -241,18 +242,18 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.verb == "cache":
         from sae_gated_plugin.run.caching import cache_activations
-        from sae_gated_plugin.run.run_config import load_config
 
-        path = cache_activations(load_config(args.config, args.overrides))
+        path = cache_activations(config)
         print(f"Cached activations in {path}")
         return EXIT_OK
     if args.verb == "sweep":
-        from sae_gated_plugin.run.sweep import run_sweep
         from sae_gated_plugin.run.sweep_config import load_sweep_config
 
-        config = load_sweep_config(args.config, args.overrides)
-        run_sweep(config, only=args.grids, echo=lambda line: print(line, flush=True))
-        print(f"Results in {config.output}")
+        sweep_config = load_sweep_config(args.config, args.overrides)
+        from sae_gated_plugin.run.sweep import run_sweep
+
+        run_sweep(sweep_config, only=args.grids, echo=lambda line: print(line, flush=True))
+        print(f"Results in {sweep_config.output}")
         return EXIT_OK
     if args.verb in ("plot", "compare"):
         return _run_results_verb(args)
@@ -286,7 +287,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"Pushed to {url}")
         return EXIT_OK
-    if args.verb == "convert":  # --- convert (issue 12)
+    if args.verb == "convert":
         from sae_gated_plugin.convert import command as convert_command
 
         print(convert_command.run(args))

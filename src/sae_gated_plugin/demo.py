@@ -12,9 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from sae_lens import SAE
+
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder
 from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
+from sae_gated_plugin.run.train import TrainResult, train
+from sae_gated_plugin.sources import load_language_model, resolve_device
 
 REPORT_FILENAME = "report.json"
 SAE_FOLDER = "sae"
@@ -46,9 +51,6 @@ def demo_config(sae_path: Path) -> TrainRunConfig:
 
 def check_reload_identical(trained: Any, sae_path: Path, hook_name: str, model: Any) -> None:
     """Reload the saved SAE with SAELens and require identical outputs on real activations."""
-    import torch
-    from sae_lens import SAE
-
     reloaded = SAE.load_from_disk(sae_path, device=str(trained.device))
     tokens = model.to_tokens("The Gated SAE separates detecting a feature from estimating it.")
     with torch.no_grad():
@@ -72,12 +74,10 @@ def _check_demo_output(output: Path) -> None:
     sae = output / SAE_FOLDER
     if not report.exists() and not sae.exists():
         return
-    written_by_demo = False
-    if report.is_file():
-        try:
-            written_by_demo = read_json(report).get("written_by") == DEMO_MARKER
-        except GatedPluginError:
-            written_by_demo = False
+    try:
+        written_by_demo = read_json(report).get("written_by") == DEMO_MARKER
+    except GatedPluginError:  # missing, a folder, or not a demo report
+        written_by_demo = False
     if not written_by_demo:
         raise GatedPluginError(
             f"--output {output} already holds {SAE_FOLDER}/ or {REPORT_FILENAME} that the demo "
@@ -88,15 +88,12 @@ def _check_demo_output(output: Path) -> None:
 def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
     """Run the demo into ``output``: writes ``sae/`` and ``report.json`` there, replacing only an
     earlier demo's results (once the new run has completed); other files are never touched."""
-    from sae_gated_plugin.run.train import train
-    from sae_gated_plugin.sources import load_language_model, resolve_device
-
     _check_demo_output(output)
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     try:
         with staging_folder(output / ".sae-gated-demo.partial") as staging:
-            report, result = _train_into(staging, load_language_model, resolve_device, train)
+            report, result = _train_into(staging)
             for name in (SAE_FOLDER, REPORT_FILENAME):
                 old = output / name
                 if old.is_dir():
@@ -117,7 +114,7 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
     return report
 
 
-def _train_into(staging: Path, load_language_model: Any, resolve_device: Any, train: Any) -> Any:
+def _train_into(staging: Path) -> tuple[dict[str, Any], TrainResult]:
     """Train, evaluate and reload-check the demo SAE in ``staging``; write its report there."""
     staging.mkdir()
     cfg = demo_config(staging / SAE_FOLDER)

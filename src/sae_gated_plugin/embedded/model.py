@@ -7,28 +7,12 @@ that into a TransformerLens ``HookedTransformer`` whose logits match Hugging Fac
 
 BOS and the attention sink
 --------------------------
-SAELens's ``ActivationsStore`` tokenizes every document with ``prepend_bos=False``, joins
-documents with ``sequence_separator_token`` (default: the tokenizer's BOS) and, when
-``prepend_bos=True`` (its default), writes the tokenizer's BOS at position 0 of every context
-window. This model's BOS is ``<|im_start|>`` (id 1); ``<|im_end|>`` (id 2) is EOS and PAD and
-``<|endoftext|>`` (id 0) is UNK. ``load_smollm2`` keeps TransformerLens's
-``default_prepend_bos=True``, so ``model.to_tokens(text)`` starts with ``<|im_start|>`` too.
-
-SmolLM2 turns the FIRST position of every window into an attention sink whatever token sits
-there. Measured at ``blocks.11.hook_resid_post`` on 128-token windows of this corpus, with
-SAELens's defaults: position 0 has norm 25,102 (always the same vector: same token, same
-position), every other position a median of ~140 (99.9th percentile ~210 once the sink
-positions below are dropped). Without BOS position 0 is a sink all the same (norm 17-26k) and
-its text is lost, so prepending BOS costs nothing. Mid-window ``<|im_start|>`` separators are
-NOT sinks (norm ~190); ``<|endoftext|>`` separators would be (~15k), so do not use them.
-
-Dropping position 0 is not enough: in ~3-4% of windows position 1 (rarely 2) becomes a
-secondary sink (norm 1-26k, with or without BOS). In 768 windows with ``seqpos_slice=(1, None)``
-those 29 vectors (0.03% of the tokens) held 72% of the total squared norm of the training
-activations; with ``(2, None)`` one remaining vector held 23%; with ``(3, None)`` none was left
-(max norm 267). Train the SAE with ``seqpos_slice=SMOLLM2_SEQPOS_SLICE`` (``(3, None)``) and
-``exclude_special_tokens=True`` (drops the separators), and splice it into the model only at
-those positions when evaluating.
+As SAELens's ``ActivationsStore`` does, every window starts with the tokenizer's BOS
+(``<|im_start|>``, id 1; ``<|im_end|>``, id 2, is EOS and PAD). SmolLM2 turns the first position
+of every window into an attention sink (a residual norm about 150x the median) whatever token
+sits there, and positions 1-2 sometimes become secondary sinks; these few vectors would
+dominate the SAE's loss. Train with ``seqpos_slice=SMOLLM2_SEQPOS_SLICE`` (``(3, None)``) and
+``exclude_special_tokens=True``, and splice the SAE in only at those positions when evaluating.
 
 The model is loaded WITHOUT TransformerLens's weight processing (no LayerNorm folding, no
 centring), so its logits equal Hugging Face's; the residual stream is the same either way for
@@ -39,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -158,8 +143,6 @@ def _gguf_llama_checkpoint(gguf_path: Path) -> tuple[dict[str, Any], dict[str, A
     times and takes ~2.5x longer here); bit-identical to
     ``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`` for this file.
     """
-    import inspect
-
     import numpy as np
     import torch
     from gguf import GGUFReader

@@ -82,24 +82,20 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Non-finite floats become ``None`` (strict JSON has no NaN or Infinity)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def write_report(report: EvalReport, path: Path | str) -> None:
-    """Write ``report`` as strict JSON to ``path``, atomically (temp file + ``os.replace``).
-
-    Non-finite values (e.g. ``gamma`` of an SAE that always outputs zero) are written as
-    ``null``. The parent folder is created if needed; readers never see a half-written file.
-    """
-    atomic_write_json(path, _json_safe(report.to_dict()))
+    """Write ``report`` atomically as strict JSON; non-finite values become ``null``."""
+    atomic_write_json(path, json_safe(report.to_dict()))
 
 
 class MetricAccumulator:
@@ -210,15 +206,3 @@ class MetricAccumulator:
         if self.n_tokens == 0 or self._x_dot_x_hat_sum == 0.0:
             return math.nan
         return self._x_hat_sq_sum / self._x_dot_x_hat_sum
-
-    def finalize(self) -> dict[str, float]:
-        """All metrics at once: l0, dead/alive fractions, explained variance, mse, gamma, n."""
-        return {
-            "l0": self.l0,
-            "dead_fraction": self.dead_fraction,
-            "alive_fraction": self.alive_fraction,
-            "explained_variance": self.explained_variance,
-            "mse": self.mse,
-            "relative_reconstruction_bias": self.relative_reconstruction_bias,
-            "n_tokens": float(self.n_tokens),
-        }

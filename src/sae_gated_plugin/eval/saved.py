@@ -1,17 +1,22 @@
 """``sae-gated eval SAE_PATH``: evaluate any saved SAELens SAE on held-out text.
 
 Model, hook, window length and spliced positions default to what the SAE's own metadata says
-it was trained on, so an SAE is evaluated where it was trained (see ``evals.evaluate_sae``).
+it was trained on, so an SAE is evaluated where it was trained
+(see :func:`sae_gated_plugin.eval.splice.evaluate_sae`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from sae_lens import SAE
+from sae_lens.registry import SAE_CLASS_REGISTRY
 
 from sae_gated_plugin.arch.artifacts import CFG_FILENAME, EVAL_FILENAME, validate_sae_folder
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.metrics import write_report
+from sae_gated_plugin.arch.registry import register
+from sae_gated_plugin.eval.metrics import EvalReport, write_report
 from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 from sae_gated_plugin.sources import (
@@ -21,11 +26,6 @@ from sae_gated_plugin.sources import (
     load_text_dataset,
     resolve_device,
 )
-
-if TYPE_CHECKING:
-    from sae_lens import SAE
-
-    from sae_gated_plugin.eval.metrics import EvalReport
 
 
 def evaluate_saved_sae(
@@ -98,12 +98,6 @@ def _check_report_path(output: Path, overwrite: bool) -> None:
 
 def _load_sae(sae_path: Path, architecture: str, device: str) -> SAE[Any]:
     """Load the SAE with SAELens; an architecture SAELens does not know is a clear error."""
-    announce("loading SAELens...")
-    from sae_lens import SAE
-    from sae_lens.registry import SAE_CLASS_REGISTRY
-
-    from sae_gated_plugin.arch.registry import register
-
     register()
     if architecture not in SAE_CLASS_REGISTRY:
         raise GatedPluginError(

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from sae_lens.util import get_special_token_ids
+from tqdm.auto import tqdm
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import EvalReport, MetricAccumulator
@@ -46,20 +48,10 @@ def excluded_token_ids(model: HookedTransformer, setting: bool | list[int]) -> l
 
 def special_token_ids(model: HookedTransformer) -> list[int]:
     """The token ids SAELens's ``exclude_special_tokens=True`` excludes (BOS, EOS, PAD, ...)."""
-    from sae_lens.util import get_special_token_ids
-
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         return []
     return sorted(int(t) for t in get_special_token_ids(tokenizer))
-
-
-def _slice_text(seqpos_slice: tuple[int | None, ...]) -> str:
-    sl = slice(*seqpos_slice)
-    text = f"{'' if sl.start is None else sl.start}:{'' if sl.stop is None else sl.stop}"
-    if sl.step is not None:
-        text += f":{sl.step}"
-    return text
 
 
 def _describe_positions(
@@ -69,10 +61,12 @@ def _describe_positions(
     model: Any,
 ) -> str:
     sl = slice(*seqpos_slice)
-    if sl.start is None and sl.stop is None and sl.step is None:
+    if sl == slice(None):
         text = f"all positions of each {context_size}-token window"
     else:
-        text = f"positions {_slice_text(seqpos_slice)} of each {context_size}-token window"
+        bounds = ["" if b is None else str(b) for b in (sl.start, sl.stop, sl.step)]
+        span = ":".join(bounds if sl.step is not None else bounds[:2])
+        text = f"positions {span} of each {context_size}-token window"
     if exclude_token_ids:
         ids = sorted({int(t) for t in exclude_token_ids})
         tokenizer = getattr(model, "tokenizer", None)
@@ -283,8 +277,6 @@ def evaluate_sae(
         averaged over every predicted position of every window (``n_sequences *
         (context_size - 1)``), with the model clean outside the spliced positions.
     """
-    from tqdm.auto import tqdm
-
     hook_name = hook_name or getattr(sae.cfg.metadata, "hook_name", None)
     _check_arguments(model, tokens, hook_name, batch_size, seqpos_slice, norm_scaling_factor)
     assert hook_name is not None  # checked above
@@ -339,14 +331,13 @@ def _report(
 ) -> EvalReport:
     """The report from the metric sums and the mean CE of the clean, SAE and zero runs."""
     denominator = ce["zero"] - ce["clean"]
-    metrics = accumulator.finalize()
     return EvalReport(
-        l0=metrics["l0"],
-        dead_fraction=metrics["dead_fraction"],
-        alive_fraction=metrics["alive_fraction"],
-        explained_variance=metrics["explained_variance"],
-        mse=metrics["mse"],
-        relative_reconstruction_bias=metrics["relative_reconstruction_bias"],
+        l0=accumulator.l0,
+        dead_fraction=accumulator.dead_fraction,
+        alive_fraction=accumulator.alive_fraction,
+        explained_variance=accumulator.explained_variance,
+        mse=accumulator.mse,
+        relative_reconstruction_bias=accumulator.relative_reconstruction_bias,
         ce_loss_clean=ce["clean"],
         ce_loss_with_sae=ce["sae"],
         ce_loss_zero_ablation=ce["zero"],

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from sae_lens.pretokenize_runner import get_special_token_from_cfg
+from sae_lens.tokenization_and_batching import concat_and_batch_sequences
 
 from sae_gated_plugin.errors import GatedPluginError
 
@@ -130,9 +132,6 @@ def _text_windows(
     disable_concat_sequences: bool,
 ) -> Iterator[torch.Tensor]:
     """Documents tokenized without BOS, concatenated and cut by SAELens's own batching."""
-    from sae_lens.pretokenize_runner import get_special_token_from_cfg
-    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
-
     tokenizer = getattr(model, "tokenizer", None)
 
     def document_tokens() -> Iterator[torch.Tensor]:
