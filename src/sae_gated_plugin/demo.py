@@ -16,9 +16,10 @@ import torch
 from sae_lens import SAE
 
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.eval.metrics import EvalReport
 from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder
 from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
-from sae_gated_plugin.run.train import TrainResult, train
+from sae_gated_plugin.run.train import train
 from sae_gated_plugin.sources import load_language_model, resolve_device
 
 REPORT_FILENAME = "report.json"
@@ -93,7 +94,7 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     try:
         with staging_folder(output / ".sae-gated-demo.partial") as staging:
-            report, result = _train_into(staging)
+            report, evaluation = _train_into(staging)
             for name in (SAE_FOLDER, REPORT_FILENAME):
                 old = output / name
                 if old.is_dir():
@@ -104,7 +105,7 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
             output.rmdir()
         raise
     sae_path = output / SAE_FOLDER
-    print(result.report.to_table())
+    print(evaluation.to_table())
     print(f"\nReport: {output / REPORT_FILENAME}   SAE: {sae_path}")
     print("Reloaded with SAE.load_from_disk: identical outputs.")
     print("\nNext:")
@@ -114,7 +115,7 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
     return report
 
 
-def _train_into(staging: Path) -> tuple[dict[str, Any], TrainResult]:
+def _train_into(staging: Path) -> tuple[dict[str, Any], EvalReport]:
     """Train, evaluate and reload-check the demo SAE in ``staging``; write its report there."""
     staging.mkdir()
     cfg = demo_config(staging / SAE_FOLDER)
@@ -134,4 +135,4 @@ def _train_into(staging: Path) -> tuple[dict[str, Any], TrainResult]:
         "written_by": DEMO_MARKER,
     }
     atomic_write_json(staging / REPORT_FILENAME, report)
-    return report, result
+    return report, result.report

@@ -21,7 +21,6 @@ from transformer_lens import HookedTransformer
 from sae_gated_plugin import embedded
 from sae_gated_plugin.errors import GatedPluginError
 
-
 HUB_MODEL_KWARGS = {"center_writing_weights": False}
 """How SAELens's runner loads a TransformerLens model by name (its default)."""
 

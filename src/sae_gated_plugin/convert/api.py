@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens import SAE
 
 from sae_gated_plugin.arch.artifacts import SPARSITY_FILENAME, WEIGHTS_FILENAME
 from sae_gated_plugin.arch.schema import ARCHITECTURE
@@ -75,8 +76,6 @@ def _read_source(
         cfg, state = dictionary_learning.read_checkpoint(src)
         reference: GatedReference = dictionary_learning.DictionaryLearningReference(state)
         return cfg, dictionary_learning.gated_parameters(state), reference, None
-    from sae_lens import SAE
-
     cfg, weights = read_gated_folder(src)
     reference = SAELensReference(SAE.load_from_disk(src, device="cpu"))
     return cfg, weights, reference, src / WEIGHTS_FILENAME
@@ -136,8 +135,6 @@ def convert_sae(
     out_cfg = with_metadata(out_cfg, entry, metadata)
 
     def check(folder: Path) -> VerifyReport:
-        from sae_lens import SAE
-
         converted = SAE.load_from_disk(folder, device="cpu")
         return verify_conversion(converted, reference, weights, n_probes=n_probes)
 

@@ -30,7 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens.util import dtype_to_str
 
+from sae_gated_plugin.arch.config import GatedPaperSAEConfig
 from sae_gated_plugin.convert.folders import PROVENANCE_KEY
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.io import read_json
@@ -142,11 +145,6 @@ def _hook_name(trainer: dict[str, Any]) -> str | None:
 
 def sae_cfg(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, Any]:
     """A ``gated_paper`` cfg.json for the checkpoint, with the metadata config.json gives."""
-    from sae_lens.saes.sae import SAEMetadata
-    from sae_lens.util import dtype_to_str
-
-    from sae_gated_plugin.arch.config import GatedPaperSAEConfig
-
     trainer = config.get("trainer") or {}
     buffer = config.get("buffer") or {}
     metadata: dict[str, Any] = {}

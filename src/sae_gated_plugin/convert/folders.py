@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors.torch import save_file
 
 from sae_gated_plugin.arch.artifacts import (
     CFG_FILENAME,
@@ -129,8 +130,6 @@ def write_sae_folder(
     runs on the complete staging folder (load it, compare outputs) and raises to refuse; only
     after it returns is the folder renamed to ``dst``.
     """
-    from safetensors.torch import save_file
-
     dst = check_destination(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with staging_folder(dst.parent / f".{dst.name}.convert-partial") as staging:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from sae_gated_plugin.arch.schema import ARCHITECTURE
+from sae_gated_plugin.arch.schema import ARCHITECTURE, GatedPaperSAESchema
 from sae_gated_plugin.errors import GatedPluginError
 
 CFG_FIELDS = (
@@ -42,10 +43,6 @@ def renamed_cfg(cfg: dict[str, Any], target: str) -> dict[str, Any]:
     out = dict(cfg)
     out["architecture"] = target
     if target == ARCHITECTURE:
-        from pydantic import ValidationError
-
-        from sae_gated_plugin.arch.schema import GatedPaperSAESchema
-
         try:
             GatedPaperSAESchema.model_validate(out)
         except ValidationError as exc:

@@ -14,8 +14,8 @@ from sae_lens import SAE
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
 from sae_gated_plugin.arch.artifacts import CFG_FILENAME, EVAL_FILENAME, validate_sae_folder
-from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.arch.registry import register
+from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import EvalReport, write_report
 from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset

@@ -2,7 +2,7 @@
 
 :func:`push_sae` and :func:`load_sae` are the entry points; :mod:`.card` renders the model
 card, :mod:`.secrets` keeps tokens out of uploads, :mod:`.steps` turns client errors into clear
-ones. Nothing here imports huggingface_hub, torch or SAELens until a push or load runs.
+ones.
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import EntryNotFoundError
+from sae_lens import SAE
 
 from sae_gated_plugin.arch.artifacts import (
     CFG_FILENAME,
@@ -13,12 +17,10 @@ from sae_gated_plugin.arch.artifacts import (
     WEIGHTS_FILENAME,
     validate_sae_folder,
 )
+from sae_gated_plugin.arch.registry import register
 from sae_gated_plugin.errors import CorruptArtifactError
 from sae_gated_plugin.hub.secrets import secret_token
 from sae_gated_plugin.hub.steps import HubLoadError, check_repo_id, hub_step
-
-if TYPE_CHECKING:
-    from sae_lens import SAE
 
 
 def load_sae(
@@ -40,12 +42,6 @@ def load_sae(
         CorruptArtifactError: a downloaded file is corrupted or does not match cfg.json.
         HubLoadError: no such repo, revision or SAE, or the Hub could not be reached.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import EntryNotFoundError
-    from sae_lens import SAE
-
-    from sae_gated_plugin.arch.registry import register
-
     register()
 
     repo_id = check_repo_id(repo_id)

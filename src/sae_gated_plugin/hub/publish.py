@@ -17,10 +17,11 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import yaml
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from sae_gated_plugin.arch.artifacts import (
     CFG_FILENAME,
@@ -32,14 +33,13 @@ from sae_gated_plugin.arch.artifacts import (
     validate_sae_folder,
 )
 from sae_gated_plugin.arch.schema import ARCHITECTURE
+from sae_gated_plugin.convert.folders import provenance, with_metadata
+from sae_gated_plugin.convert.saelens import renamed_cfg
 from sae_gated_plugin.errors import CorruptArtifactError, GatedPluginError
 from sae_gated_plugin.hub import card as model_card
 from sae_gated_plugin.hub.secrets import secret_token, strip_secrets
 from sae_gated_plugin.hub.steps import HubPublishError, check_repo_id, hub_step
 from sae_gated_plugin.io import read_json
-
-if TYPE_CHECKING:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 RUNNER_CFG_FILENAME = "runner_cfg.json"
 README_FILENAME = "README.md"
@@ -71,9 +71,6 @@ def _read_yaml(path: Path) -> Any:
 def portable_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     """A gated_paper cfg.json rewritten as SAELens's built-in ``gated`` (same parameters): the
     same rewrite as ``sae-gated convert --to gated``."""
-    from sae_gated_plugin.convert.folders import provenance, with_metadata
-    from sae_gated_plugin.convert.saelens import renamed_cfg
-
     return with_metadata(renamed_cfg(cfg, "gated"), provenance(cfg, "gated"), None)
 
 
@@ -245,8 +242,6 @@ def _operations(
     sae_id: str, files: dict[str, bytes], siblings: set[str], readme: bytes, index: bytes
 ) -> list[CommitOperationAdd | CommitOperationDelete]:
     """The commit: the SAE's files, deletion of its stale files, the card and the index."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
     operations: list[CommitOperationAdd | CommitOperationDelete] = [
         CommitOperationAdd(path_in_repo=f"{sae_id}/{name}", path_or_fileobj=content)
         for name, content in files.items()
@@ -293,8 +288,6 @@ def push_sae(
         CorruptArtifactError: the folder is not a valid SAE (nothing is uploaded).
         HubPublishError: the Hub refused or could not be reached (the repo is as it was).
     """
-    from huggingface_hub import HfApi
-
     repo_id = check_repo_id(repo_id)
     folder = Path(sae_path)
     cfg = validate_sae_folder(folder)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from huggingface_hub import get_token
+
 _SECRET_WORDS = frozenset({
     "token", "key", "apikey", "password", "passwd", "pwd", "secret", "secrets",
     "credential", "credentials", "auth", "authorization",
@@ -65,8 +67,6 @@ def secret_token(token: str | None) -> str | None:
     to keep out of uploads and messages; None when there is none or it is too short to search."""
     if not token:
         try:
-            from huggingface_hub import get_token
-
             token = get_token()
         except Exception:  # e.g. a failing OIDC exchange: then the client fails with a message
             return None

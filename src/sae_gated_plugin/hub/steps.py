@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from huggingface_hub import errors
+from huggingface_hub.utils import validate_repo_id
+
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.hub.secrets import scrub
 
@@ -19,8 +22,6 @@ class HubLoadError(GatedPluginError):
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the Hub said no or could not be reached", across client versions."""
-    from huggingface_hub import errors
-
     # huggingface_hub's errors module re-exports its HTTP library's HTTPError (requests, httpx
     # or httpx2 depending on the version); connection errors derive from it or from OSError.
     http_error = getattr(errors, "HTTPError", None)
@@ -65,11 +66,8 @@ def hub_step(
 
 def check_repo_id(repo_id: str) -> str:
     """``repo_id`` if the Hub accepts it as ``name`` or ``namespace/name``, else a clear error."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     try:
         validate_repo_id(repo_id)
-    except HFValidationError as exc:
+    except errors.HFValidationError as exc:
         raise GatedPluginError(f"repo_id {repo_id!r} is not a valid Hub repo id: {exc}") from None
     return repo_id
