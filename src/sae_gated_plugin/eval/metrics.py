@@ -206,3 +206,15 @@ class MetricAccumulator:
         if self.n_tokens == 0 or self._x_dot_x_hat_sum == 0.0:
             return math.nan
         return self._x_hat_sq_sum / self._x_dot_x_hat_sum
+
+    def finalize(self) -> dict[str, float]:
+        """All metrics at once: l0, dead/alive fractions, explained variance, mse, gamma, n."""
+        return {
+            "l0": self.l0,
+            "dead_fraction": self.dead_fraction,
+            "alive_fraction": self.alive_fraction,
+            "explained_variance": self.explained_variance,
+            "mse": self.mse,
+            "relative_reconstruction_bias": self.relative_reconstruction_bias,
+            "n_tokens": float(self.n_tokens),
+        }
