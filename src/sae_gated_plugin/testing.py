@@ -44,9 +44,9 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -55,18 +55,10 @@ __all__ = ["LocalHub"]
 USER_NAME = "local-user"
 """The user every token authenticates as (``whoami`` answers this name)."""
 
-_DEFAULT_GITATTRIBUTES = b"""\
-*.bin filter=lfs diff=lfs merge=lfs -text
-*.ckpt filter=lfs diff=lfs merge=lfs -text
-*.h5 filter=lfs diff=lfs merge=lfs -text
-*.npy filter=lfs diff=lfs merge=lfs -text
-*.npz filter=lfs diff=lfs merge=lfs -text
-*.onnx filter=lfs diff=lfs merge=lfs -text
-*.pt filter=lfs diff=lfs merge=lfs -text
-*.pth filter=lfs diff=lfs merge=lfs -text
-*.safetensors filter=lfs diff=lfs merge=lfs -text
-*.zip filter=lfs diff=lfs merge=lfs -text
-"""
+_LFS_EXTENSIONS = ("bin", "ckpt", "h5", "npy", "npz", "onnx", "pt", "pth", "safetensors", "zip")
+_DEFAULT_GITATTRIBUTES = "".join(
+    f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n" for ext in _LFS_EXTENSIONS
+).encode()
 
 # URL segment after /api/ -> repo type, and repo type -> prefix of its web/resolve URLs.
 _API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -127,6 +119,14 @@ class _HubError(Exception):
         self.extra = extra or {}
 
 
+def _history(repo: _Repo, commit: _Commit) -> Iterator[_Commit]:
+    """``commit`` and its ancestors, newest first."""
+    yield commit
+    while commit.parent is not None:
+        commit = repo.commits[commit.parent]
+        yield commit
+
+
 def _repo_not_found(repo_id: str) -> _HubError:
     return _HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
 
@@ -172,8 +172,6 @@ class LocalHub:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    # ------------------------------------------------------------------ lifecycle
-
     @property
     def endpoint(self) -> str:
         """Base URL to pass as ``endpoint=`` to ``huggingface_hub``, e.g. ``http://127.0.0.1:54321``."""
@@ -215,16 +213,9 @@ class LocalHub:
         """Start the hub."""
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Stop the hub."""
         self.stop()
-
-    # ------------------------------------------------------------------ inspection
 
     def repo_exists(self, repo_id: str, *, repo_type: str = "model") -> bool:
         """Whether the repo exists (created and not deleted)."""
@@ -253,12 +244,7 @@ class LocalHub:
         """
         with self._lock:
             repo = self._inspect_repo(repo_id, repo_type)
-            commit: _Commit | None = self._inspect_commit(repo, revision)
-            history: list[str] = []
-            while commit is not None:
-                history.append(commit.sha)
-                commit = repo.commits[commit.parent] if commit.parent is not None else None
-            return history[::-1]
+            return [c.sha for c in _history(repo, self._inspect_commit(repo, revision))][::-1]
 
     def is_private(self, repo_id: str, *, repo_type: str = "model") -> bool:
         """Whether the repo was created private (or later made private).
@@ -281,18 +267,16 @@ class LocalHub:
             return b"\n".join(self._uploaded)
 
     def _inspect_repo(self, repo_id: str, repo_type: str) -> _Repo:
-        repo = self._repos.get((repo_type, repo_id))
-        if repo is None:
-            raise KeyError(f"no {repo_type} repo {repo_id!r} on this LocalHub")
-        return repo
+        try:
+            return self._get_repo(repo_type, repo_id, authed=True)
+        except _HubError:
+            raise KeyError(f"no {repo_type} repo {repo_id!r} on this LocalHub") from None
 
     def _inspect_commit(self, repo: _Repo, revision: str) -> _Commit:
-        sha = self._resolve_sha(repo, revision)
-        if sha is None:
-            raise KeyError(f"no revision {revision!r} in {repo.repo_id!r}")
-        return repo.commits[sha]
-
-    # ------------------------------------------------------------------ state helpers
+        try:
+            return self._get_commit(repo, revision)
+        except _HubError:
+            raise KeyError(f"no revision {revision!r} in {repo.repo_id!r}") from None
 
     def _record(self, data: bytes | str) -> None:
         with self._lock:
@@ -343,8 +327,6 @@ class LocalHub:
 
     def _url(self, repo: _Repo, base: str) -> str:
         return f"{base}/{_URL_PREFIX[repo.repo_type]}{repo.repo_id}"
-
-    # ------------------------------------------------------------------ API: repos
 
     def _api_whoami(self, req: _Request) -> Any:
         if not req.authed:
@@ -455,8 +437,6 @@ class LocalHub:
                 "usedStorage": sum(len(v) for v in commit.files.values()),
             }
 
-    # ------------------------------------------------------------------ API: trees & refs
-
     @staticmethod
     def _tree_entries(files: dict[str, bytes], prefix: str, recursive: bool) -> list[Any]:
         folder = f"{prefix}/" if prefix else ""
@@ -523,23 +503,17 @@ class LocalHub:
     def _api_list_commits(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
         with self._lock:
             repo = self._get_repo(repo_type, repo_id, authed=req.authed)
-            commit: _Commit | None = self._get_commit(repo, revision)
-            out = []
-            while commit is not None:
-                message = commit.summary
-                if commit.description:
-                    message += f"\n\n{commit.description}"
-                out.append(
-                    {
-                        "id": commit.sha,
-                        "title": commit.summary,
-                        "message": message,
-                        "authors": [{"user": USER_NAME}],
-                        "date": commit.date,
-                    }
-                )
-                commit = repo.commits[commit.parent] if commit.parent is not None else None
-        return out
+            history = list(_history(repo, self._get_commit(repo, revision)))
+        return [
+            {
+                "id": commit.sha,
+                "title": commit.summary,
+                "message": "\n\n".join(filter(None, (commit.summary, commit.description))),
+                "authors": [{"user": USER_NAME}],
+                "date": commit.date,
+            }
+            for commit in history
+        ]
 
     def _api_branch(self, req: _Request, repo_type: str, repo_id: str, branch: str) -> Any:
         req.require_auth()
@@ -560,8 +534,6 @@ class LocalHub:
             start = body.get("startingPoint") if isinstance(body, dict) else None
             repo.branches[branch] = self._get_commit(repo, start or "main").sha
         return {}
-
-    # ------------------------------------------------------------------ API: upload
 
     def _api_preupload(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> Any:
         req.require_auth()
@@ -682,8 +654,6 @@ class LocalHub:
             url = f"{self._url(repo, req.base_url)}/commit/{commit.sha}"
         return {"commitUrl": url, "commitOid": commit.sha, "pullRequestUrl": None}
 
-    # ------------------------------------------------------------------ file downloads
-
     def _resolve_file(
         self, req: _Request, repo_type: str, repo_id: str, revision: str, path: str
     ) -> None:
@@ -718,8 +688,6 @@ class LocalHub:
             }
         )
         req.send(status, content[start:end], headers)
-
-    # ------------------------------------------------------------------ routing
 
     def _dispatch(self, req: _Request) -> None:
         segs = req.segments
@@ -758,24 +726,22 @@ class LocalHub:
         action = rest[0] if rest else ""
         if method == "GET" and not rest:
             return self._api_repo_info(req, repo_type, repo_id, "main")
-        if method == "GET" and action == "revision" and len(rest) == 2:
-            return self._api_repo_info(req, repo_type, repo_id, rest[1])
         if method == "GET" and action == "tree" and len(rest) >= 2:
             return self._api_tree(req, repo_type, repo_id, rest[1], "/".join(rest[2:]))
-        if method == "GET" and action == "refs" and len(rest) == 1:
-            return self._api_refs(req, repo_type, repo_id)
-        if method == "GET" and action == "commits" and len(rest) == 2:
-            return self._api_list_commits(req, repo_type, repo_id, rest[1])
-        if method == "POST" and action == "paths-info" and len(rest) == 2:
-            return self._api_paths_info(req, repo_type, repo_id, rest[1])
-        if method == "POST" and action == "preupload" and len(rest) == 2:
-            return self._api_preupload(req, repo_type, repo_id, rest[1])
-        if method == "POST" and action == "commit" and len(rest) == 2:
-            return self._api_commit(req, repo_type, repo_id, rest[1])
-        if method in ("POST", "DELETE") and action == "branch" and len(rest) == 2:
-            return self._api_branch(req, repo_type, repo_id, rest[1])
-        if method == "PUT" and action == "settings" and len(rest) == 1:
-            return self._api_settings(req, repo_type, repo_id)
+        by_revision = {
+            ("GET", "revision"): self._api_repo_info,
+            ("GET", "commits"): self._api_list_commits,
+            ("POST", "paths-info"): self._api_paths_info,
+            ("POST", "preupload"): self._api_preupload,
+            ("POST", "commit"): self._api_commit,
+            ("POST", "branch"): self._api_branch,
+            ("DELETE", "branch"): self._api_branch,
+        }
+        by_repo = {("GET", "refs"): self._api_refs, ("PUT", "settings"): self._api_settings}
+        if len(rest) == 2 and (method, action) in by_revision:
+            return by_revision[method, action](req, repo_type, repo_id, rest[1])
+        if len(rest) == 1 and (method, action) in by_repo:
+            return by_repo[method, action](req, repo_type, repo_id)
         return _NO_ROUTE
 
 

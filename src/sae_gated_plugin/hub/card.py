@@ -24,23 +24,6 @@ from sae_gated_plugin.arch.artifacts import PLUGIN_METADATA_KEY
 from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
 
-__all__ = [
-    "BEGIN_MARKER",
-    "END_MARKER",
-    "FORM_BUILTIN",
-    "FORM_PLUGIN",
-    "FORM_PORTABLE",
-    "INDEX_FILENAME",
-    "SAEEntry",
-    "base_model_id",
-    "entry_from_files",
-    "form_of",
-    "parse_index",
-    "render_card",
-    "render_index",
-    "split_front_matter",
-]
-
 INDEX_FILENAME = "sae_gated_plugin_index.json"
 BEGIN_MARKER = "<!-- sae-gated-plugin:begin -->"
 END_MARKER = "<!-- sae-gated-plugin:end -->"
@@ -118,15 +101,13 @@ def form_of(cfg: dict[str, Any]) -> str:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number and math.isfinite(value) else None
 
 
 def _integer(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return int(value)
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 def _text(value: Any) -> str | None:
@@ -178,9 +159,6 @@ def dataset_id(dataset: str | None) -> str | None:
     return dataset if dataset.count("/") == 1 else None
 
 
-# --------------------------------------------------------------------------- index
-
-
 def _sort_key(sae_id: str) -> list[Any]:
     """Natural order: blocks.2 before blocks.10."""
     return [
@@ -213,9 +191,6 @@ def render_index(entries: dict[str, SAEEntry]) -> str:
         "saes": [entry.to_dict() for entry in sorted_entries(entries)],
     }
     return json.dumps(data, indent=2) + "\n"
-
-
-# --------------------------------------------------------------------------- front matter
 
 
 def split_front_matter(readme: str) -> tuple[dict[str, Any], str | None, str]:
@@ -251,11 +226,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def merge_front_matter(existing: dict[str, Any], entries: list[SAEEntry]) -> dict[str, Any]:
     """The user's front matter with our managed keys merged in (their values and keys kept)."""
-    ours: dict[str, list[str]] = {
-        "tags": list(TAGS),
-        "base_model": [],
-        "datasets": [],
-    }
+    ours: dict[str, list[str]] = {"tags": list(TAGS), "base_model": [], "datasets": []}
     for entry in entries:
         model = base_model_id(entry.model_name)
         if model and model not in ours["base_model"]:
@@ -275,7 +246,12 @@ def merge_front_matter(existing: dict[str, Any], entries: list[SAEEntry]) -> dic
     return merged
 
 
-# --------------------------------------------------------------------------- generated block
+_COLUMNS = (
+    ("sae_id", "code"), ("hook_name", "code"), ("d_in", "int"), ("d_sae", "int"), ("l0", "l0"),
+    ("loss_recovered", "ratio"), ("relative_reconstruction_bias", "ratio"),
+    ("explained_variance", "ratio"), ("training_tokens", "int"), ("form", "text"),
+)  # fmt: skip
+"""The table's columns: entry field and how its cell is written."""
 
 
 def _cell(value: Any, kind: str = "text") -> str:
@@ -317,25 +293,10 @@ def render_block(repo_id: str, entries: list[SAEEntry], revision: str | None = N
         "| tokens trained | form |"
     )
     rows = [header, "|" + "---|" * 10]
-    for e in entries:
-        rows.append(
-            "| "
-            + " | ".join(
-                [
-                    _cell(e.sae_id, "code"),
-                    _cell(e.hook_name, "code"),
-                    _cell(e.d_in, "int"),
-                    _cell(e.d_sae, "int"),
-                    _cell(e.l0, "l0"),
-                    _cell(e.loss_recovered, "ratio"),
-                    _cell(e.relative_reconstruction_bias, "ratio"),
-                    _cell(e.explained_variance, "ratio"),
-                    _cell(e.training_tokens, "int"),
-                    _cell(e.form),
-                ]
-            )
-            + " |"
-        )
+    rows += [
+        "| " + " | ".join(_cell(getattr(e, name), kind) for name, kind in _COLUMNS) + " |"
+        for e in entries
+    ]
     needs_plugin = any(e.form == FORM_PLUGIN for e in entries)
     portable = [e for e in entries if e.form != FORM_PLUGIN]
     snippet = ["from sae_lens import SAE", ""]

@@ -159,13 +159,13 @@ def _remote_entries(
             entries[sae_id] = index[sae_id]
             continue
         # Not in the index (pushed by other tools, or the index was lost): read its files.
+        evaluation, training = (
+            _remote_json(api, repo_id, f"{sae_id}/{name}", commit, cache)
+            if f"{sae_id}/{name}" in siblings
+            else None
+            for name in (EVAL_FILENAME, RUNNER_CFG_FILENAME)
+        )
         cfg = _remote_json(api, repo_id, path, commit, cache) or {}
-        evaluation = None
-        if f"{sae_id}/{EVAL_FILENAME}" in siblings:
-            evaluation = _remote_json(api, repo_id, f"{sae_id}/{EVAL_FILENAME}", commit, cache)
-        training = None
-        if f"{sae_id}/{RUNNER_CFG_FILENAME}" in siblings:
-            training = _remote_json(api, repo_id, f"{sae_id}/{RUNNER_CFG_FILENAME}", commit, cache)
         entries[sae_id] = model_card.entry_from_files(sae_id, cfg, evaluation, training)
     return entries
 
