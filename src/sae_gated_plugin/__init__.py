@@ -59,14 +59,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _register_when_sae_lens_is_imported() -> None:
-    try:
-        from _sae_gated_plugin_autoload import call_after_sae_lens_import
-    except ImportError:  # the start-up hook is not installed (e.g. sources on sys.path only)
-        if "sae_lens" in sys.modules:
-            register()
-        return
+try:
+    from _sae_gated_plugin_autoload import call_after_sae_lens_import
+except ImportError:  # the start-up hook is not installed (e.g. sources on sys.path only)
+    if "sae_lens" in sys.modules:
+        register()
+else:
     call_after_sae_lens_import(register)
-
-
-_register_when_sae_lens_is_imported()

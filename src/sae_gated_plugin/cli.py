@@ -260,30 +260,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "eval":
         from sae_gated_plugin.eval.saved import evaluate_saved_sae
 
+        options = ("dataset", "split", "n_sequences", "batch_size", "device", "output", "overwrite")
         report = evaluate_saved_sae(
-            args.sae_path,
-            model_name=args.model,
-            dataset=args.dataset,
-            split=args.split,
-            n_sequences=args.n_sequences,
-            batch_size=args.batch_size,
-            device=args.device,
-            output=args.output,
-            overwrite=args.overwrite,
+            args.sae_path, model_name=args.model, **{name: getattr(args, name) for name in options}
         )
         print(report.to_table())
         return EXIT_OK
     if args.verb == "push":
         from sae_gated_plugin.hub import push_sae
 
+        push_options = ("sae_id", "revision", "private", "portable", "token")
         url = push_sae(
-            args.sae_path,
-            args.repo_id,
-            sae_id=args.sae_id,
-            revision=args.revision,
-            private=args.private,
-            portable=args.portable,
-            token=args.token,
+            args.sae_path, args.repo_id, **{name: getattr(args, name) for name in push_options}
         )
         print(f"Pushed to {url}")
         return EXIT_OK

@@ -21,6 +21,11 @@ from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 
 def read_json(
     path: Path, *, error: type[GatedPluginError] = GatedPluginError, expect_object: bool = True
@@ -97,9 +102,7 @@ def staging_folder(path: Path) -> Iterator[Path]:
 def file_lock(path: Path) -> Iterator[None]:
     """Exclusive inter-process lock on ``path``, waiting for it (``fcntl.flock``; a no-op where
     unavailable). The lock dies with its process, so a killed holder never leaves it stale."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    if fcntl is None:  # pragma: no cover - Windows
         yield
         return
     with open(path, "a+b") as handle:
