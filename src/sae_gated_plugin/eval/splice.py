@@ -9,15 +9,10 @@ Spliced positions
 The SAE is applied - and every SAE metric computed - only at the *spliced positions*: positions
 inside ``seqpos_slice`` whose token is not in ``exclude_token_ids``. Everywhere else the model
 runs clean, in the SAE run and in the zero-ablation run alike. Evaluate an SAE where it was
-trained: an SAE trained with SAELens's ``seqpos_slice=(1, None)`` and ``exclude_special_tokens``
-must be evaluated with the same slice and tokens. This matters for models with an attention
-sink, such as SmolLM2, whose position-0 residual stream is ~150x larger than elsewhere; splicing
-an SAE (or zeros) there wrecks the language model whatever the SAE. (SAELens's own
-``run_evals`` ignores ``seqpos_slice`` and zero-ablates every position.)
-
-The SAE sees the same activations as a separate ``run_with_cache`` pass would give (the model is
-clean up to the hook point), so they are taken inside the SAE-splicing hook itself instead of
-in an extra forward pass.
+trained (same ``seqpos_slice`` and excluded tokens): splicing an SAE or zeros into the attention
+sink of a model such as SmolLM2 wrecks the language model whatever the SAE. (SAELens's own
+``run_evals`` ignores ``seqpos_slice`` and zero-ablates every position.) The SAE's inputs are
+taken inside the splicing hook (the model is clean up to it), not in an extra forward pass.
 """
 
 from __future__ import annotations
