@@ -45,7 +45,7 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser, config_help: str)
     )
 
 
-def _add_select_argument(parser: argparse.ArgumentParser) -> None:
+def _add_grid_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--select",
         action="append",
@@ -54,9 +54,6 @@ def _add_select_argument(parser: argparse.ArgumentParser) -> None:
         help="keep only lines whose FIELD is one of the values (repeatable), e.g. grids=frontier",
     )
 
-
-def _add_grid_selection(parser: argparse.ArgumentParser) -> None:
-    _add_select_argument(parser)
     parser.add_argument(
         "--sweep", type=Path, metavar="CONFIG", help="the sweep config (for --grid)"
     )

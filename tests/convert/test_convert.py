@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +261,17 @@ def test_jumprelu_export_equals_the_gated_sae_on_random_activations(tmp_path: Pa
     assert_jumprelu_matches(sae, jumprelu, x)
     with torch.no_grad():
         assert (sae.encode(x) > 0).float().mean() > 0.1
+
+
+def test_converted_files_follow_the_umask(tmp_path: Path) -> None:
+    src = save(gated_paper_sae(seed=4), tmp_path / "src")
+    previous = os.umask(0o022)
+    try:
+        convert_sae(src, tmp_path / "jumprelu", "jumprelu")
+    finally:
+        os.umask(previous)
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        assert stat.S_IMODE((tmp_path / "jumprelu" / name).stat().st_mode) == 0o644, name
 
 
 def test_bfloat16_jumprelu_export_keeps_its_dtype(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from sae_gated_plugin.arch.artifacts import (
     CFG_FILENAME,
@@ -28,7 +28,7 @@ from sae_gated_plugin.arch.artifacts import (
 )
 from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.io import staging_folder
+from sae_gated_plugin.io import atomic_write_bytes, staging_folder
 
 T = TypeVar("T")
 
@@ -139,7 +139,8 @@ def write_sae_folder(
             shutil.copyfile(weights, staging / WEIGHTS_FILENAME)
         else:
             tensors = {name: t.detach().cpu().contiguous() for name, t in weights.items()}
-            save_file(tensors, staging / WEIGHTS_FILENAME)
+            # safetensors' save_file makes a private (0600) file; every file follows the umask.
+            atomic_write_bytes(staging / WEIGHTS_FILENAME, save(tensors))
         if sparsity is not None and sparsity.is_file():
             shutil.copyfile(sparsity, staging / SPARSITY_FILENAME)
         validate_sae_folder(staging)

@@ -42,36 +42,15 @@ def eval_tokens_from_dataset(
     disable_concat_sequences: bool = False,
     column: str | None = None,
 ) -> torch.Tensor:
-    """The first ``n_sequences`` windows of ``context_size`` tokens, built as SAELens trains.
+    """The first ``n_sequences`` windows of ``context_size`` tokens (a CPU long tensor), built
+    as SAELens's ``ActivationsStore`` builds them, with SAELens's own options of the same names.
 
-    Mirrors ``ActivationsStore._iterate_tokenized_sequences`` and reuses SAELens's
-    ``concat_and_batch_sequences``: each text document is tokenized WITHOUT a BOS
-    (``model.to_tokens(text, prepend_bos=False, truncate=False)``), documents are concatenated
-    with ``sequence_separator_token`` (default: the tokenizer's BOS, whatever ``prepend_bos``
-    says) between them and cut into windows; with ``prepend_bos`` every window - including one
-    that continues a document - starts with the BOS token. A pre-tokenized dataset (a ``tokens``
-    or ``input_ids`` column) is used as is, one window per row truncated to ``context_size``,
-    with no BOS added, as in SAELens. Tokens that do not fill a last window are dropped.
-
-    Args:
-        model: gives the tokenizer (``model.to_tokens``, ``model.tokenizer``).
-        dataset: a ``datasets.Dataset`` or any iterable of rows (mappings) or plain strings;
-            read in order and only as far as needed.
-        context_size: window length.
-        n_sequences: number of windows.
-        prepend_bos: start every window with the BOS token (SAELens's ``prepend_bos``).
-        sequence_separator_token: token between concatenated documents, as SAELens's
-            ``sequence_separator_token`` (``"bos"``, ``"eos"``, ``"sep"``, an id or None).
-        disable_concat_sequences: one window per document (documents shorter than a window
-            are skipped), as SAELens's option of that name.
-        column: the row column to read; by default the first of ``tokens``, ``input_ids``,
-            ``text``, ``problem``, as ``ActivationsStore`` chooses.
-
-    Returns:
-        A ``(n_sequences, context_size)`` long tensor on the CPU.
-
-    Raises:
-        GatedPluginError: bad arguments, or the dataset holds fewer than ``n_sequences`` windows.
+    Text documents (``dataset``: rows or plain strings, read lazily in order) are tokenized
+    without BOS, joined with ``sequence_separator_token`` and cut by SAELens's
+    ``concat_and_batch_sequences``; with ``prepend_bos`` every window starts with the BOS token.
+    A pre-tokenized column (``tokens``/``input_ids``) gives one window per row, truncated, no BOS
+    added. ``column`` defaults to the first of ``tokens``, ``input_ids``, ``text``, ``problem``.
+    Too few windows, or bad arguments, raise ``GatedPluginError``.
     """
     if context_size < 1 or n_sequences < 1:
         raise GatedPluginError(
