@@ -225,11 +225,8 @@ class LocalHub:
     def files(
         self, repo_id: str, revision: str = "main", *, repo_type: str = "model"
     ) -> dict[str, bytes]:
-        """Snapshot of the repo at ``revision`` (branch name or commit sha): path -> content.
-
-        Raises:
-            KeyError: if the repo or the revision does not exist.
-        """
+        """Snapshot of the repo at ``revision`` (branch or commit sha): path -> content.
+        KeyError if the repo or the revision does not exist."""
         with self._lock:
             repo = self._inspect_repo(repo_id, repo_type)
             return dict(self._inspect_commit(repo, revision).files)
@@ -238,20 +235,13 @@ class LocalHub:
         self, repo_id: str, revision: str = "main", *, repo_type: str = "model"
     ) -> list[str]:
         """Commit shas in the history of ``revision``, oldest (the repo's initial commit) first.
-
-        Raises:
-            KeyError: if the repo or the revision does not exist.
-        """
+        KeyError if the repo or the revision does not exist."""
         with self._lock:
             repo = self._inspect_repo(repo_id, repo_type)
             return [c.sha for c in _history(repo, self._inspect_commit(repo, revision))][::-1]
 
     def is_private(self, repo_id: str, *, repo_type: str = "model") -> bool:
-        """Whether the repo was created private (or later made private).
-
-        Raises:
-            KeyError: if the repo does not exist.
-        """
+        """Whether the repo was created private (or later made private); KeyError if no repo."""
         with self._lock:
             return self._inspect_repo(repo_id, repo_type).private
 
