@@ -113,7 +113,8 @@ def _add_results_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
     )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sae-gated`` argument parser (every verb and option; builds without heavy imports)."""
     parser = _Parser(
         prog="sae-gated",
         description="Train, evaluate and publish Gated SAEs (arXiv:2404.16014) with SAELens.",
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        args = _build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
         return _run(args)
     except GatedPluginError as exc:
         print(f"sae-gated: error: {exc}", file=sys.stderr)
