@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
-from sae_gated_plugin.eval.plot import X_LABEL, Y_LABELS, build_figure, group_lines
+from sae_gated_plugin.eval.plot import X_LABEL, build_figure, group_lines
 
 
 def record(architecture: str, coefficient: float, seed: int = 0, **extra: Any) -> dict[str, Any]:
@@ -62,7 +62,10 @@ def test_figure_axes_lines_and_error_bars() -> None:
     figure = build_figure(records, title="test")
     left, right = figure.axes
     assert [ax.get_xlabel() for ax in (left, right)] == [X_LABEL, X_LABEL]
-    assert (left.get_ylabel(), right.get_ylabel()) == Y_LABELS
+    assert (left.get_ylabel(), right.get_ylabel()) == (
+        "loss recovered",
+        "relative reconstruction bias γ",
+    )
     assert left.get_xscale() == right.get_xscale() == "log"
     labels = left.get_legend_handles_labels()[1]
     assert sorted(labels) == ["gated", "gated_paper", "gated_paper (trainable_aux)", "standard"]

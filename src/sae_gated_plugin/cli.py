@@ -22,6 +22,7 @@ from sae_gated_plugin.errors import (
     TrainingDivergedError,
     TrainingInterruptedError,
 )
+from sae_gated_plugin.eval.plot import Y_METRICS
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -70,6 +71,11 @@ def _add_grid_selection(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one line per architecture/variant over all lrs: its Pareto front (best lr per L0)",
     )
+    parser.add_argument(
+        "--y",
+        choices=Y_METRICS,
+        help="metric against L0 (default loss_recovered; mcc for synthetic sweeps)",
+    )
 
 
 def _grid_points(args: argparse.Namespace) -> set[tuple[Any, ...]] | None:
@@ -109,7 +115,8 @@ def _add_results_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
         nargs="+",
         default=None,
         metavar="LEVEL",
-        help="loss-recovered levels to read L0 at (default 0.90 0.93 0.95 0.97)",
+        help="loss-recovered levels to read L0 at (default 0.90 0.93 0.95 0.97); with a "
+        "--y other than loss_recovered, L0 values to read it at (default 0.5, 1, 2 x true L0)",
     )
 
 
@@ -198,20 +205,21 @@ def _run_results_verb(args: argparse.Namespace) -> int:
             points=_grid_points(args),
             title=args.title,
             envelope=args.envelope,
+            y=args.y,
         )
         print("Wrote " + ", ".join(str(p) for p in paths))
         return EXIT_OK
-    from sae_gated_plugin.eval.compare import DEFAULT_LEVELS, compare_sweep
+    from sae_gated_plugin.eval.compare import compare_sweep
 
-    levels = DEFAULT_LEVELS if args.levels is None else args.levels
     print(
         compare_sweep(
             args.results,
             select=args.select,
             points=_grid_points(args),
             reference=args.reference,
-            levels=levels,
+            levels=args.levels,
             envelope=args.envelope,
+            y=args.y,
         ),
         end="",
     )

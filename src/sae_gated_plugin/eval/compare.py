@@ -1,6 +1,7 @@
 """``sae-gated compare SWEEP.jsonl``: a sweep's results as the tables SAEs are compared by.
 
-Two Markdown tables from the same lines as ``sae-gated plot`` (``plot.group_lines``):
+Two Markdown tables from the same lines as ``sae-gated plot`` (``plot.group_lines``). With
+``--y loss_recovered`` (the default for language-model sweeps):
 
 - every point: coefficient, lr, seeds, L0, loss recovered, gamma, explained variance and dead
   latents (means over seeds, with their standard deviation where seeds repeat);
@@ -9,6 +10,10 @@ Two Markdown tables from the same lines as ``sae-gated plot`` (``plot.group_line
   it; blank where the line does not reach it or starts above it), and its ratio to a reference
   line's L0 at the same level - the paper's headline comparison ("about half the L0 of
   standard at equal fidelity").
+
+With any other ``--y`` (``mcc``, the default for synthetic sweeps, ``f1``, ``shrinkage``, ...):
+every point with the ground-truth metrics, and each line's metric at equal L0 (by default half,
+once and twice the true L0), interpolated linearly in log L0, with its ratio to the reference.
 
 Pure Python: no matplotlib, torch or SAELens.
 """
@@ -23,11 +28,31 @@ from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.plot import group_lines, read_selected
+from sae_gated_plugin.eval.plot import check_y, default_y, group_lines, read_selected
 from sae_gated_plugin.eval.results import compact_float
 
 DEFAULT_LEVELS = (0.90, 0.93, 0.95, 0.97)
 """Loss-recovered levels at which ``compare`` reads each line's L0 by default."""
+TRUE_L0_MULTIPLES = (0.5, 1.0, 2.0)
+"""Multiples of the true L0 at which ``compare --y METRIC`` reads each line by default."""
+LM_COLUMNS = (
+    ("L0", "l0", 1, False),
+    ("loss recovered", "loss_recovered", 4, False),
+    ("gamma", "relative_reconstruction_bias", 3, False),
+    ("explained variance", "explained_variance", 3, False),
+    ("dead", "dead_fraction", 1, True),
+)
+SYNTHETIC_COLUMNS = (
+    ("L0", "l0", 2, False),
+    ("MCC", "mcc", 3, False),
+    ("F1", "f1", 3, False),
+    ("precision", "precision", 3, False),
+    ("recall", "recall", 3, False),
+    ("uniqueness", "uniqueness", 3, False),
+    ("shrinkage", "shrinkage", 3, False),
+    ("explained variance", "explained_variance", 3, False),
+    ("dead", "dead_fraction", 1, True),
+)
 
 
 def l0_at_loss_recovered(points: Sequence[dict[str, Any]], level: float) -> float | None:
@@ -44,6 +69,19 @@ def l0_at_loss_recovered(points: Sequence[dict[str, Any]], level: float) -> floa
     return None
 
 
+def metric_at_l0(points: Sequence[dict[str, Any]], y: str, l0: float) -> float | None:
+    """A line's ``y`` at L0 ``l0``, interpolated linearly in log L0 between the two points
+    (sorted by L0) around it; None when no two consecutive points bracket it."""
+    for low, high in itertools.pairwise(points):
+        x0, x1 = low["l0"], high["l0"]
+        if x0 <= 0 or not (math.isfinite(low[y]) and math.isfinite(high[y])):
+            continue
+        if x0 <= l0 <= x1 and x1 > x0:
+            t = (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return low[y] + t * (high[y] - low[y])
+    return None
+
+
 def _with_std(point: dict[str, Any], key: str, digits: int, percent: bool = False) -> str:
     scale = 100.0 if percent else 1.0
     value = point[key] * scale
@@ -55,23 +93,43 @@ def _with_std(point: dict[str, Any], key: str, digits: int, percent: bool = Fals
     return text + ("%" if percent else "")
 
 
-def points_table(lines: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown table of every point of every line."""
+def points_table(
+    lines: dict[str, list[dict[str, Any]]], columns: Sequence[tuple[str, str, int, bool]]
+) -> str:
+    """Markdown table of every point of every line, one column per ``(header, key, digits,
+    percent)``."""
     rows = [
-        "| line | coefficient | lr | seeds | L0 | loss recovered | gamma | explained variance "
-        "| dead |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| line | coefficient | lr | seeds | " + " | ".join(c[0] for c in columns) + " |",
+        "|---|---|---|---|" + "---|" * len(columns),
     ]
     for label, points in lines.items():
         for p in points:
+            cells = [_with_std(p, key, digits, percent) for _, key, digits, percent in columns]
             rows.append(
                 f"| {label} | {compact_float(p['coefficient'])} | {compact_float(p['lr'])} "
-                f"| {p['n_seeds']} "
-                f"| {_with_std(p, 'l0', 1)} | {_with_std(p, 'loss_recovered', 4)} "
-                f"| {_with_std(p, 'relative_reconstruction_bias', 3)} "
-                f"| {_with_std(p, 'explained_variance', 3)} "
-                f"| {_with_std(p, 'dead_fraction', 1, percent=True)} |"
+                f"| {p['n_seeds']} | " + " | ".join(cells) + " |"
             )
+    return "\n".join(rows)
+
+
+def equal_l0_table(
+    lines: dict[str, list[dict[str, Any]]], reference: str, levels: Sequence[float], y: str
+) -> str:
+    """Markdown table: each line's ``y`` at each L0 level and its ratio to ``reference``'s."""
+    header = "| line | " + " | ".join(f"{y} at L0 {level:.3g} (x {reference})" for level in levels)
+    rows = [header + " |", "|---|" + "---|" * len(levels)]
+    reference_values = [metric_at_l0(lines[reference], y, level) for level in levels]
+    for label, points in lines.items():
+        cells = []
+        for level, ref in zip(levels, reference_values, strict=True):
+            value = metric_at_l0(points, y, level)
+            if value is None:
+                cells.append("-")
+            elif ref is None or ref == 0 or label == reference:
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(f"{value:.3f} ({value / ref:.2f}x)")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -104,17 +162,20 @@ def compare_sweep(
     points: Collection[tuple[Any, ...]] | None = None,
     reference: str | None = None,
     envelope: bool = False,
-    levels: Sequence[float] = DEFAULT_LEVELS,
+    levels: Sequence[float] | None = None,
+    y: str | None = None,
 ) -> str:
     """Both tables for the (selected) lines of a sweep's results file, as Markdown.
     ``select`` and ``points`` as in ``plot.select_records``, ``envelope`` as in
     ``plot.group_lines``; ``reference`` is a line label (default: the first ``standard`` line,
-    else the first line)."""
-    bad = [level for level in levels if not 0.0 < level < 1.0]
-    if bad:
-        raise GatedPluginError(f"--at {bad[0]}: loss-recovered levels must be between 0 and 1")
+    else the first line); ``y`` one of ``plot.Y_METRICS`` (default ``plot.default_y``);
+    ``levels`` are loss-recovered levels for ``y`` = loss_recovered, else L0 values (default
+    ``DEFAULT_LEVELS``, or ``TRUE_L0_MULTIPLES`` of the true L0)."""
     records = read_selected(results, select, points, "compare")
-    lines = group_lines(records, envelope)
+    y = y or default_y(records)
+    check_y(records, y)
+    levels = _levels(records, y, levels)
+    lines = group_lines(records, envelope, y)
     if reference is None:
         standard = [label for label in lines if re.match(r"standard($|,| \()", label)]
         reference = (standard or list(lines))[0]
@@ -123,8 +184,35 @@ def compare_sweep(
             f"--reference {reference!r}: not a line of these results; lines: "
             + ", ".join(repr(label) for label in lines)
         )
+    columns = LM_COLUMNS if y == "loss_recovered" else SYNTHETIC_COLUMNS
     if all(len(line) < 2 for line in lines.values()):
-        return points_table(lines) + "\n"  # no line to read an L0 from: single points only
-    return (
-        points_table(lines) + "\n\n" + equal_fidelity_table(lines, reference, sorted(levels)) + "\n"
-    )
+        return points_table(lines, columns) + "\n"  # no line to read a level from
+    if y == "loss_recovered":
+        second = equal_fidelity_table(lines, reference, levels)
+    else:
+        second = equal_l0_table(lines, reference, levels, y)
+    return points_table(lines, columns) + "\n\n" + second + "\n"
+
+
+def _levels(
+    records: Sequence[dict[str, Any]], y: str, levels: Sequence[float] | None
+) -> list[float]:
+    """The checked, sorted levels of the second table."""
+    if y == "loss_recovered":
+        levels = DEFAULT_LEVELS if levels is None else levels
+        bad = [level for level in levels if not 0.0 < level < 1.0]
+        if bad:
+            raise GatedPluginError(f"--at {bad[0]}: loss-recovered levels must be between 0 and 1")
+        return sorted(levels)
+    if levels is None:
+        true_l0 = [float(r["true_l0"]) for r in records if r.get("true_l0") is not None]
+        if not true_l0:
+            raise GatedPluginError(
+                f"--y {y}: the results carry no true_l0; give L0 levels with --at"
+            )
+        mean = sum(true_l0) / len(true_l0)
+        levels = [mean * multiple for multiple in TRUE_L0_MULTIPLES]
+    bad = [level for level in levels if not level > 0]
+    if bad:
+        raise GatedPluginError(f"--at {bad[0]}: with --y {y} the levels are L0 values above 0")
+    return sorted(levels)

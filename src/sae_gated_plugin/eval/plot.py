@@ -25,15 +25,33 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 X_LABEL = "L0 (active latents per token, log scale)"
-Y_LABELS = ("loss recovered", "relative reconstruction bias γ")
-POINT_METRICS = (
-    "l0",
-    "loss_recovered",
-    "relative_reconstruction_bias",
-    "explained_variance",
-    "dead_fraction",
-)
+Y_METRICS = {
+    "loss_recovered": "loss recovered",
+    "mcc": "MCC (decoder rows vs true features)",
+    "f1": "F1 (latents as detectors of true features)",
+    "precision": "precision (latents as detectors)",
+    "recall": "recall (latents as detectors)",
+    "uniqueness": "uniqueness (latents tracking distinct features)",
+    "shrinkage": "shrinkage |x̂| / |x| (1 = none)",
+    "explained_variance": "explained variance",
+}
+"""The metrics ``--y`` can plot and compare against L0, with their axis labels."""
+GAMMA = "relative_reconstruction_bias"
+POINT_METRICS = ("l0", GAMMA, "dead_fraction", "true_l0", *Y_METRICS)
 """The metrics a point of a line averages over its seeds (with their standard deviation)."""
+
+
+def default_y(records: Sequence[dict[str, Any]]) -> str:
+    """``loss_recovered`` for a language-model sweep, ``mcc`` for a synthetic one."""
+    return "loss_recovered" if any("loss_recovered" in r for r in records) else "mcc"
+
+
+def check_y(records: Sequence[dict[str, Any]], y: str) -> None:
+    """Refuse a ``--y`` that is not a known metric or that no selected line carries."""
+    if y not in Y_METRICS:
+        raise GatedPluginError(f"--y {y!r}: choose one of {', '.join(Y_METRICS)}")
+    if not any(r.get(y) is not None for r in records):
+        raise GatedPluginError(f"--y {y!r}: no selected result line has it")
 
 
 def _matches(record: dict[str, Any], field: str, wanted: list[str]) -> bool:
@@ -107,21 +125,21 @@ def _mean_std(values: list[Any]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
-def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points no other point dominates (as low an L0 and as high a loss recovered), by L0."""
+def pareto_front(points: list[dict[str, Any]], y: str = "loss_recovered") -> list[dict[str, Any]]:
+    """The points no other point dominates (as low an L0 and as high a ``y``), by L0."""
     front: list[dict[str, Any]] = []
-    for point in sorted(points, key=lambda p: (p["l0"], -p["loss_recovered"])):
-        if not front or point["loss_recovered"] > front[-1]["loss_recovered"]:
+    for point in sorted(points, key=lambda p: (p["l0"], -p[y])):
+        if not front or point[y] > front[-1][y]:
             front.append(point)
     return front
 
 
 def group_lines(
-    records: list[dict[str, Any]], envelope: bool = False
+    records: list[dict[str, Any]], envelope: bool = False, y: str = "loss_recovered"
 ) -> dict[str, list[dict[str, Any]]]:
     """Points per line label: one point per coefficient and lr, its seeds averaged (means,
     stds and the number of seeds), sorted by L0. With ``envelope``, the lines are not split by
-    lr: each is the Pareto front (``pareto_front``) of its points at every lr - the
+    lr: each is the Pareto front (``pareto_front`` in ``y``) of its points at every lr - the
     architecture at its best learning rate for each sparsity."""
     show_lr = not envelope and len({float(r["lr"]) for r in records}) > 1
     show_resampling = len({bool(r.get("resampling")) for r in records}) > 1
@@ -139,29 +157,38 @@ def group_lines(
                 point[key], point[key + "_std"] = _mean_std([r.get(key) for r in seeds])
             points.append(point)
         points.sort(key=lambda p: p["l0"])
-        lines[label] = pareto_front(points) if envelope else points
+        lines[label] = pareto_front(points, y) if envelope else points
     return lines
 
 
 def build_figure(
-    records: list[dict[str, Any]], title: str | None = None, envelope: bool = False
+    records: list[dict[str, Any]],
+    title: str | None = None,
+    envelope: bool = False,
+    y: str = "loss_recovered",
 ) -> Figure:
-    """The two-panel figure of ``records`` (one line per label of ``group_lines``)."""
+    """The two-panel figure of ``records`` (one line per label of ``group_lines``): L0 against
+    ``y``, and against gamma (language-model sweeps) or shrinkage (synthetic ones), with the
+    true L0 marked where the results know it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator
 
+    synthetic = not any(GAMMA in r for r in records)
+    right = ("explained_variance" if y == "shrinkage" else "shrinkage") if synthetic else GAMMA
+    right_label = Y_METRICS.get(right, "relative reconstruction bias γ")
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
-    for label, points in group_lines(records, envelope).items():
+    for label, points in group_lines(records, envelope, y).items():
         xs = [p["l0"] for p in points]
         xerr = [p["l0_std"] for p in points] if any(p["n_seeds"] > 1 for p in points) else None
-        for ax, key in zip(axes, ("loss_recovered", "relative_reconstruction_bias"), strict=True):
+        for ax, key in zip(axes, (y, right), strict=True):
             ys = [p[key] for p in points]
             yerr = [p[key + "_std"] for p in points] if xerr is not None else None
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=label)
-    for ax, y_label in zip(axes, Y_LABELS, strict=True):
+    true_l0 = [float(r["true_l0"]) for r in records if r.get("true_l0") is not None]
+    for ax, y_label in zip(axes, (Y_METRICS[y], right_label), strict=True):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
@@ -169,7 +196,10 @@ def build_figure(
         ax.set_xlabel(X_LABEL)
         ax.set_ylabel(y_label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        if true_l0:
+            ax.axvline(statistics.fmean(true_l0), color="black", linestyle=":", linewidth=1)
+    if right in (GAMMA, "shrinkage"):
+        axes[1].axhline(1.0, color="grey", linestyle="--", linewidth=1)
     axes[0].legend(fontsize="small")
     if title:
         figure.suptitle(title)
@@ -197,14 +227,18 @@ def plot_sweep(
     points: Collection[tuple[Any, ...]] | None = None,
     title: str | None = None,
     envelope: bool = False,
+    y: str | None = None,
 ) -> list[Path]:
     """Plot a sweep's results file to ``<output>.png`` and ``<output>.svg`` (default: the
     results path without its suffix); returns the two paths. ``select`` and ``points`` as in
-    ``select_records``, ``envelope`` as in ``group_lines``."""
+    ``select_records``, ``envelope`` as in ``group_lines``, ``y`` one of ``Y_METRICS``
+    (default ``default_y``)."""
     records = read_selected(results, select, points, "plot")
+    y = y or default_y(records)
+    check_y(records, y)
     prefix = output if output is not None else results.with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    figure = build_figure(records, title, envelope)
+    figure = build_figure(records, title, envelope, y)
     paths = [prefix.with_name(prefix.name + suffix) for suffix in (".png", ".svg")]
     for path in paths:
         _save(figure, path)

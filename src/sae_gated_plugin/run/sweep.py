@@ -218,7 +218,20 @@ def run_sweep(
             )
         todo = [(i, p) for i, p in enumerate(points, start=1) if p.key() not in done]
         echo(f"Sweep of {len(points)} SAEs: {len(points) - len(todo)} already in {output}")
-        if todo:
+        if todo and config.stream == "synthetic":
+            from sae_gated_plugin.run import sweep_synthetic
+            from sae_gated_plugin.sources import resolve_device
+
+            def write_synthetic(point: GridPoint, record: dict[str, Any], label: str) -> None:
+                results.append(record)
+                done[point.key()] = record
+                echo(f"{label}: {sweep_synthetic.summary(record)}")
+
+            device = resolve_device(config.run.device)
+            sweep_synthetic.train_synthetic(
+                config, todo, len(points), write_synthetic, device, echo
+            )
+        elif todo:
             ctx = _context(config, model, train_dataset, eval_dataset, echo)
 
             def write(point: GridPoint, trainer: Any, report: Any, *rest: Any) -> None:

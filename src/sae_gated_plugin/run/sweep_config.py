@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float
 from sae_gated_plugin.run.run_config import TrainRunConfig, apply_overrides, read_config_file
+from sae_gated_plugin.run.synthetic_settings import SyntheticSettings
 
 PAPER_ARCHITECTURE = "gated_paper"
-Stream = Literal["cached", "multi"]
+Stream = Literal["cached", "multi", "synthetic"]
 
 
 class GridSpec(BaseModel):
@@ -78,7 +79,8 @@ class SweepConfig(BaseModel):
         default="cached",
         description="'cached': activations cached once (`sae-gated cache`) and read in epochs; "
         "'multi': SAELens's MultiSAETrainingRunner, one LM pass per batch for every SAE "
-        "sharing a learning rate.",
+        "sharing a learning rate; 'synthetic': SAELens's synthetic model with known features "
+        "(the `synthetic:` section), each SAE scored against them.",
     )
     cache_path: str | None = Field(
         default=None,
@@ -94,6 +96,11 @@ class SweepConfig(BaseModel):
     run: TrainRunConfig = Field(
         description="The base run (`sae-gated train` fields): model, hook, data, window, tokens "
         "per SAE, optimiser, d_sae, evaluation, resampling settings. output_path is unused."
+    )
+    synthetic: SyntheticSettings | None = Field(
+        default=None,
+        description="The synthetic model of stream 'synthetic' (the run's model, hook, data "
+        "and evaluation fields are unused then).",
     )
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -117,8 +124,10 @@ class SweepConfig(BaseModel):
                 raise ValueError(
                     f"grids.{grid.name}.resampling: true needs run.resampling settings"
                 )
-        if self.stream == "multi" and self.cache_tokens is not None:
+        if self.stream != "cached" and self.cache_tokens is not None:
             raise ValueError("cache_tokens applies to stream 'cached' only")
+        if (self.stream == "synthetic") != (self.synthetic is not None):
+            raise ValueError("a synthetic: section goes with stream 'synthetic', and only with it")
         return self
 
     @property
@@ -136,6 +145,8 @@ class SweepConfig(BaseModel):
         shared.get("eval", {}).pop("batch_size", None)
         shared["stream"] = self.stream
         shared["cache_tokens"] = self.cache_tokens if self.stream == "cached" else None
+        if self.synthetic is not None:
+            shared["synthetic"] = self.synthetic.model_dump(mode="json", exclude_unset=True)
         text = json.dumps(shared, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

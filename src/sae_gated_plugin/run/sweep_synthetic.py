@@ -1,0 +1,125 @@
+"""The ``synthetic`` stream: grid points trained and scored against known features.
+
+The activations come from SAELens's synthetic model (``sae_lens.synthetic``, SynthSAEBench):
+known feature directions fired with Zipfian probabilities, optionally in a hierarchy and with
+correlations. Each SAE is trained by the same trainer as the other streams (divergence stop,
+optional resampling) and evaluated with ``eval_sae_on_synthetic_data`` on fresh samples drawn
+from one fixed seed, so every SAE of a sweep is scored on the same inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from sae_lens.synthetic.evals import eval_sae_on_synthetic_data
+from sae_lens.synthetic.synthetic_model import SyntheticModel, SyntheticModelConfig
+from sae_lens.synthetic.training import SyntheticActivationIterator
+
+from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.run.sweep_config import GridPoint, SweepConfig
+from sae_gated_plugin.run.sweep_points import Echo, coefficient_field, make_trainer, new_sae
+from sae_gated_plugin.run.synthetic_settings import SyntheticSettings
+
+
+def load_synthetic_model(settings: SyntheticSettings, device: str) -> SyntheticModel:
+    """The sweep's synthetic model, built from its description or loaded from ``path``."""
+    if settings.model is not None:
+        config = SyntheticModelConfig.from_dict(settings.model.to_saelens())
+        return SyntheticModel(config, device=device)
+    try:
+        return SyntheticModel.load_from_disk(str(settings.path), device=device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise GatedPluginError(
+            f"synthetic.path {settings.path}: not a saved synthetic model ({exc})"
+        ) from None
+
+
+def result_line(
+    point: GridPoint,
+    trainer: Any,
+    result: Any,
+    *,
+    config: SweepConfig,
+    seconds: tuple[float, float],
+) -> dict[str, Any]:
+    """The JSON line of one finished synthetic grid point."""
+    assert config.synthetic is not None
+    d_sae = int(trainer.sae.cfg.d_sae)
+    return {
+        "architecture": point.architecture,
+        "variant": point.variant,
+        "coefficient": point.coefficient,
+        "coefficient_name": coefficient_field(point.architecture),
+        "lr": point.lr,
+        "seed": point.seed,
+        "resampling": point.resampling,
+        "grids": list(point.grids),
+        "d_sae": d_sae,
+        "true_l0": result.true_l0,
+        "l0": result.sae_l0,
+        "mcc": result.mcc,
+        "uniqueness": result.uniqueness,
+        "precision": result.classification.precision,
+        "recall": result.classification.recall,
+        "f1": result.classification.f1_score,
+        "shrinkage": result.shrinkage,
+        "explained_variance": result.explained_variance,
+        "dead_fraction": result.dead_latents / d_sae,
+        "samples_trained": int(trainer.n_training_samples),
+        "eval_samples": config.synthetic.eval_samples,
+        "n_resampled": list(trainer.resampler.n_resampled) if trainer.resampler else [],
+        "seconds": seconds[0] + seconds[1],
+        "train_seconds": seconds[0],
+        "eval_seconds": seconds[1],
+        "stream": config.stream,
+        "settings_id": config.settings_id(),
+    }
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line of a finished point's results for the progress log."""
+    return (
+        f"L0 {record['l0']:.2f} (true {record['true_l0']:.2f}), MCC {record['mcc']:.3f}, "
+        f"F1 {record['f1']:.3f}, shrinkage {record['shrinkage']:.3f}, dead "
+        f"{record['dead_fraction']:.1%} ({record['seconds']:.0f} s)"
+    )
+
+
+def train_synthetic(
+    config: SweepConfig,
+    todo: list[tuple[int, GridPoint]],
+    total: int,
+    write: Callable[[GridPoint, dict[str, Any], str], None],
+    device: str,
+    echo: Echo,
+) -> None:
+    """Train and score each point on the sweep's synthetic model, one after the other."""
+    assert config.synthetic is not None
+    synthetic = load_synthetic_model(config.synthetic, device)
+    d_in = synthetic.cfg.hidden_dim
+    batch_size = config.run.train_batch_size_tokens
+    for index, point in todo:
+        label = f"[{index}/{total}] {point.label(coefficient_field(point.architecture))}"
+        echo(label)
+        started = time.perf_counter()
+        sae = new_sae(point, config, d_in, device)
+        data = SyntheticActivationIterator(
+            synthetic.feature_dict, synthetic.activation_generator, batch_size
+        )
+        trainer = make_trainer(point, config, sae, data, device)
+        trainer.fit()
+        trained = time.perf_counter()
+        torch.manual_seed(config.synthetic.eval_seed)
+        result = eval_sae_on_synthetic_data(
+            trainer.sae,
+            synthetic.feature_dict,
+            synthetic.activation_generator,
+            num_samples=config.synthetic.eval_samples,
+            batch_size=batch_size,
+            activation_scaler=trainer.activation_scaler,
+        )
+        seconds = (trained - started, time.perf_counter() - trained)
+        write(point, result_line(point, trainer, result, config=config, seconds=seconds), label)
