@@ -81,8 +81,19 @@ def test_sigterm_while_loading_exits_130_and_leaves_nothing(tmp_path: Path) -> N
 @pytest.mark.embedded
 def test_same_config_and_seed_give_a_bit_identical_sae(smollm2: Any, tmp_path: Path) -> None:
     saved = []
-    for name in ("first", "second"):
-        cfg = parse_config(tiny_run(tmp_path / name), source="test")
-        training.train(cfg, model=smollm2)
-        saved.append((tmp_path / name / "sae_weights.safetensors").read_bytes())
+    previous = os.umask(0o027)
+    try:
+        for name in ("first", "second"):
+            run = {**tiny_run(tmp_path / name), "n_checkpoints": 1}
+            training.train(parse_config(run, source="test"), model=smollm2)
+            saved.append((tmp_path / name / "sae_weights.safetensors").read_bytes())
+    finally:
+        os.umask(previous)
     assert saved[0] == saved[1]
+    # Every file of the run, the final SAE's and the checkpoint's included, follows the umask.
+    files = [f for f in (tmp_path / "first").rglob("*") if f.is_file() and f.name[0] != "."]
+    assert any(f.name == "sparsity.safetensors" for f in files)
+    assert any("checkpoints" in f.parts and f.suffix == ".safetensors" for f in files)
+    assert {f.relative_to(tmp_path): f.stat().st_mode & 0o777 for f in files} == {
+        f.relative_to(tmp_path): 0o640 for f in files
+    }

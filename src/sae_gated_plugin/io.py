@@ -77,6 +77,15 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         raise
 
 
+def follow_umask(folder: Path) -> None:
+    """Give every file in ``folder`` (recursively) ``0o666 & ~umask`` permissions, as ``open``
+    would: libraries such as safetensors write private 0600 files."""
+    mode = 0o666 & ~_umask()
+    for file in folder.rglob("*"):
+        if file.is_file():
+            os.chmod(file, mode)
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

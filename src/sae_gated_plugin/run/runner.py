@@ -27,7 +27,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from sae_gated_plugin.errors import TrainingDivergedError, TrainingInterruptedError
-from sae_gated_plugin.io import atomic_write_text, staging_folder
+from sae_gated_plugin.io import atomic_write_text, follow_umask, staging_folder
 
 if TYPE_CHECKING:
     from sae_gated_plugin.run.resampling import DeadLatentResampler, ResamplingSettings
@@ -74,6 +74,7 @@ class GuardedTrainer(SAETrainer):
             super().save_checkpoint(staging_name, base_path, wandb_aliases)
             for name, text in self.extra_checkpoint_files.items():
                 atomic_write_text(staging / name, text)
+            follow_umask(staging)
             if final.exists():  # the same token count saved twice: keep the newer one
                 shutil.rmtree(final)
             os.replace(staging, final)
@@ -204,6 +205,7 @@ class GatedRunner(LanguageModelSAETrainingRunner):
         output = Path(output_path)
         with staging_folder(output / ".final.partial") as staging:
             super().save_final_sae(sae, str(staging), log_feature_sparsity)
+            follow_umask(staging)
             files = sorted(staging.iterdir(), key=lambda f: f.name == "cfg.json")
             for file in files:
                 os.replace(file, output / file.name)
