@@ -442,3 +442,35 @@ def test_killing_a_rank_stops_the_other_with_the_last_checkpoint_intact(tmp_path
     assert all(torch.isfinite(p).all() for p in sae.parameters())
     state = torch.load(last / "trainer_state.pt")
     assert state["n_training_samples"] == int(last.name)
+
+
+def test_resampling_is_refused_under_torchrun_before_any_rank_waits() -> None:
+    from sae_gated_plugin.errors import GatedPluginError
+    from sae_gated_plugin.run.distributed import DistributedContext
+    from sae_gated_plugin.run.distributed_train import check_distributed_run
+    from sae_gated_plugin.run.run_config import parse_config
+
+    ctx = DistributedContext(rank=0, world_size=2, local_rank=0, device="cpu")
+    plain = parse_config({"output_path": "out", "train_batch_size_tokens": 512}, source="test")
+    check_distributed_run(plain, ctx, None)
+    resampled = parse_config(
+        {"output_path": "out", "train_batch_size_tokens": 512, "resampling": {"steps": [10]}},
+        source="test",
+    )
+    with pytest.raises(GatedPluginError, match="resampling: .* not supported under torchrun"):
+        check_distributed_run(resampled, ctx, None)
+
+
+def test_a_dead_peer_is_told_apart_from_a_local_error() -> None:
+    from sae_gated_plugin.errors import TrainingDivergedError
+    from sae_gated_plugin.run.distributed_train import is_collective_failure
+
+    # What gloo raised in the survivor when its peer died (a plain RuntimeError).
+    peer_died = RuntimeError(
+        "[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+        "[127.0.0.1]:9418. This is typically caused by a remote worker crashing."
+    )
+    assert is_collective_failure(peer_died)
+    assert is_collective_failure(torch.distributed.DistBackendError("NCCL error"))
+    assert not is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_collective_failure(TrainingDivergedError("training loss became nan"))

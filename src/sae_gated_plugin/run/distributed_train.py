@@ -136,6 +136,12 @@ def check_distributed_run(
         )
     if cfg.distributed.latent_sharding and sae_config is not None:
         raise GatedPluginError("latent sharding trains gated_paper SAEs only (no sae_config)")
+    if cfg.resampling is not None:
+        raise GatedPluginError(
+            "resampling: dead-latent resampling is not supported under torchrun (each rank "
+            "would draw its own inputs); train in one process, or leave the resampling: "
+            "section out"
+        )
 
 
 def _shard_sae(runner_cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedContext) -> Any:
@@ -143,6 +149,22 @@ def _shard_sae(runner_cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedCo
     # depends on the number of ranks (its distribution does not).
     shard = LatentShard(ctx.rank, ctx.world_size, runner_cfg.sae.d_sae)
     return LatentShardedGatedSAE.for_rank(runner_cfg.sae, shard).to(ctx.device)
+
+
+COLLECTIVE_FAILURE_MARKERS = ("gloo", "nccl", "connection closed by peer", "timed out", "processgroup")
+"""Words of the errors torch's process groups raise when a peer dies or does not answer."""
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because of another rank (a peer died or
+    timed out), as opposed to an error of this rank's own computation. Gloo raises plain
+    RuntimeErrors, so besides torch's ``DistError`` the message is what tells."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    if isinstance(exc, (TrainingDivergedError, TrainingInterruptedError, GatedPluginError)):
+        return False
+    text = str(exc).lower()
+    return any(marker in text for marker in COLLECTIVE_FAILURE_MARKERS)
 
 
 def _last_checkpoint(folder: Path) -> Path | None:
@@ -247,9 +269,9 @@ def _run(runner: DistributedRunner, ctx: DistributedContext, cfg: TrainRunConfig
     names this rank and the last complete checkpoint."""
     try:
         trained = runner.run()
-    except (TrainingDivergedError, TrainingInterruptedError, GatedPluginError):
-        raise
     except RuntimeError as exc:
+        if not is_collective_failure(exc):
+            raise  # a local error of this rank: reported as it is
         last = _last_checkpoint(cfg.checkpoint_path)
         where = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved"
         raise DistributedTrainingError(
