@@ -13,8 +13,6 @@ from typing import Any
 # register() from inside `import sae_lens`, possibly while this package is still importing.
 from sae_gated_plugin.arch.schema import ARCHITECTURE
 
-ENTRY_POINT_GROUP = "sae_lens.architectures"
-
 
 def _register_once(registry: dict[str, Any], register_fn: Any, classes: tuple[type, type]) -> None:
     existing = registry.get(ARCHITECTURE)

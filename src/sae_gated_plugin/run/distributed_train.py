@@ -151,7 +151,13 @@ def _shard_sae(runner_cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedCo
     return LatentShardedGatedSAE.for_rank(runner_cfg.sae, shard).to(ctx.device)
 
 
-COLLECTIVE_FAILURE_MARKERS = ("gloo", "nccl", "connection closed by peer", "timed out", "processgroup")
+COLLECTIVE_FAILURE_MARKERS = (
+    "gloo",
+    "nccl",
+    "connection closed by peer",
+    "timed out",
+    "processgroup",
+)
 """Words of the errors torch's process groups raise when a peer dies or does not answer."""
 
 

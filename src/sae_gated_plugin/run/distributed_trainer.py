@@ -1,7 +1,7 @@
 """SAELens's trainer across ranks: data-parallel, or with the latents sharded.
 
 Both trainers are ``GuardedTrainer`` subclasses that SAELens's trainer is re-typed to (see
-``trainer.GatedRunner``). What they add, per step:
+``run.runner.GatedRunner``). What they add, per step:
 
 * ``DataParallelTrainer``: each rank trains a full replica on its own shard of the global batch.
   The SAE's training pass runs through ``DistributedDataParallel``, whose gradient hooks average

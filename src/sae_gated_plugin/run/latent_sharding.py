@@ -321,10 +321,8 @@ class GlobalGradClip:
         self.pending: set[str] = set()
         self.clips = 0
         """Number of clips done (one per backward pass)."""
-        self.handles = [
+        for name, parameter in self.parameters.items():
             parameter.register_post_accumulate_grad_hook(self._hook_for(name))
-            for name, parameter in self.parameters.items()
-        ]
 
     def _hook_for(self, name: str) -> Any:
         def accumulated(parameter: torch.Tensor) -> None:
@@ -351,8 +349,3 @@ class GlobalGradClip:
             assert parameter.grad is not None
             parameter.grad.mul_(coefficient.to(parameter.grad.dtype))
         self.clips += 1
-
-    def remove(self) -> None:
-        """Remove the hooks."""
-        for handle in self.handles:
-            handle.remove()

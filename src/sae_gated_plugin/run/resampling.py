@@ -18,7 +18,7 @@ Deliberate differences from Bricken et al.: inputs are drawn from the current ba
 direction would otherwise point every revived latent the same way).
 
 SAELens has no resampling and no hook for it; ``GuardedTrainer.step`` calls
-:meth:`DeadLatentResampler.after_step` (see trainer.py for why there).
+:meth:`DeadLatentResampler.after_step` (see ``GuardedTrainer.step`` for why there).
 """
 
 from __future__ import annotations

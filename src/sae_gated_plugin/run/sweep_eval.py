@@ -1,6 +1,6 @@
 """The held-out evaluation a sweep gives every SAE: the same windows, positions and metrics.
 
-Each SAE is scored by ``evals.evaluate_sae`` (the code behind ``sae-gated eval``). Two costs
+Each SAE is scored by ``eval.splice.evaluate_sae`` (the code behind ``sae-gated eval``). Two costs
 that do not depend on the SAE are paid once per sweep instead of once per SAE:
 
 * the clean and zero-ablated cross-entropies (``evaluate_sae(reference_ce=...)``);
