@@ -9,6 +9,7 @@ checkpoint is refused naming the file instead of failing mid-way.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def check_checkpoint_files(checkpoint: Path) -> None:
     state_path = checkpoint / TRAINER_STATE_FILENAME
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling, zip and torch errors all mean "not readable"
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CorruptArtifactError(
             f"{state_path}: not a readable trainer state ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
