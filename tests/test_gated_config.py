@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import pytest
+import torch
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
 
@@ -64,6 +65,7 @@ TRAINING_RULES = [
     pytest.param(
         "decoder_init_norm", {"decoder_init_norm": 0.1}, id="decoder_init_norm-default-unit"
     ),
+    pytest.param("encoder_init_scale", {"encoder_init_scale": 0.0}, id="encoder_init_scale-zero"),
 ]
 
 
@@ -122,7 +124,17 @@ def test_paper_defaults() -> None:
     cfg = GatedPaperTrainingSAEConfig(**BASE)
     assert (cfg.aux_decoder, cfg.sparsity_penalty, cfg.decoder_norm) == ("frozen", "l1", "unit")
     assert cfg.decoder_init_norm == 1.0
+    assert cfg.encoder_init_scale == 1.0
     assert cfg.apply_b_dec_to_input is True
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_the_gate_encoder_starts_as_the_scaled_decoder_transpose(scale: float) -> None:
+    from sae_gated_plugin import GatedPaperTrainingSAE
+
+    sae = GatedPaperTrainingSAE(GatedPaperTrainingSAEConfig(**BASE, encoder_init_scale=scale))
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae))
+    assert torch.equal(sae.W_enc, sae.W_dec.T * scale)
 
 
 # --- warnings for the discouraged combinations --------------------------------------------------

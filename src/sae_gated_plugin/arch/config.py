@@ -66,6 +66,7 @@ class GatedPaperTrainingSAEConfig(GatedTrainingSAEConfig):
     """
 
     decoder_init_norm: float | None = _default("decoder_init_norm")
+    encoder_init_scale: float = _default("encoder_init_scale")
     l1_coefficient: float = _default("l1_coefficient")
     l1_warm_up_steps: int = _default("l1_warm_up_steps")
     aux_decoder: AuxDecoder = _default("aux_decoder")  # noqa: RUF009

@@ -110,7 +110,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         super().initialize_weights()
         if self.holds_unit_decoder:
             self.normalize_decoder_rows()
-            self.W_enc.data = self.W_dec.data.T.clone().contiguous()
+            self.W_enc.data = (self.W_dec.data.T * self.cfg.encoder_init_scale).contiguous()
 
     @torch.no_grad()
     def normalize_decoder_rows(self) -> None:

@@ -61,6 +61,13 @@ class GatedPaperTrainingFields(BaseModel):
         description="Norm of each decoder row at initialisation (the paper: unit norm). "
         "null keeps SAELens's kaiming-uniform rows.",
     )
+    encoder_init_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="W_gate at initialisation is this times W_dec^T (with unit decoder rows; 1 is "
+        "the paper's and dictionary_learning's init). Smaller values start with smaller gate "
+        "pre-activations, so the first steps' L1 kills fewer latents.",
+    )
     l1_coefficient: float = Field(
         default=1.0,
         ge=0,
