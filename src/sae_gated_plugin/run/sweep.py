@@ -33,6 +33,7 @@ from sae_gated_plugin.run.sweep_points import (
     coefficient_field,
     make_trainer,
     new_sae,
+    point_record,
 )
 
 if TYPE_CHECKING:
@@ -95,15 +96,7 @@ def result_line(
     tail = losses[-max(1, len(losses) // 10) :]
     tokens = int(trainer.n_training_samples)
     return {
-        "architecture": point.architecture,
-        "variant": point.variant,
-        "coefficient": point.coefficient,
-        "coefficient_name": coefficient_field(point.architecture),
-        "lr": point.lr,
-        "seed": point.seed,
-        "resampling": point.resampling,
-        "grids": list(point.grids),
-        "d_sae": int(trainer.sae.cfg.d_sae),
+        **point_record(point, trainer, config, seconds),
         "tokens_trained": tokens,
         "epochs": tokens / cached_tokens if cached_tokens else None,
         "n_tokens": report.n_tokens,
@@ -118,13 +111,7 @@ def result_line(
         "ce_loss_with_sae": report.ce_loss_with_sae,
         "ce_loss_zero_ablation": report.ce_loss_zero_ablation,
         "final_train_loss": sum(tail) / len(tail) if tail else None,
-        "n_resampled": list(trainer.resampler.n_resampled) if trainer.resampler else [],
-        "seconds": seconds[0] + seconds[1],
-        "train_seconds": seconds[0],
-        "eval_seconds": seconds[1],
-        "stream": config.stream,
         "hook_name": config.run.hook_name,
-        "settings_id": config.settings_id(),
     }
 
 

@@ -137,6 +137,30 @@ def make_trainer(
     return trainer
 
 
+def point_record(
+    point: GridPoint, trainer: GuardedTrainer, config: SweepConfig, seconds: tuple[float, float]
+) -> dict[str, Any]:
+    """The fields every stream's result line starts with: the grid point, the SAE's width,
+    the resampling done, the time taken (training, evaluation) and the settings."""
+    return {
+        "architecture": point.architecture,
+        "variant": point.variant,
+        "coefficient": point.coefficient,
+        "coefficient_name": coefficient_field(point.architecture),
+        "lr": point.lr,
+        "seed": point.seed,
+        "resampling": point.resampling,
+        "grids": list(point.grids),
+        "d_sae": int(trainer.sae.cfg.d_sae),
+        "n_resampled": list(trainer.resampler.n_resampled) if trainer.resampler else [],
+        "seconds": seconds[0] + seconds[1],
+        "train_seconds": seconds[0],
+        "eval_seconds": seconds[1],
+        "stream": config.stream,
+        "settings_id": config.settings_id(),
+    }
+
+
 @dataclasses.dataclass
 class SweepContext:
     """What every grid point of one sweep shares."""

@@ -20,7 +20,13 @@ from sae_lens.synthetic.training import SyntheticActivationIterator
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.run.sweep_config import GridPoint, SweepConfig
-from sae_gated_plugin.run.sweep_points import Echo, coefficient_field, make_trainer, new_sae
+from sae_gated_plugin.run.sweep_points import (
+    Echo,
+    coefficient_field,
+    make_trainer,
+    new_sae,
+    point_record,
+)
 from sae_gated_plugin.run.synthetic_settings import SyntheticSettings
 
 
@@ -47,17 +53,8 @@ def result_line(
 ) -> dict[str, Any]:
     """The JSON line of one finished synthetic grid point."""
     assert config.synthetic is not None
-    d_sae = int(trainer.sae.cfg.d_sae)
     return {
-        "architecture": point.architecture,
-        "variant": point.variant,
-        "coefficient": point.coefficient,
-        "coefficient_name": coefficient_field(point.architecture),
-        "lr": point.lr,
-        "seed": point.seed,
-        "resampling": point.resampling,
-        "grids": list(point.grids),
-        "d_sae": d_sae,
+        **point_record(point, trainer, config, seconds),
         "true_l0": result.true_l0,
         "l0": result.sae_l0,
         "mcc": result.mcc,
@@ -67,15 +64,9 @@ def result_line(
         "f1": result.classification.f1_score,
         "shrinkage": result.shrinkage,
         "explained_variance": result.explained_variance,
-        "dead_fraction": result.dead_latents / d_sae,
+        "dead_fraction": result.dead_latents / int(trainer.sae.cfg.d_sae),
         "samples_trained": int(trainer.n_training_samples),
         "eval_samples": config.synthetic.eval_samples,
-        "n_resampled": list(trainer.resampler.n_resampled) if trainer.resampler else [],
-        "seconds": seconds[0] + seconds[1],
-        "train_seconds": seconds[0],
-        "eval_seconds": seconds[1],
-        "stream": config.stream,
-        "settings_id": config.settings_id(),
     }
 
 
