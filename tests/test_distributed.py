@@ -457,7 +457,7 @@ def test_resampling_is_refused_under_torchrun_before_any_rank_waits() -> None:
         {"output_path": "out", "train_batch_size_tokens": 512, "resampling": {"steps": [10]}},
         source="test",
     )
-    with pytest.raises(GatedPluginError, match="resampling: .* not supported under torchrun"):
+    with pytest.raises(GatedPluginError, match=r"resampling: .* not supported under torchrun"):
         check_distributed_run(resampled, ctx, None)
 
 

@@ -4,6 +4,7 @@ seed error bars."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,15 @@ def test_plot_writes_png_and_svg_with_one_line_per_architecture(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = write_results(tmp_path / "sweep.jsonl", sweep_records())
-    assert main(["plot", str(results), "--select", "grids=frontier"]) == EXIT_OK
+    previous = os.umask(0o022)
+    try:
+        assert main(["plot", str(results), "--select", "grids=frontier"]) == EXIT_OK
+    finally:
+        os.umask(previous)
     for suffix in (".png", ".svg"):
         path = tmp_path / f"sweep{suffix}"
         assert path.is_file() and path.stat().st_size > 1000
+        assert path.stat().st_mode & 0o777 == 0o644  # the umask's, not mkstemp's 0600
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (tmp_path / "sweep.svg").read_text(encoding="utf-8")[:500]
     assert "sweep.png" in capsys.readouterr().out

@@ -49,11 +49,12 @@ def read_json(
     return data
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The permissions ``open`` gives a new file: ``0o666 & ~umask``."""
     # os.umask can only be read by setting it; set it straight back.
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -69,7 +70,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.chmod(tmp_name, file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -80,7 +81,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 def follow_umask(folder: Path) -> None:
     """Give every file in ``folder`` (recursively) ``0o666 & ~umask`` permissions, as ``open``
     would: libraries such as safetensors write private 0600 files."""
-    mode = 0o666 & ~_umask()
+    mode = file_mode()
     for file in folder.rglob("*"):
         if file.is_file():
             os.chmod(file, mode)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float, line_key, read_results
+from sae_gated_plugin.io import file_mode
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -212,6 +213,7 @@ def _save(figure: Figure, path: Path) -> None:
     os.close(fd)
     try:
         figure.savefig(tmp, dpi=150)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
