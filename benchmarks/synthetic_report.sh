@@ -13,8 +13,8 @@ MODEL="512 true features in 96 dims, 2M samples per SAE, lr 1e-3"
 plot() { sae-gated plot "$RESULTS" --sweep "$SWEEP" "$@"; }
 compare() { sae-gated compare "$RESULTS" --sweep "$SWEEP" "$@"; }
 
-plot --grid frontier --y mcc --output "$OUT" --title "Synthetic ($MODEL): MCC"
-plot --grid frontier --y f1 --output "${OUT}_f1" --title "Synthetic ($MODEL): F1"
+plot --grid frontier --grid encoder_init --y mcc --output "$OUT" --title "Synthetic ($MODEL): MCC"
+plot --grid frontier --grid encoder_init --y f1 --output "${OUT}_f1" --title "Synthetic ($MODEL): F1"
 plot --grid ablations --grid frontier --select architecture=gated_paper --y f1 \
     --output "${OUT}_ablations" --title "gated_paper ablations on the synthetic model: F1"
 
