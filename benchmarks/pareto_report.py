@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sae_gated_plugin.eval.results import read_results
+from sae_gated_plugin.sweep.results import read_results
 
 ARCHITECTURES = ("gated_paper", "gated", "standard")
 LEVELS = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99)

@@ -64,7 +64,7 @@ def _record_steps() -> list[float]:
 
 
 def _pipeline(args: argparse.Namespace, output: Path) -> None:
-    from sae_gated_plugin.run.run_config import parse_config
+    from sae_gated_plugin.run.config import parse_config
     from sae_gated_plugin.run.train import train
 
     cfg = parse_config(
@@ -118,8 +118,8 @@ def _sae_only(args: argparse.Namespace) -> None:
     if "WORLD_SIZE" not in os.environ:
         trainer.fit()
         return
-    from sae_gated_plugin.run.distributed import context_from_environment, process_group
-    from sae_gated_plugin.run.distributed_trainer import DataParallelTrainer
+    from sae_gated_plugin.distributed.context import context_from_environment, process_group
+    from sae_gated_plugin.distributed.trainers import DataParallelTrainer
 
     ctx = context_from_environment(args.device)
     with process_group(ctx, timeout_s=600):

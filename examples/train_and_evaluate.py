@@ -11,7 +11,7 @@ import sys
 
 from sae_lens import SAE
 
-from sae_gated_plugin.run.run_config import parse_config
+from sae_gated_plugin.run.config import parse_config
 from sae_gated_plugin.run.train import train
 
 

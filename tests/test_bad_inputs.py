@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 from sae_gated_plugin.cli import main
-from sae_gated_plugin.run.run_config import parse_config
+from sae_gated_plugin.run.config import parse_config
 
 EXIT_INVALID = 2
 

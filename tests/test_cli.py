@@ -23,7 +23,7 @@ import yaml
 from sae_gated_plugin import GatedPaperSAE, GatedPaperSAEConfig
 from sae_gated_plugin.cli import main
 from sae_gated_plugin.run import train as training
-from sae_gated_plugin.run.run_config import load_config
+from sae_gated_plugin.run.config import load_config
 
 EXIT_INVALID = 2
 SCRIPT = Path(sys.executable).with_name("sae-gated")

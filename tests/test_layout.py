@@ -26,12 +26,14 @@ LAYERS: dict[str, int] = {
     "sources": 3,
     "eval": 4,
     "run": 5,
-    "hub": 6,
-    "convert": 6,
-    "cli": 7,
-    "demo": 7,
-    "testing": 7,
-    "__init__": 7,
+    "sweep": 6,
+    "distributed": 6,
+    "hub": 7,
+    "convert": 7,
+    "cli": 8,
+    "demo": 8,
+    "testing": 8,
+    "__init__": 8,
 }
 
 
@@ -118,6 +120,72 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
+BRIDGE = SRC / "run" / "saelens_bridge.py"
+
+
+def saelens_private_names() -> set[str]:
+    """Every private name SAELens's source defines: modules, functions, classes, attributes."""
+    import sae_lens
+
+    names: set[str] = set()
+    for path in Path(sae_lens.__file__).parent.rglob("*.py"):
+        names.add(path.stem)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def saelens_private_uses(path: Path, private: set[str]) -> list[str]:
+    """SAELens private names ``path`` imports, overrides or reads (its own aside)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    own = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+    }
+    uses: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sae_lens"):
+            parts = [*(node.module or "").split("."), *(a.name for a in node.names)]
+            uses += [f"import of {p}" for p in parts if p in private]
+        elif isinstance(node, ast.ClassDef):
+            methods = [b for b in node.body if isinstance(b, ast.FunctionDef)]
+            uses += [f"{node.name}.{m.name}" for m in methods if m.name in private]
+        elif isinstance(node, ast.Attribute) and node.attr in private and node.attr not in own:
+            uses.append(f".{node.attr} (line {node.lineno})")
+    return uses
+
+
+def test_only_the_bridge_touches_saelens_internals() -> None:
+    private = saelens_private_names()
+    assert {"_update_pbar", "_set_sae_metadata", "_interruption"} <= private  # the scan works
+    assert saelens_private_uses(BRIDGE, private)  # and finds the bridge's own uses
+    outside = {
+        module_name(p): uses
+        for p in SRC.rglob("*.py")
+        if p != BRIDGE and (uses := saelens_private_uses(p, private))
+    }
+    assert outside == {}
+
+
+def test_only_the_bridge_re_types_objects() -> None:
+    def assigns_class(path: Path) -> bool:
+        return any(
+            isinstance(target, ast.Attribute) and target.attr == "__class__"
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+        )
+
+    assert assigns_class(BRIDGE)
+    assert [module_name(p) for p in SRC.rglob("*.py") if p != BRIDGE and assigns_class(p)] == []
+
+
 def test_no_function_is_longer_than_90_lines() -> None:
     too_long = []
     for path in SRC.rglob("*.py"):
@@ -163,14 +231,14 @@ def test_schema_and_saelens_config_classes_agree_on_every_default() -> None:
 
 def test_run_config_sae_section_shares_the_architecture_fields() -> None:
     from sae_gated_plugin.arch.schema import GatedPaperTrainingFields, InputCentring
-    from sae_gated_plugin.run.run_config import SAESettings
+    from sae_gated_plugin.run.config import SAESettings
 
     assert issubclass(SAESettings, GatedPaperTrainingFields)
     assert issubclass(SAESettings, InputCentring)
 
 
 @pytest.mark.parametrize(
-    "module", ["sae_gated_plugin", "sae_gated_plugin.cli", "sae_gated_plugin.run.run_config"]
+    "module", ["sae_gated_plugin", "sae_gated_plugin.cli", "sae_gated_plugin.run.config"]
 )
 def test_light_modules_import_without_torch_or_saelens(module: str) -> None:
     code = (

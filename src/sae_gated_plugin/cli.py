@@ -22,7 +22,7 @@ from sae_gated_plugin.errors import (
     TrainingDivergedError,
     TrainingInterruptedError,
 )
-from sae_gated_plugin.eval.plot import Y_METRICS
+from sae_gated_plugin.sweep.selection import Y_METRICS
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -84,7 +84,7 @@ def _grid_points(args: argparse.Namespace) -> set[tuple[Any, ...]] | None:
         return None
     if args.sweep is None:
         raise GatedPluginError("--grid needs --sweep CONFIG, the sweep config that defines it")
-    from sae_gated_plugin.run.sweep_config import expand, load_sweep_config
+    from sae_gated_plugin.sweep.config import expand, load_sweep_config
 
     return {point.key() for point in expand(load_sweep_config(args.sweep), only=args.grids)}
 
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_results_verb(args: argparse.Namespace) -> int:
     """plot or compare: read a sweep's results file."""
     if args.verb == "plot":
-        from sae_gated_plugin.eval.plot import plot_sweep
+        from sae_gated_plugin.sweep.plot import plot_sweep
 
         paths = plot_sweep(
             args.results,
@@ -209,7 +209,7 @@ def _run_results_verb(args: argparse.Namespace) -> int:
         )
         print("Wrote " + ", ".join(str(p) for p in paths))
         return EXIT_OK
-    from sae_gated_plugin.eval.compare import compare_sweep
+    from sae_gated_plugin.sweep.compare import compare_sweep
 
     print(
         compare_sweep(
@@ -228,16 +228,22 @@ def _run_results_verb(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "schema":
-        from sae_gated_plugin.run.run_config import json_schema
+        from sae_gated_plugin.run.config import json_schema
 
         print(json.dumps(json_schema(), indent=2))
         return EXIT_OK
     if args.verb in ("train", "cache"):
-        from sae_gated_plugin.run.run_config import load_config
+        from sae_gated_plugin.run.config import load_config
 
         config = load_config(args.config, args.overrides)  # config errors answer before torch loads
     if args.verb == "train":
-        from sae_gated_plugin.run.train import train
+        print("loading SAELens...", file=sys.stderr, flush=True)
+        from sae_gated_plugin.sources import launched_by_torchrun
+
+        if launched_by_torchrun():
+            from sae_gated_plugin.distributed.launch import train_distributed as train
+        else:
+            from sae_gated_plugin.run.train import train
 
         result = train(config, resume_from=args.resume)
         if not _is_main_process():  # under torchrun, rank 0 alone reports
@@ -247,16 +253,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Saved the SAE to {result.output_path}")
         return EXIT_OK
     if args.verb == "cache":
-        from sae_gated_plugin.run.caching import cache_activations
+        from sae_gated_plugin.run.cache import cache_activations
 
         path = cache_activations(config)
         print(f"Cached activations in {path}")
         return EXIT_OK
     if args.verb == "sweep":
-        from sae_gated_plugin.run.sweep_config import load_sweep_config
+        from sae_gated_plugin.sweep.config import load_sweep_config
 
         sweep_config = load_sweep_config(args.config, args.overrides)
-        from sae_gated_plugin.run.sweep import run_sweep
+        from sae_gated_plugin.sweep.driver import run_sweep
 
         run_sweep(sweep_config, only=args.grids, echo=lambda line: print(line, flush=True))
         print(f"Results in {sweep_config.output}")

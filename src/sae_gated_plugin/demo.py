@@ -18,7 +18,7 @@ from sae_lens import SAE
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import EvalReport
 from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder
-from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
+from sae_gated_plugin.run.config import TrainRunConfig, parse_config
 from sae_gated_plugin.run.train import train
 from sae_gated_plugin.sources import load_language_model, resolve_device
 

@@ -1,2 +1,2 @@
-"""The paper's metrics: report and streaming sums, evaluation with the SAE spliced into the
-model, evaluation windows from text, evaluation of saved SAE folders, sweep results and plots."""
+"""The paper's metrics: the report and its streaming sums, evaluation with the SAE spliced into
+the model, evaluation windows from text, and evaluation of saved SAE folders."""

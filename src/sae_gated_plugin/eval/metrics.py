@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.io import atomic_write_json
+from sae_gated_plugin.io import atomic_write_json, json_safe
 
 
 @dataclass
@@ -80,17 +79,6 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.6g}"
     return str(value)
-
-
-def json_safe(value: Any) -> Any:
-    """Non-finite floats become ``None`` (strict JSON has no NaN or Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def write_report(report: EvalReport, path: Path | str) -> None:

@@ -24,8 +24,8 @@ from sae_gated_plugin.arch.artifacts import (
     read_safetensors,
 )
 from sae_gated_plugin.errors import CorruptArtifactError, GatedPluginError
+from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.output_folder import check_no_finished_sae
-from sae_gated_plugin.run.run_config import TrainRunConfig
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
 ACTIVATIONS_STORE_FILENAME = "activations_store_state.safetensors"

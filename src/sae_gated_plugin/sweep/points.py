@@ -1,6 +1,6 @@
 """Building one grid point of a sweep: its SAELens SAE config, the SAE and its trainer.
 
-Shared by the sweep's two activation streams (``sweep`` and ``sweep_multi``).
+Shared by the sweep's activation streams (cached, multi and synthetic).
 """
 
 from __future__ import annotations
@@ -9,17 +9,25 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import torch
+from sae_lens import TrainingSAE, TrainingSAEConfig
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, get_sae_training_class
+
+from sae_gated_plugin.arch.registry import register
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run.sweep_config import PAPER_ARCHITECTURE, GridPoint, SweepConfig
+from sae_gated_plugin.run.saelens_bridge import (
+    GuardedTrainer,
+    gated_paper_settings,
+    sae_settings,
+    trainer_config,
+)
+from sae_gated_plugin.sweep.config import PAPER_ARCHITECTURE, GridPoint, SweepConfig
 
 if TYPE_CHECKING:
     import datasets
-    from sae_lens import TrainingSAE, TrainingSAEConfig
-    from sae_lens.config import SAETrainerConfig
     from transformer_lens import HookedTransformer
 
-    from sae_gated_plugin.run.runner import GuardedTrainer
-    from sae_gated_plugin.run.sweep_eval import HeldOutEvaluation
+    from sae_gated_plugin.sweep.held_out import HeldOutEvaluation
 
 Echo = Callable[[str], None]
 COEFFICIENT_FIELDS = ("k", "l1_coefficient", "l0_coefficient")
@@ -28,10 +36,6 @@ WARM_UP_FIELDS = {"l1_coefficient": "l1_warm_up_steps", "l0_coefficient": "l0_wa
 
 
 def _training_config_class(architecture: str) -> type[TrainingSAEConfig]:
-    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, get_sae_training_class
-
-    from sae_gated_plugin.arch.registry import register
-
     register()  # gated_paper, whether or not SAELens's import already registered it
 
     try:
@@ -60,19 +64,10 @@ def build_sae_config(
     ``gated_paper``, then the variant's overrides."""
     cfg_class = _training_config_class(point.architecture)
     names = {f.name for f in dataclasses.fields(cfg_class)}
-    base = config.run
     field = coefficient_field(point.architecture)
-    settings: dict[str, Any] = {
-        "d_in": d_in,
-        "d_sae": base.sae.d_sae or base.sae.expansion_factor * d_in,
-        "dtype": base.dtype,
-        "device": device,
-        "normalize_activations": base.normalize_activations,
-    }
+    settings = sae_settings(config.run, d_in, device)
     if point.architecture == PAPER_ARCHITECTURE:
-        settings.update(
-            base.sae.model_dump(exclude={"d_sae", "expansion_factor", "l1_warm_up_steps"})
-        )
+        settings.update(gated_paper_settings(config.run))
     if field == "k":
         if point.coefficient != int(point.coefficient) or point.coefficient < 1:
             raise GatedPluginError(f"{point.label(field)}: k must be a positive integer")
@@ -81,8 +76,8 @@ def build_sae_config(
         settings[field] = float(point.coefficient)
     warm_up = WARM_UP_FIELDS.get(field)
     if warm_up in names:
-        steps = base.sae.l1_warm_up_steps
-        settings[warm_up] = base.total_steps // 20 if steps is None else steps
+        steps = config.run.sae.l1_warm_up_steps
+        settings[warm_up] = config.run.default_warm_up_steps if steps is None else steps
     overrides = config.variants.get(point.variant, {})
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -96,28 +91,8 @@ def build_sae_config(
         raise GatedPluginError(f"{point.label(field)}: invalid SAE config: {exc}") from None
 
 
-def trainer_config(config: SweepConfig, lr: float, device: str) -> SAETrainerConfig:
-    """SAELens's trainer settings for one SAE: the run's optimiser at learning rate ``lr``."""
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-
-    base = config.run
-    return SAETrainerConfig(
-        total_training_samples=base.training_tokens,
-        train_batch_size_samples=base.train_batch_size_tokens,
-        device=device,
-        n_checkpoints=0,
-        checkpoint_path=None,
-        save_final_checkpoint=False,
-        logger=LoggingConfig(log_to_wandb=False),
-        **base.saelens_optimiser_settings(lr),
-    )
-
-
 def new_sae(point: GridPoint, config: SweepConfig, d_in: int, device: str) -> TrainingSAE[Any]:
     """A freshly initialised training SAE for ``point``, seeded by its seed."""
-    import torch
-    from sae_lens.registry import get_sae_training_class
-
     sae_cfg = build_sae_config(point, config, d_in, device)
     torch.manual_seed(point.seed)
     sae_class = get_sae_training_class(sae_cfg.architecture())[0]
@@ -128,9 +103,7 @@ def make_trainer(
     point: GridPoint, config: SweepConfig, sae: TrainingSAE[Any], data: Iterator[Any], device: str
 ) -> GuardedTrainer:
     """SAELens's trainer (as ``GuardedTrainer``) for one SAE, resampling when the point asks."""
-    from sae_gated_plugin.run.runner import GuardedTrainer
-
-    trainer = GuardedTrainer(trainer_config(config, point.lr, device), sae, data)
+    trainer = GuardedTrainer(trainer_config(config.run, point.lr, device), sae, data)
     if point.resampling:
         assert config.run.resampling is not None  # checked by SweepConfig
         trainer.enable_resampling(config.run.resampling)

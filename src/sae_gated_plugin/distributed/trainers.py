@@ -1,7 +1,7 @@
 """SAELens's trainer across ranks: data-parallel, or with the latents sharded.
 
 Both trainers are ``GuardedTrainer`` subclasses that SAELens's trainer is re-typed to (see
-``run.runner.GatedRunner``). What they add, per step:
+``run.saelens_bridge.adopt``). What they add, per step:
 
 * ``DataParallelTrainer``: each rank trains a full replica on its own shard of the global batch.
   The SAE's training pass runs through ``DistributedDataParallel``, whose gradient hooks average
@@ -32,21 +32,19 @@ import torch
 import torch.distributed as dist
 from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, TRAINER_STATE_FILENAME
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
-from sae_lens.training._interruption import InterruptedException
 from sae_lens.training.sae_trainer import SAETrainer
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
-from sae_gated_plugin.run.data_shards import ShardedActivationsStore
-from sae_gated_plugin.run.distributed import (
+from sae_gated_plugin.distributed.context import (
     DistributedContext,
     all_gather_ints,
     all_reduce_sum,
     broadcast_object,
     broadcast_parameters,
 )
-from sae_gated_plugin.run.latent_sharding import (
+from sae_gated_plugin.distributed.data_shards import ShardedActivationsStore
+from sae_gated_plugin.distributed.latent_sharding import (
     GlobalGradClip,
     LatentShardedGatedSAE,
     gather_optimizer_state,
@@ -55,7 +53,7 @@ from sae_gated_plugin.run.latent_sharding import (
     scatter_sae,
     slice_optimizer_state,
 )
-from sae_gated_plugin.run.runner import GuardedTrainer
+from sae_gated_plugin.run.saelens_bridge import GuardedTrainer
 
 
 class DistributedTrainer(GuardedTrainer):
@@ -108,13 +106,9 @@ class DistributedTrainer(GuardedTrainer):
         log["metrics/l0"] = self._global_l0
         return log
 
-    def _update_pbar(
-        self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100
-    ) -> None:
-        if self.dist_ctx.is_main:
-            super()._update_pbar(step_output, pbar, update_interval)
-        elif self.should_stop():
-            raise InterruptedException()
+    def shows_progress(self) -> bool:
+        """Rank 0 alone draws the progress bar."""
+        return self.dist_ctx.is_main
 
     # ---- start --------------------------------------------------------------------------
     def fit(self) -> Any:
@@ -281,9 +275,9 @@ class LatentShardedTrainer(DistributedTrainer):
         log["sparsity/dead_features"] = self._global_dead
         return log
 
-    def _run_and_log_evals(self) -> None:
-        # SAELens's evals run on rank 0 alone and need the whole SAE there: skipped.
-        return
+    def runs_saelens_evals(self) -> bool:
+        """SAELens's evals run on rank 0 alone and need the whole SAE there: skipped."""
+        return False
 
     @torch.no_grad()
     def set_final_sae_metadata(self) -> None:

@@ -277,28 +277,51 @@ class TrainRunConfig(BaseModel):
             return self.default_warm_up_steps
         return self.lr_warm_up_steps
 
-    def saelens_optimiser_settings(self, lr: float | None = None) -> dict[str, Any]:
-        """The optimiser, schedule and latent-statistics settings under SAELens's names, at
-        learning rate ``lr`` (default: ``self.lr``): one mapping for its runner and trainer
-        configs alike."""
-        lr = self.lr if lr is None else lr
-        return {
-            "lr": lr,
-            "lr_end": lr / 10,  # SAELens's own default, stated for its trainer config
-            "lr_warm_up_steps": self.lr_warm_up_steps_in_force,
-            "lr_scheduler_name": self.lr_scheduler_name,
-            "lr_decay_steps": self.lr_decay_steps,
-            "adam_beta1": self.adam_beta1,
-            "adam_beta2": self.adam_beta2,
-            "dead_feature_window": self.dead_feature_window,
-            "feature_sampling_window": self.feature_sampling_window,
-            "n_batches_for_norm_estimate": self.n_batches_for_norm_estimate,
-        }
+    @property
+    def uses_cached_activations(self) -> bool:
+        """Whether the run trains from activations cached by ``sae-gated cache``."""
+        return bool(self.saelens.get("use_cached_activations"))
+
+    @property
+    def cached_activations_path(self) -> Path:
+        """The cache folder named in ``saelens.cached_activations_path``."""
+        path = self.saelens.get("cached_activations_path")
+        if not path:
+            raise GatedPluginError(
+                "saelens.cached_activations_path is not set: name the folder to cache "
+                "activations in (and to train from, with saelens.use_cached_activations: true)"
+            )
+        return Path(path)
 
     @property
     def checkpoint_path(self) -> Path:
         """Where checkpoints go: ``<output_path>/checkpoints``."""
         return Path(self.output_path) / "checkpoints"
+
+
+def check_cache_matches(cfg: TrainRunConfig, d_in: int) -> None:
+    """Before training from a cache: it exists and holds this run's hook, window and width."""
+    import datasets  # only when training from a cache: the config module stays light
+
+    path = cfg.cached_activations_path
+    if not (path / "dataset_info.json").is_file():
+        raise GatedPluginError(
+            f"saelens.cached_activations_path {path} holds no cached activations; make them "
+            "with `sae-gated cache CONFIG` (the same config)"
+        )
+    features = datasets.load_from_disk(str(path)).features
+    expected = (cfg.training_window, d_in)
+    if cfg.hook_name not in features:
+        raise GatedPluginError(
+            f"cached activations in {path} are of {sorted(features)}, not {cfg.hook_name!r}"
+        )
+    shape = tuple(features[cfg.hook_name].shape)
+    if shape != expected:
+        raise GatedPluginError(
+            f"cached activations in {path} have shape {shape} per window, this run needs "
+            f"{expected} (context_size {cfg.context_size}, positions "
+            f"{list(cfg.training_positions)}, d_in {d_in}): re-cache with this config"
+        )
 
 
 def json_schema() -> dict[str, Any]:

@@ -22,9 +22,10 @@ from sae_lens import SAE
 from safetensors.torch import load_file
 
 from sae_gated_plugin.arch.artifacts import EVAL_FILENAME
-from sae_gated_plugin.run.data_shards import SHARDS_FILENAME
-from sae_gated_plugin.run.distributed import DistributedContext
-from sae_gated_plugin.run.run_config import parse_config
+from sae_gated_plugin.distributed.context import DistributedContext
+from sae_gated_plugin.distributed.data_shards import SHARDS_FILENAME
+from sae_gated_plugin.distributed.launch import train_distributed
+from sae_gated_plugin.run.config import parse_config
 from sae_gated_plugin.run.train import TrainResult, train
 
 pytestmark = [
@@ -59,7 +60,7 @@ def settings(output: Path, **overrides: Any) -> dict[str, Any]:
 def _train_worker(
     ctx: DistributedContext, config: dict[str, Any], resume: str | None, out: Path
 ) -> None:
-    result = train(
+    result = train_distributed(
         parse_config(config),
         resume_from=Path(resume) if resume else None,
         model=tiny_language_model(),

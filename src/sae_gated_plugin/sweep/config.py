@@ -20,9 +20,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float
-from sae_gated_plugin.run.run_config import TrainRunConfig, apply_overrides, read_config_file
-from sae_gated_plugin.run.synthetic_settings import SyntheticSettings
+from sae_gated_plugin.run.config import TrainRunConfig, apply_overrides, read_config_file
+from sae_gated_plugin.sweep.results import DEFAULT_VARIANTS, compact_float
+from sae_gated_plugin.sweep.synthetic_config import SyntheticSettings
 
 PAPER_ARCHITECTURE = "gated_paper"
 Stream = Literal["cached", "multi", "synthetic"]

@@ -10,7 +10,7 @@ import pytest
 from test_plot import record, write_results
 
 from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
-from sae_gated_plugin.eval.compare import compare_sweep, l0_at_loss_recovered
+from sae_gated_plugin.sweep.compare import compare_sweep, l0_at_loss_recovered
 
 
 def point(l0: float, loss_recovered: float) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def test_compare_refuses_what_it_cannot_compare(
 def test_grid_selection_keeps_the_points_of_that_grid_of_the_sweep_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sweep = Path(__file__).resolve().parents[1] / "benchmarks/pareto_sweep.yaml"
+    sweep = Path(__file__).resolve().parents[2] / "benchmarks/pareto_sweep.yaml"
     # The committed sweep's lr grid has gated_paper at coefficient 4 only, at every lr.
     records = [record("gated_paper", 4, lr=lr) for lr in (3e-4, 1e-3)]
     records += [record("gated_paper", 2.5), record("gated_paper", 4, lr=5e-4)]

@@ -16,10 +16,10 @@ from sae_gated_plugin import embedded
 from sae_gated_plugin.cli import EXIT_INVALID, main
 from sae_gated_plugin.eval.splice import special_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
-from sae_gated_plugin.run import caching
+from sae_gated_plugin.run import cache as caching
 from sae_gated_plugin.run import train as training
-from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
-from sae_gated_plugin.run.runner import GuardedTrainer
+from sae_gated_plugin.run.config import TrainRunConfig, parse_config
+from sae_gated_plugin.run.saelens_bridge import GuardedTrainer
 
 pytestmark = [
     pytest.mark.integration,

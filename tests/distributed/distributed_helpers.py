@@ -19,7 +19,7 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_gated_plugin import GatedPaperTrainingSAE, GatedPaperTrainingSAEConfig
-from sae_gated_plugin.run.distributed import DistributedContext, process_group
+from sae_gated_plugin.distributed.context import DistributedContext, process_group
 
 D_IN, D_SAE = 8, 32
 GLOBAL_BATCH = 16

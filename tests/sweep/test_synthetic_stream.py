@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
-from sae_gated_plugin.eval.compare import compare_sweep, metric_at_l0
-from sae_gated_plugin.eval.results import read_results
-from sae_gated_plugin.run import sweep_synthetic
+from sae_gated_plugin.sweep import synthetic_stream as sweep_synthetic
+from sae_gated_plugin.sweep.compare import compare_sweep, metric_at_l0
+from sae_gated_plugin.sweep.results import read_results
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -1,6 +1,6 @@
 """``sae-gated train`` as one rank of a torchrun launch.
 
-``run.train.train`` hands over to ``train_distributed`` when torchrun's variables are set. The
+``sae-gated train`` calls ``train_distributed`` when torchrun's variables are set. The
 run config means the same as in one process: ``train_batch_size_tokens`` is the global batch of
 one optimiser step (each rank's ActivationsStore supplies 1/world_size of it) and
 ``training_tokens``, the schedules, checkpoint names and the progress bar count global tokens.
@@ -10,16 +10,29 @@ with any number of them (see ``data_shards`` for where the data then continues).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
+from sae_lens import SAE
 from sae_lens.config import LanguageModelSAERunnerConfig
 
 from sae_gated_plugin.arch.artifacts import TRAIN_CONFIG_FILENAME
+from sae_gated_plugin.distributed.context import (
+    DistributedContext,
+    context_from_environment,
+    process_group,
+    quiet_unless_main,
+)
+from sae_gated_plugin.distributed.data_shards import distribute_store
+from sae_gated_plugin.distributed.latent_sharding import LatentShard, LatentShardedGatedSAE
+from sae_gated_plugin.distributed.trainers import (
+    DataParallelTrainer,
+    DistributedTrainer,
+    LatentShardedTrainer,
+)
 from sae_gated_plugin.errors import (
     DistributedTrainingError,
     GatedPluginError,
@@ -27,48 +40,20 @@ from sae_gated_plugin.errors import (
     TrainingInterruptedError,
 )
 from sae_gated_plugin.io import atomic_write_text
-from sae_gated_plugin.run.caching import check_cache_matches
-from sae_gated_plugin.run.data_shards import distribute_store
-from sae_gated_plugin.run.distributed import (
-    DistributedContext,
-    context_from_environment,
-    process_group,
-    quiet_unless_main,
-)
-from sae_gated_plugin.run.distributed_trainer import (
-    DataParallelTrainer,
-    DistributedTrainer,
-    LatentShardedTrainer,
-)
-from sae_gated_plugin.run.latent_sharding import LatentShard, LatentShardedGatedSAE
+from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.output_folder import (
     OutputFolder,
     check_no_finished_sae,
     own_output_folder,
 )
 from sae_gated_plugin.run.resume import check_resume
-from sae_gated_plugin.run.run_config import TrainRunConfig
-from sae_gated_plugin.run.runner import GatedRunner, GuardedTrainer
-from sae_gated_plugin.sources import (
-    activation_width,
-    announce,
-    dataset_load_errors,
-    load_language_model,
-    load_text_dataset,
-)
+from sae_gated_plugin.run.saelens_bridge import GatedRunner, GuardedTrainer, prepare_runner
+from sae_gated_plugin.run.train import TrainResult, evaluate_run, run_config_text
+from sae_gated_plugin.sources import announce
 
 if TYPE_CHECKING:
-    from sae_lens import SAE, TrainingSAEConfig
+    from sae_lens import TrainingSAEConfig
     from transformer_lens import HookedTransformer
-
-    from sae_gated_plugin.eval.metrics import EvalReport
-
-RunnerConfigBuilder = Callable[
-    [TrainRunConfig, int, "Path | None"], LanguageModelSAERunnerConfig[Any]
-]
-"""``run.train.build_runner_config``: the run config as SAELens's runner config."""
-Evaluator = Callable[[TrainRunConfig, "SAE[Any]", "HookedTransformer"], "EvalReport"]
-"""``run.train.evaluate_run``: the held-out evaluation of the saved SAE."""
 
 
 class DistributedRunner(GatedRunner):
@@ -180,19 +165,13 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 def train_distributed(
     cfg: TrainRunConfig,
-    resume_from: Path | None,
-    model: HookedTransformer | None,
-    sae_config: TrainingSAEConfig | None,
-    *,
-    runner_config: RunnerConfigBuilder,
-    evaluate: Evaluator,
-) -> tuple[Any, EvalReport | None]:
-    """``run.train.train`` for one rank of a torchrun launch (same arguments), which passes
-    its own ``build_runner_config`` and ``evaluate_run`` (this module does not import it:
-    imports point one way). Returns the trained SAE - on rank 0 the whole one, elsewhere the
-    rank's replica or slice - and, on rank 0, the evaluation."""
-    from sae_lens import SAE
-
+    resume_from: Path | None = None,
+    model: HookedTransformer | None = None,
+    sae_config: TrainingSAEConfig | None = None,
+) -> TrainResult:
+    """``run.train.train`` for one rank of a torchrun launch (same arguments). The result's
+    SAE is, on rank 0, the whole trained SAE, elsewhere the rank's replica or slice; rank 0
+    alone evaluates."""
     ctx = context_from_environment(cfg.device)
     check_distributed_run(cfg, ctx, sae_config)
     if resume_from is not None:
@@ -200,17 +179,16 @@ def train_distributed(
     output = Path(cfg.output_path)
     with _output_folder(ctx, output) as folder:
         with process_group(ctx, cfg.distributed.timeout_s), quiet_unless_main(ctx):
-            runner, model = _prepare_runner(cfg, ctx, resume_from, model, sae_config, runner_config)
-            config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-            runner.extra_checkpoint_files = {TRAIN_CONFIG_FILENAME: config_text}
+            runner, model = _prepare_runner(cfg, ctx, resume_from, model, sae_config)
+            runner.checkpoint_files = {TRAIN_CONFIG_FILENAME: run_config_text(cfg)}
             if ctx.is_main:
-                atomic_write_text(output / TRAIN_CONFIG_FILENAME, config_text)
+                atomic_write_text(output / TRAIN_CONFIG_FILENAME, run_config_text(cfg))
             folder.keep = True  # from here on, checkpoints may exist: the folder stays
             trained = _run(runner, ctx, cfg)
         report = None
         if ctx.is_main and cfg.eval.enabled:
-            report = evaluate(cfg, SAE.load_from_disk(output, device=ctx.device), model)
-    return trained, report
+            report = evaluate_run(cfg, SAE.load_from_disk(output, device=ctx.device), model)
+    return TrainResult(trained_sae=trained, output_path=output, report=report)
 
 
 @contextmanager
@@ -231,39 +209,27 @@ def _prepare_runner(
     resume_from: Path | None,
     model: HookedTransformer | None,
     sae_config: TrainingSAEConfig | None,
-    runner_config: RunnerConfigBuilder,
 ) -> tuple[DistributedRunner, HookedTransformer]:
-    """Load what this rank needs and build its runner (nothing is written yet)."""
-    from sae_gated_plugin.arch.registry import register
+    """This rank's runner: ``prepare_runner`` with a ``DistributedRunner`` (and, for latent
+    sharding, this rank's slice of the SAE)."""
+
+    def make_runner(
+        runner_cfg: LanguageModelSAERunnerConfig[Any], model: HookedTransformer, dataset: Any
+    ) -> DistributedRunner:
+        if not ctx.is_main:
+            runner_cfg.logger.log_to_wandb = False
+        overrides: dict[str, Any] = {"override_model": model, "override_dataset": dataset}
+        if cfg.distributed.latent_sharding:
+            torch.manual_seed(cfg.seed + ctx.rank)
+            overrides["override_sae"] = _shard_sae(runner_cfg, ctx)
+            torch.manual_seed(cfg.seed)  # as one process: repeatable shuffling
+        return DistributedRunner(runner_cfg, ctx, **overrides)
 
     if ctx.is_main:
         announce(f"training on {ctx.world_size} ranks ({ctx.backend})")
-    register()
-    dataset = load_text_dataset(cfg.dataset, "train")
-    if model is None:
-        model = load_language_model(cfg.model_name, ctx.device)
-    d_in = activation_width(model, cfg.hook_name, cfg.saelens.get("hook_head_index"))
-    if cfg.saelens.get("use_cached_activations"):
-        check_cache_matches(cfg, d_in)
-    runner_cfg = runner_config(cfg, d_in, resume_from)
-    if not ctx.is_main:
-        runner_cfg.logger.log_to_wandb = False
-    if sae_config is not None:
-        if sae_config.d_in != d_in:
-            raise GatedPluginError(
-                f"sae_config.d_in is {sae_config.d_in}, but {cfg.hook_name} is {d_in} wide"
-            )
-        runner_cfg.sae = sae_config
-    overrides: dict[str, Any] = {"override_model": model, "override_dataset": dataset}
-    if cfg.distributed.latent_sharding:
-        torch.manual_seed(cfg.seed + ctx.rank)
-        overrides["override_sae"] = _shard_sae(runner_cfg, ctx)
-    torch.manual_seed(cfg.seed)  # as one process: repeatable initialisation and shuffling
-    with dataset_load_errors(cfg.dataset, dataset):
-        runner = DistributedRunner(runner_cfg, ctx, **overrides)
-    runner.metadata_overrides = {
-        "context_size": cfg.context_size,
-        "seqpos_slice": cfg.training_positions,
+    runner, model = prepare_runner(cfg, ctx.device, resume_from, model, sae_config, make_runner)
+    assert isinstance(runner, DistributedRunner)
+    runner.metadata_overrides |= {
         "world_size": ctx.world_size,
         "latent_sharding": cfg.distributed.latent_sharding,
     }

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
-from sae_gated_plugin.eval.plot import X_LABEL, build_figure, group_lines
+from sae_gated_plugin.sweep.plot import X_LABEL, build_figure
+from sae_gated_plugin.sweep.selection import group_lines
 
 
 def record(architecture: str, coefficient: float, seed: int = 0, **extra: Any) -> dict[str, Any]:

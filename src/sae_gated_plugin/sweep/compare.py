@@ -1,6 +1,6 @@
 """``sae-gated compare SWEEP.jsonl``: a sweep's results as the tables SAEs are compared by.
 
-Two Markdown tables from the same lines as ``sae-gated plot`` (``plot.group_lines``). With
+Two Markdown tables from the same lines as ``sae-gated plot`` (``selection.group_lines``). With
 ``--y loss_recovered`` (the default for language-model sweeps):
 
 - every point: coefficient, lr, seeds, L0, loss recovered, gamma, explained variance and dead
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.plot import check_y, default_y, group_lines, read_selected
-from sae_gated_plugin.eval.results import compact_float
+from sae_gated_plugin.sweep.results import compact_float
+from sae_gated_plugin.sweep.selection import check_y, default_y, group_lines, read_selected
 
 DEFAULT_LEVELS = (0.90, 0.93, 0.95, 0.97)
 """Loss-recovered levels at which ``compare`` reads each line's L0 by default."""
@@ -166,9 +166,9 @@ def compare_sweep(
     y: str | None = None,
 ) -> str:
     """Both tables for the (selected) lines of a sweep's results file, as Markdown.
-    ``select`` and ``points`` as in ``plot.select_records``, ``envelope`` as in
-    ``plot.group_lines``; ``reference`` is a line label (default: the first ``standard`` line,
-    else the first line); ``y`` one of ``plot.Y_METRICS`` (default ``plot.default_y``);
+    ``select`` and ``points`` as in ``selection.select_records``, ``envelope`` as in
+    ``selection.group_lines``; ``reference`` is a line label (default: the first ``standard`` line,
+    else the first line); ``y`` one of ``selection.Y_METRICS`` (default ``selection.default_y``);
     ``levels`` are loss-recovered levels for ``y`` = loss_recovered, else L0 values (default
     ``DEFAULT_LEVELS``, or ``TRUE_L0_MULTIPLES`` of the true L0)."""
     records = read_selected(results, select, points, "compare")

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.io import read_json
+from sae_gated_plugin.run.saelens_bridge import retype_store
 
 SHARDS_FILENAME = "data_shards.json"
 """Per-rank data positions of a distributed checkpoint."""
@@ -126,7 +127,6 @@ def distribute_store(
         # The store's token stream is a generator not yet started: it reads the new dataset.
         store.dataset = shard_dataset(store.dataset, rank, world_size)
     store.train_batch_size_tokens = batch_size_tokens
-    store.__class__ = ShardedActivationsStore
-    assert isinstance(store, ShardedActivationsStore)
-    store.shard_rank, store.shard_count, store.rank_positions = rank, world_size, None
-    return store
+    sharded: ShardedActivationsStore = retype_store(store, ShardedActivationsStore)
+    sharded.shard_rank, sharded.shard_count, sharded.rank_positions = rank, world_size, None
+    return sharded

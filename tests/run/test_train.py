@@ -34,9 +34,9 @@ from sae_gated_plugin.errors import (
 from sae_gated_plugin.eval.splice import special_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
 from sae_gated_plugin.run import train as training
+from sae_gated_plugin.run.config import TrainRunConfig, parse_config
 from sae_gated_plugin.run.resume import CHECKPOINT_FILES, check_resume
-from sae_gated_plugin.run.run_config import TrainRunConfig, parse_config
-from sae_gated_plugin.run.runner import GuardedTrainer
+from sae_gated_plugin.run.saelens_bridge import GuardedTrainer
 
 pytestmark = [
     pytest.mark.integration,
@@ -210,8 +210,8 @@ def test_resumed_run_matches_uninterrupted_run(
     # Run B stopped just short of the half-way checkpoint, so the resumed run saves it (once).
     assert checkpoint_folders(cfg_b) == [str(stop_after * BATCH), str((stop_after + 1) * BATCH)]
 
-    sae_a = training.load_trained_sae(tmp_path / "a")
-    sae_b = training.load_trained_sae(tmp_path / "b")
+    sae_a = SAE.load_from_disk(tmp_path / "a")
+    sae_b = SAE.load_from_disk(tmp_path / "b")
     # Unit-norm decoder: activation scaling is folded into the biases, so W_enc and W_dec of
     # the checkpoint compare directly with the final ones.
     half_way = load_file(checkpoint / "sae_weights.safetensors")
@@ -345,7 +345,7 @@ def test_second_sigint_stops_at_once_without_saving(
 def test_failed_checkpoint_save_leaves_no_partial_folder(
     smollm2: Any, steps: StepLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sae_gated_plugin.run.runner import GatedRunner
+    from sae_gated_plugin.run.saelens_bridge import GatedRunner
 
     cfg = run_config(tmp_path / "sae", steps=16, n_checkpoints=1)
     original = GatedRunner.save_checkpoint

@@ -15,12 +15,12 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_gated_plugin.cli import EXIT_INVALID, main
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.results import read_results
 from sae_gated_plugin.eval.splice import evaluate_sae
-from sae_gated_plugin.run import sweep as sweep_module
-from sae_gated_plugin.run.sweep import run_sweep
-from sae_gated_plugin.run.sweep_config import expand, parse_sweep_config
-from sae_gated_plugin.run.sweep_eval import HeldOutEvaluation
+from sae_gated_plugin.sweep import cached_stream
+from sae_gated_plugin.sweep.config import expand, parse_sweep_config
+from sae_gated_plugin.sweep.driver import run_sweep
+from sae_gated_plugin.sweep.held_out import HeldOutEvaluation
+from sae_gated_plugin.sweep.results import read_results
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -131,17 +131,17 @@ def test_a_2x2_sweep_resumes_where_it_stopped(
 
     lines.clear()
     trained: list[str] = []
-    original = sweep_module.new_sae
+    original = cached_stream.new_sae
 
     def counting_new_sae(point: Any, *args: Any) -> Any:
         trained.append(point.architecture)
         return original(point, *args)
 
-    sweep_module.new_sae = counting_new_sae  # type: ignore[assignment]
+    cached_stream.new_sae = counting_new_sae  # type: ignore[assignment]
     try:
         results = run(tmp_path, tiny_model, lines)
     finally:
-        sweep_module.new_sae = original  # type: ignore[assignment]
+        cached_stream.new_sae = original  # type: ignore[assignment]
 
     assert trained == ["standard", "standard"]  # the gated_paper points were not retrained
     assert "Sweep of 4 SAEs: 2 already in " + str(output) in lines
@@ -256,9 +256,9 @@ def test_grids_union_each_point_once(tmp_path: Path) -> None:
 
 
 def test_the_committed_benchmark_sweep_is_valid_and_as_documented() -> None:
-    from sae_gated_plugin.run.sweep_config import load_sweep_config
+    from sae_gated_plugin.sweep.config import load_sweep_config
 
-    config = load_sweep_config(Path(__file__).resolve().parents[1] / "benchmarks/pareto_sweep.yaml")
+    config = load_sweep_config(Path(__file__).resolve().parents[2] / "benchmarks/pareto_sweep.yaml")
     grids = {grid.name: grid for grid in config.grids}
     assert config.run.training_tokens >= 1_000_000
     assert config.run.eval.n_sequences * (config.run.context_size - 3) >= 16_000
@@ -276,10 +276,10 @@ def test_the_committed_benchmark_sweep_is_valid_and_as_documented() -> None:
 def test_the_committed_results_are_the_committed_sweep() -> None:
     """Every point of benchmarks/pareto_sweep.yaml has exactly one result line, made with the
     config's settings, on the documented amount of training and evaluation."""
-    from sae_gated_plugin.eval.results import line_key, read_results
-    from sae_gated_plugin.run.sweep_config import expand, load_sweep_config
+    from sae_gated_plugin.sweep.config import expand, load_sweep_config
+    from sae_gated_plugin.sweep.results import line_key, read_results
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     config = load_sweep_config(root / "benchmarks/pareto_sweep.yaml")
     records = read_results(root / config.output)
     keys = [line_key(r) for r in records]

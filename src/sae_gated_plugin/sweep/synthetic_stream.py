@@ -19,15 +19,15 @@ from sae_lens.synthetic.synthetic_model import SyntheticModel, SyntheticModelCon
 from sae_lens.synthetic.training import SyntheticActivationIterator
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run.sweep_config import GridPoint, SweepConfig
-from sae_gated_plugin.run.sweep_points import (
+from sae_gated_plugin.sweep.config import GridPoint, SweepConfig
+from sae_gated_plugin.sweep.points import (
     Echo,
     coefficient_field,
     make_trainer,
     new_sae,
     point_record,
 )
-from sae_gated_plugin.run.synthetic_settings import SyntheticSettings
+from sae_gated_plugin.sweep.synthetic_config import SyntheticSettings
 
 
 def load_synthetic_model(settings: SyntheticSettings, device: str) -> SyntheticModel:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.io import json_safe
 
 try:
     import fcntl
@@ -47,17 +47,6 @@ def line_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
         int(record["seed"]),
         bool(record.get("resampling", False)),
     )
-
-
-def json_safe(value: Any) -> Any:
-    """Non-finite floats become None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

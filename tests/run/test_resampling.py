@@ -12,9 +12,9 @@ from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.run.config import parse_config
 from sae_gated_plugin.run.resampling import ResamplingSettings, resample_dead_latents
-from sae_gated_plugin.run.run_config import parse_config
-from sae_gated_plugin.run.runner import GuardedTrainer
+from sae_gated_plugin.run.saelens_bridge import GuardedTrainer
 
 D_IN, D_SAE, BATCH, STEPS = 8, 16, 256, 120
 N_DEAD = 12
@@ -157,7 +157,7 @@ def test_the_run_config_section_reaches_the_runner_s_trainer(
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from sae_gated_plugin.run.resampling import DeadLatentResampler
-    from sae_gated_plugin.run.runner import GatedRunner
+    from sae_gated_plugin.run.saelens_bridge import GatedRunner
 
     resampled: list[int] = []
     original = DeadLatentResampler.after_step

@@ -40,10 +40,15 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 from sae_gated_plugin.arch.sparse import THRESHOLD_ENV
-from sae_gated_plugin.run.data_shards import SHARDS_FILENAME, distribute_store, resume_position
-from sae_gated_plugin.run.distributed import DistributedContext, process_group
-from sae_gated_plugin.run.distributed_trainer import DataParallelTrainer, LatentShardedTrainer
-from sae_gated_plugin.run.latent_sharding import LatentShard, LatentShardedGatedSAE
+from sae_gated_plugin.distributed.context import DistributedContext, process_group
+from sae_gated_plugin.distributed.data_shards import (
+    SHARDS_FILENAME,
+    distribute_store,
+    resume_position,
+)
+from sae_gated_plugin.distributed.latent_sharding import LatentShard, LatentShardedGatedSAE
+from sae_gated_plugin.distributed.trainers import DataParallelTrainer, LatentShardedTrainer
+from sae_gated_plugin.run.saelens_bridge import adopt
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -51,10 +56,10 @@ WORLD = 2
 
 
 def _retyped(trainer: SAETrainer[Any, Any], cls: type, ctx: DistributedContext) -> Any:
-    trainer.__class__ = cls
-    trainer.attach(ctx, None)  # type: ignore[attr-defined]
-    trainer.begin()  # type: ignore[attr-defined]
-    return trainer
+    adopted = adopt(trainer, cls)
+    adopted.attach(ctx, None)
+    adopted.begin()
+    return adopted
 
 
 # ---- data parallelism -------------------------------------------------------------------------
@@ -445,10 +450,10 @@ def test_killing_a_rank_stops_the_other_with_the_last_checkpoint_intact(tmp_path
 
 
 def test_resampling_is_refused_under_torchrun_before_any_rank_waits() -> None:
+    from sae_gated_plugin.distributed.context import DistributedContext
+    from sae_gated_plugin.distributed.launch import check_distributed_run
     from sae_gated_plugin.errors import GatedPluginError
-    from sae_gated_plugin.run.distributed import DistributedContext
-    from sae_gated_plugin.run.distributed_train import check_distributed_run
-    from sae_gated_plugin.run.run_config import parse_config
+    from sae_gated_plugin.run.config import parse_config
 
     ctx = DistributedContext(rank=0, world_size=2, local_rank=0, device="cpu")
     plain = parse_config({"output_path": "out", "train_batch_size_tokens": 512}, source="test")
@@ -462,8 +467,8 @@ def test_resampling_is_refused_under_torchrun_before_any_rank_waits() -> None:
 
 
 def test_a_dead_peer_is_told_apart_from_a_local_error() -> None:
+    from sae_gated_plugin.distributed.launch import is_collective_failure
     from sae_gated_plugin.errors import TrainingDivergedError
-    from sae_gated_plugin.run.distributed_train import is_collective_failure
 
     # What gloo raised in the survivor when its peer died (a plain RuntimeError).
     peer_died = RuntimeError(

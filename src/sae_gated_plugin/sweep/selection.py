@@ -1,31 +1,22 @@
-"""``sae-gated plot SWEEP.jsonl``: the figures SAEs are compared by, from a sweep's results.
+"""Which results of a sweep a plot or comparison shows, and how they are grouped into lines.
 
-Left: L0 (log scale) against loss recovered; right: L0 against the relative reconstruction bias
-gamma (1 = no shrinkage). One line per architecture / variant (and learning rate or resampling,
-where the plotted lines differ in them); where seeds repeat a point, it is their mean with
-standard-deviation error bars. Written as PNG and SVG. matplotlib (Agg, no display) is imported
-here only.
+``--select FIELD=V1,V2`` filters, the grid points of a sweep config, one line per architecture
+and variant (and learning rate or resampling where they differ), seeds averaged, and the Pareto
+front over learning rates.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.eval.results import DEFAULT_VARIANTS, compact_float, line_key, read_results
-from sae_gated_plugin.io import file_mode
+from sae_gated_plugin.sweep.results import DEFAULT_VARIANTS, compact_float, line_key, read_results
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-X_LABEL = "L0 (active latents per token, log scale)"
 Y_METRICS = {
     "loss_recovered": "loss recovered",
     "mcc": "MCC (decoder rows vs true features)",
@@ -160,88 +151,3 @@ def group_lines(
         points.sort(key=lambda p: p["l0"])
         lines[label] = pareto_front(points, y) if envelope else points
     return lines
-
-
-def build_figure(
-    records: list[dict[str, Any]],
-    title: str | None = None,
-    envelope: bool = False,
-    y: str = "loss_recovered",
-) -> Figure:
-    """The two-panel figure of ``records`` (one line per label of ``group_lines``): L0 against
-    ``y``, and against gamma (language-model sweeps) or shrinkage (synthetic ones), with the
-    true L0 marked where the results know it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    synthetic = not any(GAMMA in r for r in records)
-    right = ("explained_variance" if y == "shrinkage" else "shrinkage") if synthetic else GAMMA
-    right_label = Y_METRICS.get(right, "relative reconstruction bias γ")
-    figure = Figure(figsize=(12, 4.8), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2)
-    for label, points in group_lines(records, envelope, y).items():
-        xs = [p["l0"] for p in points]
-        xerr = [p["l0_std"] for p in points] if any(p["n_seeds"] > 1 for p in points) else None
-        for ax, key in zip(axes, (y, right), strict=True):
-            ys = [p[key] for p in points]
-            yerr = [p[key + "_std"] for p in points] if xerr is not None else None
-            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=label)
-    true_l0 = [float(r["true_l0"]) for r in records if r.get("true_l0") is not None]
-    for ax, y_label in zip(axes, (Y_METRICS[y], right_label), strict=True):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.set_xlabel(X_LABEL)
-        ax.set_ylabel(y_label)
-        ax.grid(True, which="both", alpha=0.3)
-        if true_l0:
-            ax.axvline(statistics.fmean(true_l0), color="black", linestyle=":", linewidth=1)
-    if right in (GAMMA, "shrinkage"):
-        axes[1].axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    axes[0].legend(fontsize="small")
-    if title:
-        figure.suptitle(title)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> None:
-    """Save through a temporary file renamed into place (never a half-written figure)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=150)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def plot_sweep(
-    results: Path,
-    *,
-    output: Path | None = None,
-    select: Sequence[str] = (),
-    points: Collection[tuple[Any, ...]] | None = None,
-    title: str | None = None,
-    envelope: bool = False,
-    y: str | None = None,
-) -> list[Path]:
-    """Plot a sweep's results file to ``<output>.png`` and ``<output>.svg`` (default: the
-    results path without its suffix); returns the two paths. ``select`` and ``points`` as in
-    ``select_records``, ``envelope`` as in ``group_lines``, ``y`` one of ``Y_METRICS``
-    (default ``default_y``)."""
-    records = read_selected(results, select, points, "plot")
-    y = y or default_y(records)
-    check_y(records, y)
-    prefix = output if output is not None else results.with_suffix("")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    figure = build_figure(records, title, envelope, y)
-    paths = [prefix.with_name(prefix.name + suffix) for suffix in (".png", ".svg")]
-    for path in paths:
-        _save(figure, path)
-    return paths

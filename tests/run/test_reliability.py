@@ -20,7 +20,7 @@ import yaml
 
 from sae_gated_plugin.io import atomic_write_bytes
 from sae_gated_plugin.run import train as training
-from sae_gated_plugin.run.run_config import parse_config
+from sae_gated_plugin.run.config import parse_config
 
 SCRIPT = Path(sys.executable).with_name("sae-gated")
 
