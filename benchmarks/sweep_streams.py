@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin import sources
-from sae_gated_plugin.sweep.driver import run_sweep
 from sae_gated_plugin.sweep.config import parse_sweep_config
+from sae_gated_plugin.sweep.driver import run_sweep
 
 
 def sweep_settings(

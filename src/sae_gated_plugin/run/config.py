@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,8 @@ from sae_gated_plugin.arch.schema import (
 )
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.run.resampling import ResamplingSettings
+
+Model = TypeVar("Model", bound=BaseModel)
 
 PLUGIN_OWNED_RUNNER_FIELDS = frozenset({
     "sae", "logger", "model_name", "hook_name", "dataset_path", "dataset_trust_remote_code",
@@ -360,16 +362,22 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return result
 
 
-def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainRunConfig:
-    """Validate a config mapping; errors become ``GatedPluginError`` naming field and source."""
+def validated(model: type[Model], raw: Mapping[str, Any], source: str, what: str) -> Model:
+    """``model`` validated from ``raw``; errors become one ``GatedPluginError`` naming the
+    source and every field at fault."""
     try:
-        return TrainRunConfig.model_validate(dict(raw))
+        return model.model_validate(dict(raw))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise GatedPluginError(f"{source}: invalid config: {problems}") from None
+        raise GatedPluginError(f"{source}: invalid {what}: {problems}") from None
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainRunConfig:
+    """Validate a config mapping; errors become ``GatedPluginError`` naming field and source."""
+    return validated(TrainRunConfig, raw, source, "config")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,25 +112,37 @@ def points_table(
     return "\n".join(rows)
 
 
+def _ratio_table(
+    lines: dict[str, list[dict[str, Any]]],
+    reference: str,
+    headers: Sequence[str],
+    read: Callable[[list[dict[str, Any]], int], float | None],
+    digits: int,
+) -> str:
+    """Markdown table: per line, ``read(points, column)`` for each column and its ratio to
+    ``reference``'s value in that column."""
+    rows = ["| line | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
+    refs = [read(lines[reference], column) for column in range(len(headers))]
+    for label, points in lines.items():
+        cells = []
+        for column, ref in enumerate(refs):
+            value = read(points, column)
+            if value is None:
+                cells.append("-")
+            elif not ref or label == reference:
+                cells.append(f"{value:.{digits}f}")
+            else:
+                cells.append(f"{value:.{digits}f} ({value / ref:.2f}x)")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def equal_l0_table(
     lines: dict[str, list[dict[str, Any]]], reference: str, levels: Sequence[float], y: str
 ) -> str:
     """Markdown table: each line's ``y`` at each L0 level and its ratio to ``reference``'s."""
-    header = "| line | " + " | ".join(f"{y} at L0 {level:.3g} (x {reference})" for level in levels)
-    rows = [header + " |", "|---|" + "---|" * len(levels)]
-    reference_values = [metric_at_l0(lines[reference], y, level) for level in levels]
-    for label, points in lines.items():
-        cells = []
-        for level, ref in zip(levels, reference_values, strict=True):
-            value = metric_at_l0(points, y, level)
-            if value is None:
-                cells.append("-")
-            elif ref is None or ref == 0 or label == reference:
-                cells.append(f"{value:.3f}")
-            else:
-                cells.append(f"{value:.3f} ({value / ref:.2f}x)")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    headers = [f"{y} at L0 {level:.3g} (x {reference})" for level in levels]
+    return _ratio_table(lines, reference, headers, lambda p, i: metric_at_l0(p, y, levels[i]), 3)
 
 
 def equal_fidelity_table(
@@ -138,21 +150,10 @@ def equal_fidelity_table(
 ) -> str:
     """Markdown table: each line's L0 at each loss-recovered level and its ratio to
     ``reference``'s L0 there."""
-    header = "| line | " + " | ".join(f"L0 at {level:g} (x {reference})" for level in levels)
-    rows = [header + " |", "|---|" + "---|" * len(levels)]
-    reference_l0 = [l0_at_loss_recovered(lines[reference], level) for level in levels]
-    for label, points in lines.items():
-        cells = []
-        for level, ref in zip(levels, reference_l0, strict=True):
-            l0 = l0_at_loss_recovered(points, level)
-            if l0 is None:
-                cells.append("-")
-            elif ref is None or label == reference:
-                cells.append(f"{l0:.1f}")
-            else:
-                cells.append(f"{l0:.1f} ({l0 / ref:.2f}x)")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    headers = [f"L0 at {level:g} (x {reference})" for level in levels]
+    return _ratio_table(
+        lines, reference, headers, lambda p, i: l0_at_loss_recovered(p, levels[i]), 1
+    )
 
 
 def compare_sweep(

@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run.config import TrainRunConfig, apply_overrides, read_config_file
-from sae_gated_plugin.sweep.results import DEFAULT_VARIANTS, compact_float
+from sae_gated_plugin.run.config import (
+    TrainRunConfig,
+    apply_overrides,
+    read_config_file,
+    validated,
+)
+from sae_gated_plugin.sweep.results import DEFAULT_VARIANTS, compact_float, line_key
 from sae_gated_plugin.sweep.synthetic_config import SyntheticSettings
 
 PAPER_ARCHITECTURE = "gated_paper"
@@ -164,15 +169,8 @@ class GridPoint:
     grids: tuple[str, ...] = ()
 
     def key(self) -> tuple[Any, ...]:
-        """What identifies the point in a results file."""
-        return (
-            self.architecture,
-            self.variant,
-            float(self.coefficient),
-            float(self.lr),
-            int(self.seed),
-            bool(self.resampling),
-        )
+        """What identifies the point in a results file (``results.line_key``)."""
+        return line_key(dataclasses.asdict(self))
 
     def label(self, coefficient_name: str) -> str:
         """E.g. ``gated_paper l1=2 lr=3e-4 seed=0``."""
@@ -226,14 +224,7 @@ def parse_sweep_config(raw: dict[str, Any], source: str = "config") -> SweepConf
     raw = dict(raw)
     if isinstance(raw.get("run"), dict):
         raw["run"] = {"output_path": str(Path(str(raw.get("output", "."))).parent), **raw["run"]}
-    try:
-        return SweepConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise GatedPluginError(f"{source}: invalid sweep config: {problems}") from None
+    return validated(SweepConfig, raw, source, "sweep config")
 
 
 def load_sweep_config(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
