@@ -35,7 +35,10 @@ table() {  # TITLE COMPARE-ARGS...: a section with its command and the tables
         --grid ablations --grid frontier --select architecture=gated_paper --y f1 \
         --reference gated_paper
     table "Resampling: F1 at equal L0" --grid resampling --y f1 --reference gated
-    table "Seeds at the setting nearest the true L0" --grid seeds --y mcc --reference gated
+    for y in mcc f1; do
+        table "Seeds at the setting nearest the true L0: $y" \
+            --grid seeds --grid seeds-encoder-init --y "$y" --reference gated
+    done
 } > "$TABLES.tmp"
 mv "$TABLES.tmp" "$TABLES"
 echo "Wrote $TABLES"

@@ -186,6 +186,14 @@ def test_only_the_bridge_re_types_objects() -> None:
     assert [module_name(p) for p in SRC.rglob("*.py") if p != BRIDGE and assigns_class(p)] == []
 
 
+def test_tests_mirror_the_package() -> None:
+    """Each test folder is named after the package room it tests."""
+    tests = Path(__file__).parent
+    rooms = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert folders <= rooms, f"test folders without a package room: {sorted(folders - rooms)}"
+
+
 def test_no_function_is_longer_than_90_lines() -> None:
     too_long = []
     for path in SRC.rglob("*.py"):

@@ -12,8 +12,8 @@ from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run.config import parse_config
-from sae_gated_plugin.run.resampling import ResamplingSettings, resample_dead_latents
+from sae_gated_plugin.run.config import ResamplingSettings, parse_config
+from sae_gated_plugin.run.resampling import resample_dead_latents
 from sae_gated_plugin.run.saelens_bridge import GuardedTrainer
 
 D_IN, D_SAE, BATCH, STEPS = 8, 16, 256, 120

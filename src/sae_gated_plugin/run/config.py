@@ -23,7 +23,6 @@ from sae_gated_plugin.arch.schema import (
     NormalizeActivations,
 )
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run.resampling import ResamplingSettings
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -39,6 +38,41 @@ PLUGIN_OWNED_RUNNER_FIELDS = frozenset({
 })  # fmt: skip
 """SAELens runner fields the plugin sets from its own config; the ``saelens:`` pass-through
 section may not set them (it could otherwise redirect outputs, as it once did)."""
+
+
+class ResamplingSettings(BaseModel):
+    """When and how dead latents are resampled (off unless a ``resampling:`` section is given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[int] = Field(
+        min_length=1, description="Optimiser steps after which dead latents are resampled."
+    )
+    dead_window: int = Field(
+        default=100,
+        gt=0,
+        description="A latent that has not fired for this many steps counts as dead.",
+    )
+    encoder_scale: float = Field(
+        default=0.2,
+        gt=0,
+        description="A revived encoder column's norm, relative to the alive columns' mean norm.",
+    )
+    lr_factor: float = Field(
+        default=0.1, gt=0, le=1, description="Learning-rate multiplier right after resampling."
+    )
+    lr_warm_up_steps: int = Field(
+        default=50, ge=0, description="Steps over which the learning rate climbs back to normal."
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _check_steps(cls, value: list[int]) -> list[int]:
+        if any(step <= 0 for step in value):
+            raise ValueError("resampling steps must be positive step counts")
+        if len(set(value)) != len(value):
+            raise ValueError("resampling steps must not repeat")
+        return sorted(value)
 
 
 class SAESettings(GatedPaperTrainingFields, InputCentring):

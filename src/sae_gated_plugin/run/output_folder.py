@@ -20,6 +20,11 @@ from typing import IO
 from sae_gated_plugin.arch.artifacts import CFG_FILENAME
 from sae_gated_plugin.errors import GatedPluginError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 LOCK_FILENAME = ".sae-gated.lock"
 """The lock file a running ``sae-gated train`` holds in its output folder."""
 
@@ -43,9 +48,7 @@ def check_no_finished_sae(path: Path, option: str = "output_path") -> None:
 
 
 def _try_lock(handle: IO[str]) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no locking
+    if fcntl is None:  # pragma: no cover - Windows: no locking
         return True
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

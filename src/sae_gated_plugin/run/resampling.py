@@ -23,52 +23,15 @@ SAELens has no resampling and no hook for it; ``GuardedTrainer.step`` calls
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import torch
 
 from sae_gated_plugin.errors import GatedPluginError
-
-if TYPE_CHECKING:
-    import torch
+from sae_gated_plugin.run.config import ResamplingSettings
 
 PER_LATENT_ZEROED = ("b_enc", "b_gate", "b_mag", "r_mag")
 """Per-latent parameters a resampled latent gets back at zero (r_mag 0: W_mag = W_gate)."""
-
-
-class ResamplingSettings(BaseModel):
-    """When and how dead latents are resampled (off unless a ``resampling:`` section is given)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    steps: list[int] = Field(
-        min_length=1, description="Optimiser steps after which dead latents are resampled."
-    )
-    dead_window: int = Field(
-        default=100,
-        gt=0,
-        description="A latent that has not fired for this many steps counts as dead.",
-    )
-    encoder_scale: float = Field(
-        default=0.2,
-        gt=0,
-        description="A revived encoder column's norm, relative to the alive columns' mean norm.",
-    )
-    lr_factor: float = Field(
-        default=0.1, gt=0, le=1, description="Learning-rate multiplier right after resampling."
-    )
-    lr_warm_up_steps: int = Field(
-        default=50, ge=0, description="Steps over which the learning rate climbs back to normal."
-    )
-
-    @field_validator("steps")
-    @classmethod
-    def _check_steps(cls, value: list[int]) -> list[int]:
-        if any(step <= 0 for step in value):
-            raise ValueError("resampling steps must be positive step counts")
-        if len(set(value)) != len(value):
-            raise ValueError("resampling steps must not repeat")
-        return sorted(value)
 
 
 def _per_latent_parameters(sae: Any) -> dict[str, torch.nn.Parameter]:
@@ -107,8 +70,6 @@ def resample_dead_latents(
 ) -> int:
     """Re-initialise the latents flagged in ``dead`` towards badly reconstructed rows of
     ``sae_in`` (the batch as the SAE sees it in training); returns how many were resampled."""
-    import torch
-
     index = dead.nonzero().squeeze(-1)
     n_dead = int(index.numel())
     if n_dead == 0:

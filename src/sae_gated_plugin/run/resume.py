@@ -13,6 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from sae_gated_plugin.arch.artifacts import (
@@ -108,8 +109,6 @@ def check_config_matches(cfg: TrainRunConfig, saved: dict[str, Any], source: Pat
 
 def check_checkpoint_files(checkpoint: Path) -> None:
     """Open every file of the checkpoint as training will; corrupted ones name the file."""
-    import torch
-
     missing = [name for name in CHECKPOINT_FILES if not (checkpoint / name).exists()]
     if missing:
         raise GatedPluginError(

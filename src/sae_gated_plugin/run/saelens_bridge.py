@@ -52,8 +52,8 @@ from sae_gated_plugin.errors import (
     TrainingInterruptedError,
 )
 from sae_gated_plugin.io import atomic_write_text, follow_umask, staging_folder
-from sae_gated_plugin.run.config import TrainRunConfig, check_cache_matches
-from sae_gated_plugin.run.resampling import DeadLatentResampler, ResamplingSettings
+from sae_gated_plugin.run.config import ResamplingSettings, TrainRunConfig, check_cache_matches
+from sae_gated_plugin.run.resampling import DeadLatentResampler
 from sae_gated_plugin.sources import (
     activation_width,
     announce,

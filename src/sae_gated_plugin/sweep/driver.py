@@ -114,7 +114,6 @@ def run_sweep(
         todo = [(i, p) for i, p in enumerate(points, start=1) if p.key() not in done]
         echo(f"Sweep of {len(points)} SAEs: {len(points) - len(todo)} already in {output}")
         if todo and config.stream == "synthetic":
-            from sae_gated_plugin.sources import resolve_device
 
             def write_synthetic(point: GridPoint, record: dict[str, Any], label: str) -> None:
                 results.append(record)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sae_gated_plugin.eval.splice import evaluate_sae
+
 if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
@@ -112,8 +114,6 @@ class HeldOutEvaluation:
 
     def evaluate(self, sae: SAE[Any]) -> EvalReport:
         """The paper's metrics for ``sae`` (its first call also measures the references)."""
-        from sae_gated_plugin.eval.splice import evaluate_sae
-
         was_training = getattr(sae, "training", False)
         sae.eval()
         try:

@@ -3,8 +3,7 @@
 Left: L0 (log scale) against loss recovered; right: L0 against the relative reconstruction bias
 gamma (1 = no shrinkage). One line per architecture / variant (and learning rate or resampling,
 where the plotted lines differ in them); where seeds repeat a point, it is their mean with
-standard-deviation error bars. Written as PNG and SVG. matplotlib (Agg, no display) is imported
-here only.
+standard-deviation error bars. Written as PNG and SVG with matplotlib's Agg backend (no display).
 """
 
 from __future__ import annotations
@@ -15,7 +14,11 @@ import statistics
 import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from sae_gated_plugin.io import file_mode
 from sae_gated_plugin.sweep.selection import (
@@ -26,9 +29,6 @@ from sae_gated_plugin.sweep.selection import (
     group_lines,
     read_selected,
 )
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 X_LABEL = "L0 (active latents per token, log scale)"
 
@@ -42,9 +42,6 @@ def build_figure(
     """The two-panel figure of ``records`` (one line per label of ``group_lines``): L0 against
     ``y``, and against gamma (language-model sweeps) or shrinkage (synthetic ones), with the
     true L0 marked where the results know it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator
 
     synthetic = not any(GAMMA in r for r in records)
     right = ("explained_variance" if y == "shrinkage" else "shrinkage") if synthetic else GAMMA
