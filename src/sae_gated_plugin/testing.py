@@ -1,28 +1,17 @@
-"""An in-memory Hugging Face Hub stand-in, for testing publishing code offline.
+"""An in-memory Hugging Face Hub stand-in on 127.0.0.1, for testing publishing code offline.
 
-:class:`LocalHub` is a small HTTP server (standard library only) that speaks enough of the Hub's
-HTTP API for the real ``huggingface_hub`` client to create repos, commit files, create branches,
-list and download files against it. It binds to ``127.0.0.1`` on a free port and keeps every repo
-in memory. Example::
-
-    with LocalHub() as hub:
-        api = HfApi(endpoint=hub.endpoint, token="hf_test_token")
-        api.create_repo("local-user/my-sae", private=True)
-        api.upload_folder(repo_id="local-user/my-sae", folder_path="out/")
-        assert "cfg.json" in hub.files("local-user/my-sae")
-
+:class:`LocalHub` (standard library only) speaks enough of the Hub's HTTP API for the real
+``huggingface_hub`` client to create and delete repos, commit, branch, list and download files.
 Notes for test writers:
 
-* ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import. Offline mode blocks requests to
-  ``127.0.0.1`` too, so unset it *and* set ``huggingface_hub.constants.HF_HUB_OFFLINE = False``.
-* Every token is accepted; the user is always ``local-user``. Write requests without a token are
-  answered 401, and private repos are invisible (404) to requests without a token, as on the Hub.
-* Files are always stored as regular git blobs (no LFS, no Xet), whatever their size.
-* ``HfApi.upload_folder`` with ``hf_xet`` installed (the default) retries a commit answered
-  429/500/502/503/504 up to 5 times, sleeping 1+2+4+8+8 s, so ``fail_next_commits = 1`` is
-  absorbed after a 1 s retry. To make one injected failure surface at once, set
-  :attr:`LocalHub.fail_status` to a status it does not retry, such as 507.
-  ``create_commit`` and ``upload_file`` do not retry commits.
+* ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` at import, and offline mode blocks ``127.0.0.1``
+  too: unset it *and* set ``huggingface_hub.constants.HF_HUB_OFFLINE = False``.
+* Every token is accepted as user ``local-user``. Writes without a token are answered 401, and
+  private repos are invisible (404) without one. Files are stored as regular git blobs (no LFS).
+* ``HfApi.upload_folder`` with ``hf_xet`` installed retries a commit answered 429/500/502/503/504
+  (first after 1 s), absorbing ``fail_next_commits = 1``; set :attr:`LocalHub.fail_status` to a
+  status it does not retry, such as 507, to make the failure surface. ``create_commit`` and
+  ``upload_file`` do not retry commits.
 """
 
 from __future__ import annotations
@@ -45,20 +34,20 @@ __all__ = ["LocalHub"]
 USER_NAME = "local-user"
 """The user every token authenticates as (``whoami`` answers this name)."""
 
-_LFS_EXTENSIONS = ("bin", "ckpt", "h5", "npy", "npz", "onnx", "pt", "pth", "safetensors", "zip")
-_DEFAULT_GITATTRIBUTES = "".join(
+_LFS_EXTENSIONS = ["bin", "ckpt", "h5", "npy", "npz", "onnx", "pt", "pth", "safetensors", "zip"]
+_GITATTRIBUTES = "".join(
     f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n" for ext in _LFS_EXTENSIONS
-).encode()
+)
 
-# Repo type -> its URL segment after /api/, and -> the prefix of its web and resolve URLs.
-_API_SEGMENT = {"model": "models", "dataset": "datasets", "space": "spaces"}
+# URL segment after /api/ -> repo type, and repo type -> prefix of its web and resolve URLs.
+_REPO_TYPE = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 
 _REPO = r"/api/(?P<segment>models|datasets|spaces)/(?P<repo_id>[^/]+/[^/]+)"
 _REV = r"/(?P<rev>[^/]+)"
-_RESOLVE = r"/(?:(?P<segment>datasets|spaces)/)?(?P<repo_id>[^/]+/[^/]+)/resolve"
+_RESOLVE = rf"/(?:(?P<segment>datasets|spaces)/)?(?P<repo_id>[^/]+/[^/]+)/resolve{_REV}"
 _ROUTES = [
     (methods.split(), re.compile(pattern), name, write)
     for methods, pattern, name, write in [
@@ -73,15 +62,12 @@ _ROUTES = [
         ("PUT", _REPO + "/settings", "settings", True),
         ("POST", _REPO + f"/preupload{_REV}", "preupload", True),
         ("POST", _REPO + f"/commit{_REV}", "commit", True),
-        ("POST DELETE", _REPO + f"/branch{_REV}", "branch", True),
-        ("GET HEAD", _RESOLVE + _REV + "/(?P<path>.+)", "resolve", False),
+        ("POST", _REPO + f"/branch{_REV}", "branch", True),
+        ("GET HEAD", _RESOLVE + "/(?P<path>.+)", "resolve", False),
     ]
 ]
-"""``(methods, pattern of the still percent-encoded path, handler, needs a token)``; a revision
-or a path may hold an encoded "/", so the path is split before it is decoded."""
-
-_Operation = tuple[str, Any, bytes]
-"""A parsed commit operation: kind (file, deletedFile, deletedFolder), path, content."""
+"""``(methods, pattern, handler, needs a token)``. Patterns match the still percent-encoded path:
+a revision or a file path may hold an encoded "/"."""
 
 
 def _git_blob_sha(content: bytes) -> str:
@@ -91,8 +77,7 @@ def _git_blob_sha(content: bytes) -> str:
 
 def _now_iso() -> str:
     """Current UTC time in the Hub's date format (``2024-01-31T12:00:00.000Z``)."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
 
 class _HubError(Exception):
@@ -118,12 +103,10 @@ class _Repo:
     repo_type: str
     repo_id: str
     private: bool
-    created_at: str = field(default_factory=_now_iso)
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, _Commit] = field(default_factory=dict)
 
     def add(self, commit: _Commit, branch: str) -> _Commit:
-        """Store ``commit`` and point ``branch`` at it."""
         self.commits.setdefault(commit.sha, commit)
         self.branches[branch] = commit.sha
         return commit
@@ -145,7 +128,6 @@ class _Repo:
             commit = self.commits[commit.parent] if commit.parent else None
 
     def url(self, base: str) -> str:
-        """The repo's web URL under ``base``."""
         return f"{base}/{_URL_PREFIX[self.repo_type]}{self.repo_id}"
 
 
@@ -164,12 +146,10 @@ def _private(body: dict[str, Any], default: bool) -> bool:
     return bool(body["private"]) if "private" in body else default
 
 
-def _parse_commit(body: bytes) -> tuple[Any, list[_Operation], list[bytes]]:
-    """The ndjson commit payload: its header, its operations and the texts it carries (summary,
-    description and file contents)."""
-    header: Any = None
-    operations: list[_Operation] = []
-    sent: list[bytes] = []
+def _parse_commit(body: bytes, sent: list[bytes]) -> tuple[Any, list[tuple[str, Any, bytes]]]:
+    """The ndjson commit payload's header and ``(kind, path, content)`` operations; appends the
+    texts it carries to ``sent``."""
+    header, operations = None, list[tuple[str, Any, bytes]]()
     for line in filter(bytes.strip, body.splitlines()):
         try:
             item = json.loads(line)
@@ -179,21 +159,17 @@ def _parse_commit(body: bytes) -> tuple[Any, list[_Operation], list[bytes]]:
         if key == "header":
             header = value
             sent += [str(value.get(k, "")).encode() for k in ("summary", "description")]
-        elif key == "file":
+        elif key in ("file", "deletedFile", "deletedFolder"):
             raw = value.get("content", "")
             content = base64.b64decode(raw) if value.get("encoding") == "base64" else raw.encode()
-            sent.append(content)
-            operations.append(("file", value.get("path"), content))
-        elif key in ("deletedFile", "deletedFolder"):
-            operations.append((key, value.get("path"), b""))
-        elif key == "lfsFile":
-            raise _HubError(400, "LocalHub stores regular files only: no LFS uploads")
-        else:
-            raise _HubError(400, f"Unknown commit operation: {key!r}")
-    return header, operations, sent
+            sent += [content] if key == "file" else []
+            operations.append((key, value.get("path"), content))
+        else:  # lfsFile among them: every file is committed inline
+            raise _HubError(400, f"Unknown commit operation for LocalHub: {key!r}")
+    return header, operations
 
 
-def _apply(files: dict[str, bytes], operations: list[_Operation]) -> None:
+def _apply(files: dict[str, bytes], operations: list[tuple[str, Any, bytes]]) -> None:
     """Apply commit operations to a file tree in place, as the Hub would (or refuse)."""
     for kind, raw_path, content in operations:
         path = _check_path(raw_path.rstrip("/") if isinstance(raw_path, str) else raw_path)
@@ -235,19 +211,12 @@ def _tree(files: dict[str, bytes], folder: str, recursive: bool) -> list[dict[st
 
 
 class LocalHub:
-    """In-memory Hugging Face Hub stand-in on 127.0.0.1 (free port).
-
-    Start it (``start()`` or ``with LocalHub() as hub:``), point the client at
-    :attr:`endpoint`, then inspect what arrived with :meth:`files`, :meth:`commits`,
-    :meth:`is_private`, :attr:`requests` and :meth:`all_uploaded_bytes`.
-
-    Repo ids must be ``namespace/name``. The inspection helpers take ``repo_type="model"`` by
-    default; dataset and space repos are stored the same way.
+    """In-memory Hub on a free port of 127.0.0.1: start it (``with LocalHub() as hub:``), point
+    the client at :attr:`endpoint`, then inspect what arrived. Repo ids are ``namespace/name``;
+    the inspection methods take ``repo_type="model"`` by default (datasets and spaces work alike).
 
     Attributes:
-        requests: ``(method, path)`` of every request received, in order. The path is
-            percent-decoded and has no query string, e.g.
-            ``("POST", "/api/models/local-user/x/commit/main")``.
+        requests: ``(method, percent-decoded path without query)`` of every request, in order.
         fail_next_commits: While > 0, each commit request is answered with HTTP
             :attr:`fail_status`, changes nothing and decrements this counter.
         fail_status: HTTP status of injected commit failures (default 500).
@@ -319,44 +288,37 @@ class LocalHub:
         return self._repos[repo_type, repo_id].private
 
     def all_uploaded_bytes(self) -> bytes:
-        """Everything clients sent as content, concatenated (newline-separated), in order.
-
-        Covers the decoded content of every file in every commit request (including commits
-        that failed or were rejected), the samples sent to the pre-upload endpoint, README
-        content sent for YAML validation, and commit summaries and descriptions. Use it to
-        assert that a secret was never published. Authorization headers are not included.
-        """
+        """Everything clients sent as content, newline-separated, in order: files in commit
+        requests (even failed or rejected ones), pre-upload samples, READMEs sent for YAML
+        validation, commit summaries and descriptions; no Authorization headers. Use it to
+        assert that a secret was never published."""
         with self._lock:
             return b"\n".join(self._uploaded)
 
     def _history(self, repo_id: str, repo_type: str, revision: str) -> list[_Commit]:
         """The history at ``revision``, newest first; KeyError (not a 404) if there is none."""
-        self.is_private(repo_id, repo_type=repo_type)
         with self._lock:
             try:
                 return list(self._repos[repo_type, repo_id].history(revision))
-            except _HubError:
-                raise KeyError(f"no revision {revision!r} in {repo_id!r}") from None
+            except (KeyError, _HubError):
+                raise KeyError(f"no {repo_type} repo {repo_id!r} at {revision!r}") from None
 
-    def _dispatch(self, req: _Handler) -> Any:
-        """The answer to one request, from the first route in :data:`_ROUTES` that matches it."""
-        path = urlsplit(req.path).path.rstrip("/")
-        found = [(m, route) for route in _ROUTES if (m := route[1].fullmatch(path))]
-        found = [(m, route) for m, route in found if req.command in route[0]]
-        if not found:
-            raise _HubError(404, f"LocalHub has no route for {req.command} {unquote(path)}")
-        match, (_, _, name, write) = found[0]
-        if write and not req.authed:
-            raise _HubError(401, "You must be authenticated (send a token) to write to LocalHub")
-        args: dict[str, Any] = {
-            key: unquote(value) for key, value in match.groupdict().items() if value
-        }
-        if "repo_id" in args:
-            segment = args.pop("segment", "models")
-            repo_type = next(t for t, seg in _API_SEGMENT.items() if seg == segment)
-            args["key"] = (repo_type, args.pop("repo_id"))
-        with self._lock:
-            return getattr(self, f"_api_{name}")(req, **args)
+    def _dispatch(self, req: _Handler, path: str) -> Any:
+        """The answer to a request for ``path`` from the first route of :data:`_ROUTES` it fits."""
+        for methods, pattern, name, write in _ROUTES:
+            match = pattern.fullmatch(path)
+            if not match or req.command not in methods:
+                continue
+            if write and not req.authed:
+                raise _HubError(401, "You must be authenticated (send a token) to write")
+            if req.flag("create_pr"):
+                raise _HubError(400, "LocalHub does not support pull requests (create_pr)")
+            args: dict[str, Any] = {k: unquote(v) for k, v in match.groupdict().items() if v}
+            if "repo_id" in args:
+                args["key"] = (_REPO_TYPE[args.pop("segment", "models")], args.pop("repo_id"))
+            with self._lock:
+                return getattr(self, f"_api_{name}")(req, **args)
+        raise _HubError(404, f"LocalHub has no route for {req.command} {unquote(path)}")
 
     def _repo(self, req: _Handler, key: tuple[str, str]) -> _Repo:
         """The repo ``(type, id)``; 404 if it is missing, or private and ``req`` has no token."""
@@ -365,7 +327,8 @@ class LocalHub:
             raise _HubError(404, f"Repository not found: {key[1]}", "RepoNotFound")
         return repo
 
-    def _repo_key(self, body: Any) -> tuple[str, str]:
+    @staticmethod
+    def _repo_key(body: Any) -> tuple[str, str]:
         """The ``(type, id)`` of the repo a create or delete request names."""
         if not isinstance(body, dict):
             raise _HubError(400, "Expected a JSON object")
@@ -380,30 +343,27 @@ class LocalHub:
     def _api_whoami(self, req: _Handler) -> Any:
         if not req.authed:
             raise _HubError(401, "Invalid credentials in Authorization header")
-        token = {"displayName": "local-hub-token", "role": "write"}
-        auth = {"type": "access_token", "accessToken": token}
-        user_id = hashlib.sha1(USER_NAME.encode()).hexdigest()[:24]
-        return {"type": "user", "id": user_id, "name": USER_NAME, "orgs": [], "auth": auth}
+        auth = {"type": "access_token", "accessToken": {"role": "write"}}
+        return {"type": "user", "name": USER_NAME, "orgs": [], "auth": auth}
 
     def _api_validate_yaml(self, req: _Handler) -> Any:
         body = req.json()
-        content = body.get("content", "") if isinstance(body, dict) else ""
         self._uploaded.append(
-            (content if isinstance(content, str) else json.dumps(content)).encode()
+            str(body.get("content", "") if isinstance(body, dict) else "").encode()
         )
         return {"errors": [], "warnings": []}
 
     def _api_create_repo(self, req: _Handler) -> Any:
         body = req.json()
         key = self._repo_key(body)
-        if key in self._repos:
-            # The client reads "url" from the 409 body when exist_ok=True.
-            url = self._repos[key].url(req.base_url)
+        if key in self._repos:  # the client reads "url" from the 409 when exist_ok=True
+            url = self._repos[key].url(req.server.endpoint)
             raise _HubError(409, f"You already created this {key[0]} repo", url=url)
         repo = self._repos[key] = _Repo(*key, private=_private(body, False))
-        files = {".gitattributes": _DEFAULT_GITATTRIBUTES}
-        repo.add(_Commit(None, "initial commit", "", files), "main")
-        return {"url": repo.url(req.base_url), "name": key[1], "id": key[1]}
+        repo.add(
+            _Commit(None, "initial commit", "", {".gitattributes": _GITATTRIBUTES.encode()}), "main"
+        )
+        return {"url": repo.url(req.server.endpoint), "name": key[1], "id": key[1]}
 
     def _api_delete_repo(self, req: _Handler) -> Any:
         key = self._repo_key(req.json())
@@ -422,13 +382,10 @@ class LocalHub:
         commit = repo.at(rev)
         return {
             "id": repo.repo_id,
-            "author": repo.repo_id.split("/")[0],
             "sha": commit.sha,
             "lastModified": commit.date,
-            "createdAt": repo.created_at,
             "private": repo.private,
             "siblings": [{"rfilename": path} for path in sorted(commit.files)],
-            "usedStorage": sum(len(v) for v in commit.files.values()),
         }
 
     def _api_tree(self, req: _Handler, key: tuple[str, str], rev: str, path: str = "") -> Any:
@@ -456,13 +413,6 @@ class LocalHub:
 
     def _api_branch(self, req: _Handler, key: tuple[str, str], rev: str) -> Any:
         repo = self._repo(req, key)
-        if req.command == "DELETE" and rev not in repo.branches:
-            raise _HubError(404, f"Branch not found: {rev}", "RevisionNotFound")
-        if req.command == "DELETE" and rev == "main":
-            raise _HubError(403, "Cannot delete the default branch")
-        if req.command == "DELETE":
-            del repo.branches[rev]
-            return {}
         if not _NAME_RE.fullmatch(rev) or _SHA_RE.fullmatch(rev):
             raise _HubError(400, f"Invalid branch name: {rev!r}")
         if rev in repo.branches:
@@ -473,31 +423,23 @@ class LocalHub:
         return {}
 
     def _api_preupload(self, req: _Handler, key: tuple[str, str], rev: str) -> Any:
-        if req.flag("create_pr"):
-            raise _HubError(400, "LocalHub does not support pull requests (create_pr)")
         body = req.json()
         entries = body.get("files") if isinstance(body, dict) else None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise _HubError(400, "Expected {'files': [{...}, ...]}")
         samples = [e["sample"] for e in entries if isinstance(e.get("sample"), str)]
-        self._uploaded.extend(base64.b64decode(sample) for sample in samples)
+        self._uploaded += [base64.b64decode(sample) for sample in samples]
         files = self._repo(req, key).at(rev).files
-        answer = []
-        for path in (_check_path(entry.get("path")) for entry in entries):
-            oid = _git_blob_sha(files[path]) if path in files else None
-            answer.append(
-                {"path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": oid}
-            )
-        return {"files": answer}
+        answer = {"uploadMode": "regular", "shouldIgnore": False}
+        paths = [_check_path(e.get("path")) for e in entries]
+        oids = {p: _git_blob_sha(files[p]) for p in paths if p in files}
+        return {"files": [{"path": p, "oid": oids.get(p), **answer} for p in paths]}
 
     def _api_commit(self, req: _Handler, key: tuple[str, str], rev: str) -> Any:
-        header, operations, sent = _parse_commit(req.body)
-        self._uploaded.extend(sent)
+        header, operations = _parse_commit(req.body, self._uploaded)
         if self.fail_next_commits > 0:
             self.fail_next_commits -= 1
             raise _HubError(self.fail_status, "Injected failure (LocalHub.fail_next_commits)")
-        if req.flag("create_pr"):
-            raise _HubError(400, "LocalHub does not support pull requests (create_pr)")
         if not isinstance(header, dict) or not header.get("summary"):
             raise _HubError(400, "Commit header with a non-empty summary is required")
         repo = self._repo(req, key)
@@ -510,21 +452,19 @@ class LocalHub:
         _apply(files, operations)
         summary, description = str(header["summary"]), str(header.get("description") or "")
         commit = repo.add(_Commit(head.sha, summary, description, files), rev)
-        url = f"{repo.url(req.base_url)}/commit/{commit.sha}"
+        url = f"{repo.url(req.server.endpoint)}/commit/{commit.sha}"
         return {"commitUrl": url, "commitOid": commit.sha, "pullRequestUrl": None}
 
     def _api_resolve(self, req: _Handler, key: tuple[str, str], rev: str, path: str) -> Any:
         commit = self._repo(req, key).at(rev)
         if path not in commit.files:
             raise _HubError(404, f"Entry not found: {path}", "EntryNotFound")
-        content = commit.files[path]
         headers = {
             "Content-Type": "application/octet-stream",
-            "ETag": f'"{_git_blob_sha(content)}"',
+            "ETag": f'"{_git_blob_sha(commit.files[path])}"',
             "X-Repo-Commit": commit.sha,
-            "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
         }
-        return 200, content, headers
+        return 200, commit.files[path], headers
 
 
 class _Server(ThreadingHTTPServer):
@@ -534,11 +474,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, hub: LocalHub) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.hub = hub
-        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.serve_forever, args=(0.05,), daemon=True, name="LocalHub"
-        )
+        self.hub, self.endpoint = hub, f"http://127.0.0.1:{self.server_address[1]}"
+        self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet: a client that disconnects early is not worth a traceback."""
@@ -559,15 +496,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         auth = self.headers.get("Authorization", "")
         self.authed = auth.lower().startswith("bearer ") and bool(auth[7:].strip())
-        self.base_url = self.server.endpoint
-        url = urlsplit(self.path)
+        url, hub = urlsplit(self.path), self.server.hub
         self.query = parse_qs(url.query)
-        hub = self.server.hub
         with hub._lock:
             hub.requests.append((self.command, unquote(url.path)))
         headers: dict[str, str] = {}
         try:
-            answer = hub._dispatch(self)
+            answer = hub._dispatch(self, url.path.rstrip("/"))
             status, body, headers = answer if isinstance(answer, tuple) else (200, answer, {})
         except _HubError as err:
             status, body = err.status, {**err.extra, "error": err.message}
@@ -578,12 +513,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, bytes):
             body = json.dumps(body).encode()
             headers = {"Content-Type": "application/json", **headers}
-        self.send(status, body, headers)
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
-
-    def send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        """Answer with ``body`` (only its headers for HEAD)."""
         self.send_response(status)
         for name, value in {**headers, "Content-Length": str(len(body))}.items():
             self.send_header(name, value)
@@ -591,6 +520,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
     def json(self) -> Any:
         """The body parsed as JSON (``None`` if empty); 400 if it is not JSON."""
