@@ -1,8 +1,7 @@
 """An in-memory Hugging Face Hub stand-in on 127.0.0.1, for testing publishing code offline.
 
 :class:`LocalHub` (standard library only) speaks enough of the Hub's HTTP API for the real
-``huggingface_hub`` client to create and delete repos, commit, branch, list and download files.
-Notes for test writers:
+``huggingface_hub`` client to create and delete model repos, commit, branch, list and download.
 
 * ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` at import, and offline mode blocks ``127.0.0.1``
   too: unset it *and* set ``huggingface_hub.constants.HF_HUB_OFFLINE = False``.
@@ -34,50 +33,34 @@ __all__ = ["LocalHub"]
 USER_NAME = "local-user"
 """The user every token authenticates as (``whoami`` answers this name)."""
 
-_LFS_EXTENSIONS = ["bin", "ckpt", "h5", "npy", "npz", "onnx", "pt", "pth", "safetensors", "zip"]
-_GITATTRIBUTES = "".join(
-    f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n" for ext in _LFS_EXTENSIONS
-)
-
-# URL segment after /api/ -> repo type, and repo type -> prefix of its web and resolve URLs.
-_REPO_TYPE = {"models": "model", "datasets": "dataset", "spaces": "space"}
-_URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+_GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 
-_REPO = r"/api/(?P<segment>models|datasets|spaces)/(?P<repo_id>[^/]+/[^/]+)"
+_REPO = r"/api/models/(?P<repo_id>[^/]+/[^/]+)"
 _REV = r"/(?P<rev>[^/]+)"
-_RESOLVE = rf"/(?:(?P<segment>datasets|spaces)/)?(?P<repo_id>[^/]+/[^/]+)/resolve{_REV}"
 _ROUTES = [
-    (methods.split(), re.compile(pattern), name, write)
-    for methods, pattern, name, write in [
-        ("GET", r"/api/whoami-v2", "whoami", False),
-        ("POST", r"/api/validate-yaml", "validate_yaml", False),
-        ("POST", r"/api/repos/create", "create_repo", True),
-        ("DELETE", r"/api/repos/delete", "delete_repo", True),
-        ("GET", _REPO + f"(?:/revision{_REV})?", "repo_info", False),
-        ("GET", _REPO + f"/tree{_REV}(?:/(?P<path>.*))?", "tree", False),
-        ("GET", _REPO + f"/commits{_REV}", "list_commits", False),
-        ("GET", _REPO + "/refs", "refs", False),
-        ("PUT", _REPO + "/settings", "settings", True),
-        ("POST", _REPO + f"/preupload{_REV}", "preupload", True),
-        ("POST", _REPO + f"/commit{_REV}", "commit", True),
-        ("POST", _REPO + f"/branch{_REV}", "branch", True),
-        ("GET HEAD", _RESOLVE + "/(?P<path>.+)", "resolve", False),
-    ]
+    ("GET", r"/api/whoami-v2", "whoami", True),
+    ("POST", r"/api/validate-yaml", "validate_yaml", False),
+    ("POST", r"/api/repos/create", "create_repo", True),
+    ("DELETE", r"/api/repos/delete", "delete_repo", True),
+    ("GET", _REPO + f"(?:/revision{_REV})?", "repo_info", False),
+    ("GET", _REPO + f"/tree{_REV}(?:/(?P<path>.*))?", "tree", False),
+    ("GET", _REPO + f"/commits{_REV}", "list_commits", False),
+    ("GET", _REPO + "/refs", "refs", False),
+    ("PUT", _REPO + "/settings", "settings", True),
+    ("POST", _REPO + f"/preupload{_REV}", "preupload", True),
+    ("POST", _REPO + f"/commit{_REV}", "commit", True),
+    ("POST", _REPO + f"/branch{_REV}", "branch", True),
+    ("GET HEAD", rf"/(?P<repo_id>[^/]+/[^/]+)/resolve{_REV}/(?P<path>.+)", "resolve", False),
 ]
-"""``(methods, pattern, handler, needs a token)``. Patterns match the still percent-encoded path:
-a revision or a file path may hold an encoded "/"."""
+"""``(methods, pattern, handler, answered 401 without a token)``. The patterns match the path
+still percent-encoded, as a revision or a file path may hold an encoded "/"."""
 
 
 def _git_blob_sha(content: bytes) -> str:
     """The git object id of a blob, which the Hub uses as the ETag of a regular file."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
-
-
-def _now_iso() -> str:
-    """Current UTC time in the Hub's date format (``2024-01-31T12:00:00.000Z``)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
 
 class _HubError(Exception):
@@ -92,15 +75,14 @@ class _HubError(Exception):
 class _Commit:
     parent: str | None
     summary: str
-    description: str
+    message: str  # the summary, then the description if any
     files: dict[str, bytes]
     sha: str = field(default_factory=lambda: secrets.token_hex(20))
-    date: str = field(default_factory=_now_iso)
+    date: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 @dataclass
 class _Repo:
-    repo_type: str
     repo_id: str
     private: bool
     branches: dict[str, str] = field(default_factory=dict)
@@ -127,9 +109,6 @@ class _Repo:
             yield commit
             commit = self.commits[commit.parent] if commit.parent else None
 
-    def url(self, base: str) -> str:
-        return f"{base}/{_URL_PREFIX[self.repo_type]}{self.repo_id}"
-
 
 def _check_path(path: Any) -> str:
     """Validate a file path inside a repo; raise 400 for anything git would not store."""
@@ -143,7 +122,7 @@ def _private(body: dict[str, Any], default: bool) -> bool:
     """The visibility a create or settings request asks for (``default`` if it says nothing)."""
     if body.get("visibility"):
         return body["visibility"] in ("private", "protected")
-    return bool(body["private"]) if "private" in body else default
+    return bool(body.get("private", default))
 
 
 def _parse_commit(body: bytes, sent: list[bytes]) -> tuple[Any, list[tuple[str, Any, bytes]]]:
@@ -212,8 +191,7 @@ def _tree(files: dict[str, bytes], folder: str, recursive: bool) -> list[dict[st
 
 class LocalHub:
     """In-memory Hub on a free port of 127.0.0.1: start it (``with LocalHub() as hub:``), point
-    the client at :attr:`endpoint`, then inspect what arrived. Repo ids are ``namespace/name``;
-    the inspection methods take ``repo_type="model"`` by default (datasets and spaces work alike).
+    the client at :attr:`endpoint`, then inspect what arrived. Repo ids are ``namespace/name``.
 
     Attributes:
         requests: ``(method, percent-decoded path without query)`` of every request, in order.
@@ -228,7 +206,7 @@ class LocalHub:
         self.fail_next_commits: int = 0
         self.fail_status: int = 500
         self._lock = threading.RLock()
-        self._repos: dict[tuple[str, str], _Repo] = {}
+        self._repos: dict[str, _Repo] = {}
         self._uploaded: list[bytes] = []
         self._server: _Server | None = None
 
@@ -263,29 +241,23 @@ class LocalHub:
         """Stop the hub."""
         self.stop()
 
-    def repo_exists(self, repo_id: str, *, repo_type: str = "model") -> bool:
+    def repo_exists(self, repo_id: str) -> bool:
         """Whether the repo exists (created and not deleted)."""
-        return (repo_type, repo_id) in self._repos
+        return repo_id in self._repos
 
-    def files(
-        self, repo_id: str, revision: str = "main", *, repo_type: str = "model"
-    ) -> dict[str, bytes]:
+    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """Snapshot of the repo at ``revision`` (branch or commit sha): path -> content.
         KeyError if the repo or the revision does not exist."""
-        return dict(self._history(repo_id, repo_type, revision)[0].files)
+        return dict(self._history(repo_id, revision)[0].files)
 
-    def commits(
-        self, repo_id: str, revision: str = "main", *, repo_type: str = "model"
-    ) -> list[str]:
+    def commits(self, repo_id: str, revision: str = "main") -> list[str]:
         """Commit shas in the history of ``revision``, oldest (the repo's initial commit) first.
         KeyError if the repo or the revision does not exist."""
-        return [c.sha for c in self._history(repo_id, repo_type, revision)][::-1]
+        return [c.sha for c in self._history(repo_id, revision)][::-1]
 
-    def is_private(self, repo_id: str, *, repo_type: str = "model") -> bool:
+    def is_private(self, repo_id: str) -> bool:
         """Whether the repo was created private (or later made private); KeyError if no repo."""
-        if not self.repo_exists(repo_id, repo_type=repo_type):
-            raise KeyError(f"no {repo_type} repo {repo_id!r} on this LocalHub")
-        return self._repos[repo_type, repo_id].private
+        return self._repos[repo_id].private
 
     def all_uploaded_bytes(self) -> bytes:
         """Everything clients sent as content, newline-separated, in order: files in commit
@@ -295,90 +267,81 @@ class LocalHub:
         with self._lock:
             return b"\n".join(self._uploaded)
 
-    def _history(self, repo_id: str, repo_type: str, revision: str) -> list[_Commit]:
-        """The history at ``revision``, newest first; KeyError (not a 404) if there is none."""
+    def _history(self, repo_id: str, revision: str) -> list[_Commit]:
         with self._lock:
             try:
-                return list(self._repos[repo_type, repo_id].history(revision))
+                return list(self._repos[repo_id].history(revision))
             except (KeyError, _HubError):
-                raise KeyError(f"no {repo_type} repo {repo_id!r} at {revision!r}") from None
+                raise KeyError(f"no repo {repo_id!r} with revision {revision!r}") from None
 
     def _dispatch(self, req: _Handler, path: str) -> Any:
         """The answer to a request for ``path`` from the first route of :data:`_ROUTES` it fits."""
         for methods, pattern, name, write in _ROUTES:
-            match = pattern.fullmatch(path)
-            if not match or req.command not in methods:
+            match = re.fullmatch(pattern, path)
+            if not match or req.command not in methods.split():
                 continue
             if write and not req.authed:
-                raise _HubError(401, "You must be authenticated (send a token) to write")
+                raise _HubError(401, "Invalid credentials: send a token")
             if req.flag("create_pr"):
                 raise _HubError(400, "LocalHub does not support pull requests (create_pr)")
-            args: dict[str, Any] = {k: unquote(v) for k, v in match.groupdict().items() if v}
-            if "repo_id" in args:
-                args["key"] = (_REPO_TYPE[args.pop("segment", "models")], args.pop("repo_id"))
+            args = {k: unquote(v) for k, v in match.groupdict().items() if v}
             with self._lock:
                 return getattr(self, f"_api_{name}")(req, **args)
         raise _HubError(404, f"LocalHub has no route for {req.command} {unquote(path)}")
 
-    def _repo(self, req: _Handler, key: tuple[str, str]) -> _Repo:
-        """The repo ``(type, id)``; 404 if it is missing, or private and ``req`` has no token."""
-        repo = self._repos.get(key)
+    def _repo(self, req: _Handler, repo_id: str) -> _Repo:
+        """The repo; 404 if it is missing, or private and ``req`` has no token."""
+        repo = self._repos.get(repo_id)
         if repo is None or (repo.private and not req.authed):
-            raise _HubError(404, f"Repository not found: {key[1]}", "RepoNotFound")
+            raise _HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
         return repo
 
     @staticmethod
-    def _repo_key(body: Any) -> tuple[str, str]:
-        """The ``(type, id)`` of the repo a create or delete request names."""
+    def _repo_id(body: Any) -> str:
+        """The id of the model repo a create or delete request names; 400 if invalid."""
         if not isinstance(body, dict):
             raise _HubError(400, "Expected a JSON object")
+        if (body.get("type") or "model") != "model":
+            raise _HubError(400, f"LocalHub serves model repos only, not {body['type']!r}")
         name, org = body.get("name"), body.get("organization") or USER_NAME
-        repo_type = body.get("type") or "model"
-        if repo_type not in _URL_PREFIX:
-            raise _HubError(400, f"Invalid repo type: {repo_type!r}")
         if not all(isinstance(part, str) and _NAME_RE.fullmatch(part) for part in (org, name)):
             raise _HubError(400, f"Invalid repo name: {org}/{name}")
-        return repo_type, f"{org}/{name}"
+        return f"{org}/{name}"
 
     def _api_whoami(self, req: _Handler) -> Any:
-        if not req.authed:
-            raise _HubError(401, "Invalid credentials in Authorization header")
         auth = {"type": "access_token", "accessToken": {"role": "write"}}
         return {"type": "user", "name": USER_NAME, "orgs": [], "auth": auth}
 
     def _api_validate_yaml(self, req: _Handler) -> Any:
         body = req.json()
-        self._uploaded.append(
-            str(body.get("content", "") if isinstance(body, dict) else "").encode()
-        )
+        content = body.get("content", "") if isinstance(body, dict) else ""
+        self._uploaded.append(str(content).encode())
         return {"errors": [], "warnings": []}
 
     def _api_create_repo(self, req: _Handler) -> Any:
         body = req.json()
-        key = self._repo_key(body)
-        if key in self._repos:  # the client reads "url" from the 409 when exist_ok=True
-            url = self._repos[key].url(req.server.endpoint)
-            raise _HubError(409, f"You already created this {key[0]} repo", url=url)
-        repo = self._repos[key] = _Repo(*key, private=_private(body, False))
-        repo.add(
-            _Commit(None, "initial commit", "", {".gitattributes": _GITATTRIBUTES.encode()}), "main"
-        )
-        return {"url": repo.url(req.server.endpoint), "name": key[1], "id": key[1]}
+        repo_id = self._repo_id(body)
+        if repo_id in self._repos:  # the client reads "url" from the 409 when exist_ok=True
+            url = f"{req.server.endpoint}/{repo_id}"
+            raise _HubError(409, "You already created this model repo", url=url)
+        repo = self._repos[repo_id] = _Repo(repo_id, _private(body, False))
+        repo.add(_Commit(None, "initial commit", "", {".gitattributes": _GITATTRIBUTES}), "main")
+        return {"url": f"{req.server.endpoint}/{repo_id}", "name": repo_id, "id": repo_id}
 
     def _api_delete_repo(self, req: _Handler) -> Any:
-        key = self._repo_key(req.json())
-        if self._repos.pop(key, None) is None:
-            raise _HubError(404, f"Repository not found: {key[1]}", "RepoNotFound")
+        repo_id = self._repo_id(req.json())
+        if self._repos.pop(repo_id, None) is None:
+            raise _HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
         return {}
 
-    def _api_settings(self, req: _Handler, key: tuple[str, str]) -> Any:
-        repo, body = self._repo(req, key), req.json()
+    def _api_settings(self, req: _Handler, repo_id: str) -> Any:
+        repo, body = self._repo(req, repo_id), req.json()
         if isinstance(body, dict):
             repo.private = _private(body, repo.private)
         return {}
 
-    def _api_repo_info(self, req: _Handler, key: tuple[str, str], rev: str = "main") -> Any:
-        repo = self._repo(req, key)
+    def _api_repo_info(self, req: _Handler, repo_id: str, rev: str = "main") -> Any:
+        repo = self._repo(req, repo_id)
         commit = repo.at(rev)
         return {
             "id": repo.repo_id,
@@ -388,31 +351,26 @@ class LocalHub:
             "siblings": [{"rfilename": path} for path in sorted(commit.files)],
         }
 
-    def _api_tree(self, req: _Handler, key: tuple[str, str], rev: str, path: str = "") -> Any:
-        files = self._repo(req, key).at(rev).files
+    def _api_tree(self, req: _Handler, repo_id: str, rev: str, path: str = "") -> Any:
+        files = self._repo(req, repo_id).at(rev).files
         return _tree(files, path.strip("/"), req.flag("recursive"))
 
-    def _api_refs(self, req: _Handler, key: tuple[str, str]) -> Any:
+    def _api_refs(self, req: _Handler, repo_id: str) -> Any:
         branches = [
             {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
-            for name, sha in sorted(self._repo(req, key).branches.items())
+            for name, sha in sorted(self._repo(req, repo_id).branches.items())
         ]
         return {"branches": branches, "converts": [], "tags": [], "pullRequests": []}
 
-    def _api_list_commits(self, req: _Handler, key: tuple[str, str], rev: str) -> Any:
+    def _api_list_commits(self, req: _Handler, repo_id: str, rev: str) -> Any:
+        user = [{"user": USER_NAME}]
         return [
-            {
-                "id": c.sha,
-                "title": c.summary,
-                "message": "\n\n".join(filter(None, (c.summary, c.description))),
-                "authors": [{"user": USER_NAME}],
-                "date": c.date,
-            }
-            for c in self._repo(req, key).history(rev)
+            {"id": c.sha, "title": c.summary, "message": c.message, "date": c.date, "authors": user}
+            for c in self._repo(req, repo_id).history(rev)
         ]
 
-    def _api_branch(self, req: _Handler, key: tuple[str, str], rev: str) -> Any:
-        repo = self._repo(req, key)
+    def _api_branch(self, req: _Handler, repo_id: str, rev: str) -> Any:
+        repo = self._repo(req, repo_id)
         if not _NAME_RE.fullmatch(rev) or _SHA_RE.fullmatch(rev):
             raise _HubError(400, f"Invalid branch name: {rev!r}")
         if rev in repo.branches:
@@ -422,27 +380,26 @@ class LocalHub:
         repo.add(repo.at(start or "main"), rev)
         return {}
 
-    def _api_preupload(self, req: _Handler, key: tuple[str, str], rev: str) -> Any:
+    def _api_preupload(self, req: _Handler, repo_id: str, rev: str) -> Any:
         body = req.json()
         entries = body.get("files") if isinstance(body, dict) else None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise _HubError(400, "Expected {'files': [{...}, ...]}")
-        samples = [e["sample"] for e in entries if isinstance(e.get("sample"), str)]
-        self._uploaded += [base64.b64decode(sample) for sample in samples]
-        files = self._repo(req, key).at(rev).files
+        self._uploaded += [base64.b64decode(e["sample"]) for e in entries if "sample" in e]
+        files = self._repo(req, repo_id).at(rev).files
         answer = {"uploadMode": "regular", "shouldIgnore": False}
         paths = [_check_path(e.get("path")) for e in entries]
         oids = {p: _git_blob_sha(files[p]) for p in paths if p in files}
         return {"files": [{"path": p, "oid": oids.get(p), **answer} for p in paths]}
 
-    def _api_commit(self, req: _Handler, key: tuple[str, str], rev: str) -> Any:
+    def _api_commit(self, req: _Handler, repo_id: str, rev: str) -> Any:
         header, operations = _parse_commit(req.body, self._uploaded)
         if self.fail_next_commits > 0:
             self.fail_next_commits -= 1
             raise _HubError(self.fail_status, "Injected failure (LocalHub.fail_next_commits)")
         if not isinstance(header, dict) or not header.get("summary"):
             raise _HubError(400, "Commit header with a non-empty summary is required")
-        repo = self._repo(req, key)
+        repo = self._repo(req, repo_id)
         head = repo.at(rev)
         if rev not in repo.branches:
             raise _HubError(400, f"Can only commit to a branch, not {rev!r}")
@@ -451,20 +408,17 @@ class LocalHub:
         files = dict(head.files)
         _apply(files, operations)
         summary, description = str(header["summary"]), str(header.get("description") or "")
-        commit = repo.add(_Commit(head.sha, summary, description, files), rev)
-        url = f"{repo.url(req.server.endpoint)}/commit/{commit.sha}"
+        message = "\n\n".join(filter(None, (summary, description)))
+        commit = repo.add(_Commit(head.sha, summary, message, files), rev)
+        url = f"{req.server.endpoint}/{repo_id}/commit/{commit.sha}"
         return {"commitUrl": url, "commitOid": commit.sha, "pullRequestUrl": None}
 
-    def _api_resolve(self, req: _Handler, key: tuple[str, str], rev: str, path: str) -> Any:
-        commit = self._repo(req, key).at(rev)
+    def _api_resolve(self, req: _Handler, repo_id: str, rev: str, path: str) -> Any:
+        commit = self._repo(req, repo_id).at(rev)
         if path not in commit.files:
             raise _HubError(404, f"Entry not found: {path}", "EntryNotFound")
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "ETag": f'"{_git_blob_sha(commit.files[path])}"',
-            "X-Repo-Commit": commit.sha,
-        }
-        return 200, commit.files[path], headers
+        etag = f'"{_git_blob_sha(commit.files[path])}"'
+        return 200, commit.files[path], {"ETag": etag, "X-Repo-Commit": commit.sha}
 
 
 class _Server(ThreadingHTTPServer):
@@ -498,8 +452,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.authed = auth.lower().startswith("bearer ") and bool(auth[7:].strip())
         url, hub = urlsplit(self.path), self.server.hub
         self.query = parse_qs(url.query)
-        with hub._lock:
-            hub.requests.append((self.command, unquote(url.path)))
+        hub.requests.append((self.command, unquote(url.path)))  # atomic: no lock needed
         headers: dict[str, str] = {}
         try:
             answer = hub._dispatch(self, url.path.rstrip("/"))
@@ -531,9 +484,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubError(400, f"Invalid JSON body: {err}") from err
 
     def flag(self, name: str) -> bool:
-        """Whether the query string sets ``name`` (or ``name[]``) to true."""
-        values = self.query.get(name) or self.query.get(f"{name}[]") or []
-        return any(v.lower() in ("1", "true") for v in values)
+        """Whether the query string sets ``name`` to true."""
+        return any(v.lower() in ("1", "true") for v in self.query.get(name, []))
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: no request logging to stderr."""
