@@ -8,9 +8,8 @@
 * Every token is accepted as user ``local-user``. Writes without a token are answered 401, and
   private repos are invisible (404) without one. Files are stored as regular git blobs (no LFS).
 * ``HfApi.upload_folder`` with ``hf_xet`` installed retries a commit answered 429/500/502/503/504
-  (first after 1 s), absorbing ``fail_next_commits = 1``; set :attr:`LocalHub.fail_status` to a
-  status it does not retry, such as 507, to make the failure surface. ``create_commit`` and
-  ``upload_file`` do not retry commits.
+  after 1 s, absorbing ``fail_next_commits = 1``: set :attr:`LocalHub.fail_status` to 507 (not
+  retried) to make it surface. ``create_commit`` and ``upload_file`` do not retry commits.
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ _ROUTES = [
     ("POST", _REPO + f"/branch{_REV}", "branch", True),
     ("GET HEAD", rf"/(?P<repo_id>[^/]+/[^/]+)/resolve{_REV}/(?P<path>.+)", "resolve", False),
 ]
-"""``(methods, pattern, handler, answered 401 without a token)``. The patterns match the path
-still percent-encoded, as a revision or a file path may hold an encoded "/"."""
+"""``(methods, pattern, handler, 401 without a token)``; a pattern sees the path undecoded."""
 
 
 def _git_blob_sha(content: bytes) -> str:
@@ -182,11 +180,8 @@ def _tree(files: dict[str, bytes], folder: str, recursive: bool) -> list[dict[st
     if folder and entries.get(folder, {}).get("type") != "directory":
         raise _HubError(404, f"Entry not found: {folder} is not a folder", "EntryNotFound")
     prefix = f"{folder}/" if folder else ""
-    return [
-        entry
-        for path, entry in sorted(entries.items())
-        if path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :])
-    ]
+    below = {p[len(prefix) :]: e for p, e in sorted(entries.items()) if p.startswith(prefix)}
+    return [entry for rest, entry in below.items() if recursive or "/" not in rest]
 
 
 class LocalHub:
@@ -229,9 +224,8 @@ class LocalHub:
         """Stop serving and close the listening socket (idempotent)."""
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
+            server.shutdown()  # returns once serve_forever (the thread's only work) has returned
             server.server_close()
-            server.thread.join(timeout=5)
 
     def __enter__(self) -> LocalHub:
         """Start the hub."""
@@ -268,11 +262,10 @@ class LocalHub:
             return b"\n".join(self._uploaded)
 
     def _history(self, repo_id: str, revision: str) -> list[_Commit]:
-        with self._lock:
-            try:
-                return list(self._repos[repo_id].history(revision))
-            except (KeyError, _HubError):
-                raise KeyError(f"no repo {repo_id!r} with revision {revision!r}") from None
+        try:  # no lock: commits are never changed once stored
+            return list(self._repos[repo_id].history(revision))
+        except (KeyError, _HubError):
+            raise KeyError(f"no repo {repo_id!r} with revision {revision!r}") from None
 
     def _dispatch(self, req: _Handler, path: str) -> Any:
         """The answer to a request for ``path`` from the first route of :data:`_ROUTES` it fits."""
@@ -284,6 +277,7 @@ class LocalHub:
                 raise _HubError(401, "Invalid credentials: send a token")
             if req.flag("create_pr"):
                 raise _HubError(400, "LocalHub does not support pull requests (create_pr)")
+            # Decode after matching: a revision or a file path may hold an encoded "/".
             args = {k: unquote(v) for k, v in match.groupdict().items() if v}
             with self._lock:
                 return getattr(self, f"_api_{name}")(req, **args)
@@ -343,13 +337,9 @@ class LocalHub:
     def _api_repo_info(self, req: _Handler, repo_id: str, rev: str = "main") -> Any:
         repo = self._repo(req, repo_id)
         commit = repo.at(rev)
-        return {
-            "id": repo.repo_id,
-            "sha": commit.sha,
-            "lastModified": commit.date,
-            "private": repo.private,
-            "siblings": [{"rfilename": path} for path in sorted(commit.files)],
-        }
+        siblings = [{"rfilename": path} for path in sorted(commit.files)]
+        info = {"id": repo_id, "sha": commit.sha, "private": repo.private, "siblings": siblings}
+        return {**info, "lastModified": commit.date}
 
     def _api_tree(self, req: _Handler, repo_id: str, rev: str, path: str = "") -> Any:
         files = self._repo(req, repo_id).at(rev).files
@@ -375,7 +365,7 @@ class LocalHub:
             raise _HubError(400, f"Invalid branch name: {rev!r}")
         if rev in repo.branches:
             raise _HubError(409, f"Reference already exists: refs/heads/{rev}")
-        body = req.json() if req.body else {}
+        body = req.json()
         start = body.get("startingPoint") if isinstance(body, dict) else None
         repo.add(repo.at(start or "main"), rev)
         return {}
@@ -453,7 +443,6 @@ class _Handler(BaseHTTPRequestHandler):
         url, hub = urlsplit(self.path), self.server.hub
         self.query = parse_qs(url.query)
         hub.requests.append((self.command, unquote(url.path)))  # atomic: no lock needed
-        headers: dict[str, str] = {}
         try:
             answer = hub._dispatch(self, url.path.rstrip("/"))
             status, body, headers = answer if isinstance(answer, tuple) else (200, answer, {})
@@ -462,14 +451,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": err.message.encode("ascii", "replace").decode()}
             headers |= {"X-Error-Code": err.code} if err.code else {}
         except Exception as err:  # report server bugs to the client, not to stderr
-            status, body = 500, {"error": f"LocalHub internal error: {err!r}"}
+            status, body, headers = 500, {"error": f"LocalHub internal error: {err!r}"}, {}
         if not isinstance(body, bytes):
             body = json.dumps(body).encode()
             headers = {"Content-Type": "application/json", **headers}
         self.send_response(status)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+        headers |= {"Content-Length": str(len(body)), "Connection": "close"}
+        for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
