@@ -227,6 +227,34 @@ def test_create_commit_with_delete(hub: LocalHub, api: HfApi, tmp_path: Path) ->
     assert len(hub.commits(repo_id)) == n_commits + 1
 
 
+def test_tree_listing_and_stale_parent(hub: LocalHub, api: HfApi, tmp_path: Path) -> None:
+    repo_id = _new_repo(api)
+    api.upload_folder(repo_id=repo_id, folder_path=_write_folder(tmp_path / "out", FOLDER))
+    top = {entry.path: type(entry).__name__ for entry in api.list_repo_tree(repo_id)}
+    assert top == {
+        ".gitattributes": "RepoFile",
+        "cfg.json": "RepoFile",
+        "sae_weights.safetensors": "RepoFile",
+        "sub": "RepoFolder",
+    }
+    sub = api.list_repo_tree(repo_id, path_in_repo="sub", recursive=True)
+    assert [entry.path for entry in sub] == ["sub/dir", "sub/dir/notes.txt"]
+    with pytest.raises(EntryNotFoundError):
+        list(api.list_repo_tree(repo_id, path_in_repo="cfg.json"))
+
+    # A commit whose parent is no longer the branch head is refused and changes nothing.
+    commits = hub.commits(repo_id)
+    with pytest.raises(HfHubHTTPError) as excinfo:
+        api.create_commit(
+            repo_id=repo_id,
+            operations=[CommitOperationAdd(path_in_repo="a.txt", path_or_fileobj=b"a")],
+            commit_message="stale",
+            parent_commit=commits[0],
+        )
+    assert excinfo.value.response.status_code == 412
+    assert hub.commits(repo_id) == commits
+
+
 def test_branch_upload_leaves_main_untouched(hub: LocalHub, api: HfApi, tmp_path: Path) -> None:
     repo_id = _new_repo(api)
     api.upload_file(path_or_fileobj=b"v1", path_in_repo="cfg.json", repo_id=repo_id)
