@@ -40,7 +40,8 @@ from sae_lens.saes.sae import TrainStepInput
 from torch.profiler import ProfilerActivity, profile
 
 from sae_gated_plugin import GatedPaperTrainingSAE, GatedPaperTrainingSAEConfig
-from sae_gated_plugin.arch.sparse import THRESHOLD_ENV, open_fraction
+from sae_gated_plugin.arch.kernels import THRESHOLD_ENV
+from sae_gated_plugin.arch.sparse import open_fraction
 
 Step = Callable[[], None]
 

@@ -6,6 +6,10 @@ later imported, the watcher lets it load completely and then calls every entry p
 ``sae_lens.architectures`` group, so ``import sae_lens`` alone makes ``gated_paper`` (and any
 other plugin's architectures) available. A failing plugin gives a warning, never an error.
 
+When the plugin's own class modules are what imports ``sae_lens``, its ``register`` finds them
+half-loaded and waits; the watcher also sees each class module finish loading and then lets the
+registry complete (so the class modules never import the registry).
+
 Opt out with ``SAE_GATED_PLUGIN_AUTOLOAD=0`` (also ``false``, ``no``, ``off``). An explicit
 ``import sae_gated_plugin`` still registers, through :func:`call_after_sae_lens_import`.
 
@@ -25,6 +29,9 @@ if TYPE_CHECKING:
 ENV_VAR = "SAE_GATED_PLUGIN_AUTOLOAD"
 ENTRY_POINT_GROUP = "sae_lens.architectures"
 _WATCHED = "sae_lens"
+_CLASS_MODULES = ("sae_gated_plugin.arch.config", "sae_gated_plugin.arch.sae")
+_REGISTRY = "sae_gated_plugin.arch.registry"
+_pending: "set[str]" = set()  # modules whose loading the watcher waits for
 _callbacks: "list[Callable[[], None]]" = []
 _load_plugins = False  # set by install(): call the entry points when sae_lens loads
 
@@ -60,15 +67,17 @@ def load_entry_points() -> None:
             )
 
 
-class _SaeLensWatcher:
-    """Meta-path finder that only wraps sae_lens's loader, then steps aside."""
+class _LoadWatcher:
+    """Meta-path finder that wraps the loaders of the modules in ``_pending``, once each."""
 
     def find_spec(self, fullname: str, path: "Any" = None, target: "Any" = None) -> "Any":
-        if fullname != _WATCHED:
+        if fullname not in _pending:
             return None
         import importlib.util
 
-        uninstall()  # fires once; the lookup below goes to the finders after this one
+        _pending.discard(fullname)  # the lookup below passes this finder by
+        if not _pending:
+            uninstall()
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
@@ -76,20 +85,27 @@ class _SaeLensWatcher:
         had_own = "exec_module" in vars(loader)
         original_exec = loader.exec_module
 
-        def exec_then_register(module: "Any") -> None:
+        def exec_then_notify(module: "Any") -> None:
             # Undo the patch first: some loaders (zipimport's) serve many modules.
             if had_own:
                 loader.exec_module = original_exec  # type: ignore[method-assign]  # undoing/patching one loader
             else:
                 del loader.exec_module
             original_exec(module)
-            _after_sae_lens_import()
+            _after_load(fullname)
 
-        loader.exec_module = exec_then_register  # type: ignore[method-assign]  # undoing/patching one loader
+        loader.exec_module = exec_then_notify  # type: ignore[method-assign]  # undoing/patching one loader
         return spec
 
 
-_watcher = _SaeLensWatcher()
+_watcher = _LoadWatcher()
+
+
+def _after_load(name: str) -> None:
+    if name == _WATCHED:
+        _after_sae_lens_import()
+    elif _REGISTRY in sys.modules:  # a registration may be waiting for this class module
+        sys.modules[_REGISTRY].finish_deferred_registration(name)
 
 
 def _after_sae_lens_import() -> None:
@@ -111,7 +127,8 @@ def _after_sae_lens_import() -> None:
 
 
 def _watch() -> None:
-    if _watcher not in sys.meta_path:
+    _pending.update(n for n in (_WATCHED, *_CLASS_MODULES) if n not in sys.modules)
+    if _pending and _watcher not in sys.meta_path:
         sys.meta_path.insert(0, _watcher)
 
 
@@ -138,7 +155,7 @@ def call_after_sae_lens_import(callback: "Callable[[], None]") -> None:
 
 
 def uninstall() -> None:
-    """Stop watching (the watcher fires once)."""
+    """Stop watching."""
     if _watcher in sys.meta_path:
         sys.meta_path.remove(_watcher)
 

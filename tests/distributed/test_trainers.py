@@ -38,8 +38,8 @@ from sae_lens.saes.sae import TrainStepInput
 from sae_lens.training._interruption import InterruptedException
 from sae_lens.training.sae_trainer import SAETrainer
 
+from sae_gated_plugin.arch.kernels import THRESHOLD_ENV
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
-from sae_gated_plugin.arch.sparse import THRESHOLD_ENV
 from sae_gated_plugin.distributed.context import DistributedContext, process_group
 from sae_gated_plugin.distributed.data_shards import (
     SHARDS_FILENAME,

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 from sae_lens.saes.gated_sae import GatedSAEConfig, GatedTrainingSAEConfig
 from typing_extensions import override
 
-from sae_gated_plugin.arch.registry import register_if_deferred
 from sae_gated_plugin.arch.schema import (
     ARCHITECTURE,
     AuxDecoder,
@@ -87,7 +86,3 @@ class GatedPaperTrainingSAEConfig(GatedTrainingSAEConfig):
     def __post_init__(self) -> None:
         validate_config_fields(self, GatedPaperTrainingSAESchema)
         super().__post_init__()
-
-
-# Last: if `import sae_lens` above fired the autoload, registration waited for these classes.
-register_if_deferred(__name__)

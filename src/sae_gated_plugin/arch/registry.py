@@ -26,15 +26,16 @@ def _register_once(registry: dict[str, Any], register_fn: Any, classes: tuple[ty
         )
 
 
-_CLASS_MODULES = ("sae_gated_plugin.arch.config", "sae_gated_plugin.arch.sae")
+CLASS_MODULES = ("sae_gated_plugin.arch.config", "sae_gated_plugin.arch.sae")
+"""The modules defining the classes (``_sae_gated_plugin_autoload`` watches them load)."""
 _deferred = False
 
 
 def _class_modules_initializing(finished: str | None = None) -> bool:
     """Whether a module defining the classes is half-imported (its ``import sae_lens`` fired
     the autoload, which called :func:`register` before the classes exist); ``finished`` is a
-    module running its last statement, its classes all defined."""
-    for name in _CLASS_MODULES:
+    module whose code has just run to its end."""
+    for name in CLASS_MODULES:
         module = sys.modules.get(name)
         if name == finished:
             continue
@@ -43,9 +44,9 @@ def _class_modules_initializing(finished: str | None = None) -> bool:
     return False
 
 
-def register_if_deferred(finished: str) -> None:
-    """Finish a registration that :func:`register` had to defer; each class module calls this
-    as its last statement, with its own name."""
+def finish_deferred_registration(finished: str) -> None:
+    """Finish a registration :func:`register` had to defer. The import hook
+    (``_sae_gated_plugin_autoload``) calls this when a class module ``finished`` loading."""
     global _deferred
     if _deferred and not _class_modules_initializing(finished):
         _deferred = False
@@ -53,10 +54,13 @@ def register_if_deferred(finished: str) -> None:
 
 
 def register() -> None:
-    """Register ``gated_paper`` with SAELens (inference first, as the training config needs it)."""
+    """Register ``gated_paper`` with SAELens (inference first, as the training config needs it).
+
+    Called from inside ``import sae_lens`` when a class module's own import of SAELens fired
+    the autoload, it waits for that module: the import hook then finishes it."""
     global _deferred
     if _class_modules_initializing():
-        _deferred = True  # the class modules call register_if_deferred() when complete
+        _deferred = True
         return
     _register_classes()
 

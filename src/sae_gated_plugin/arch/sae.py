@@ -8,8 +8,6 @@ encoder does one matmul for both paths: x_c W_mag = (x_c W_gate) * exp(r_mag).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,12 +18,9 @@ from typing_extensions import override
 
 from sae_gated_plugin.arch.artifacts import WEIGHTS_FILENAME, check_weights
 from sae_gated_plugin.arch.config import GatedPaperSAEConfig, GatedPaperTrainingSAEConfig
-from sae_gated_plugin.arch.ops import centred_matmul, hold_unit_decoder_rows, tangent_gradient
-from sae_gated_plugin.arch.registry import register_if_deferred
-from sae_gated_plugin.arch.sparse import LatentParts, sparse_training_forward_pass
-
-UNIT_NORM_TOLERANCE = 1e-5
-"""Decoder rows whose norm is within this of 1 are saved as they are (no fold needed)."""
+from sae_gated_plugin.arch.kernels import centred_matmul
+from sae_gated_plugin.arch.sparse import sparse_training_forward_pass
+from sae_gated_plugin.arch.unit_norm import hold_unit_decoder_rows, tangent_gradient
 
 
 class GatedPreActivations(NamedTuple):
@@ -85,16 +80,18 @@ class GatedPaperSAE(GatedSAE):
 
 
 class GatedPaperTrainingSAE(GatedTrainingSAE):
-    """Training Gated SAE with the paper's loss and decoder constraint.
+    """Training Gated SAE with the paper's loss (``reference_pass``) and decoder constraint.
 
-    L = ||x - x_hat(f)||^2 + lambda ||ReLU(pi_gate)||_1 + ||x - x_hat_frozen(ReLU(pi_gate))||^2,
-    with ``aux_decoder``, ``sparsity_penalty`` and ``decoder_norm`` switching each paper choice
-    to SAELens's built-in behaviour for ablations. With ``decoder_norm="unit"`` the rows of
-    ``W_dec`` are renormalised before every training forward pass and before every save, and
-    the gradient component parallel to each row is removed in the backward pass.
+    ``aux_decoder``, ``sparsity_penalty`` and ``decoder_norm`` switch each of the paper's
+    choices to SAELens's built-in behaviour, for ablations. With ``decoder_norm="unit"`` the
+    decoder rows are held at unit norm (``arch/unit_norm.py``).
     """
 
     cfg: GatedPaperTrainingSAEConfig
+
+    holds_all_latents: bool = True
+    """False for a latent shard (distributed/latent_sharding.py), whose sums over latents span
+    ranks: ``latent_sum`` and ``encoder_centring`` then add the parts."""
 
     def __init__(self, cfg: GatedPaperTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -117,45 +114,96 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         """Rescale every decoder row (one per latent) to unit norm, in place."""
         self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def _decoder_weight(self) -> torch.Tensor:
-        """``W_dec`` as the loss should see it: with the tangent-space gradient when unit norm."""
+    # ---- seams: the sparse pass and latent shards use these -------------------------------
+    def decoder_weight(self) -> torch.Tensor:
+        """``W_dec`` as the loss sees it: with the tangent-space gradient when held unit."""
         if self.holds_unit_decoder and torch.is_grad_enabled() and self.W_dec.requires_grad:
             return tangent_gradient(self.W_dec)
         return self.W_dec
 
-    def _uncentred_input(self, x: torch.Tensor) -> torch.Tensor:
-        # SAELens's process_sae_in minus its final "- b_dec": the centring is fused into the
-        # encoder matmul (ops.centred_matmul) so that b_dec's gradient costs no extra matmul.
+    def encoder_centring(self) -> torch.Tensor:
+        """The bias subtracted from the input before encoding (``b_dec``; a latent shard's
+        encoder sees only its own latents' share of its gradient)."""
+        return self.b_dec
+
+    def latent_sum(self, partial: torch.Tensor) -> torch.Tensor:
+        """A sum over latents, given this module's part of it (all of it here; a latent shard
+        adds the parts of every rank)."""
+        return partial
+
+    def normalised_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` after SAELens's run-time normalisation, before centring (the centring is in the
+        encoder product, whose backward then costs no extra matmul for ``b_dec``)."""
         sae_in = self.reshape_fn_in(x.to(self.dtype))
-        sae_in = self.hook_sae_input(sae_in)
-        return self.run_time_activation_norm_fn_in(sae_in)
+        return self.run_time_activation_norm_fn_in(self.hook_sae_input(sae_in))
+
+    def encoder_product(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """``x_c @ W_gate`` for the normalised input: both paths' pre-activations come from it."""
+        centring = self.encoder_centring() if self.cfg.apply_b_dec_to_input else None
+        return centred_matmul(sae_in, centring, self.W_enc)
 
     def pre_activations(self, x: torch.Tensor) -> GatedPreActivations:
         """Gate and magnitude pre-activations and features for input ``x``."""
-        return self._pre_activations_of(self._uncentred_input(x))
+        return _gated_features(self, self.encoder_product(self.normalised_input(x)))
 
-    def _pre_activations_of(self, sae_in: torch.Tensor) -> GatedPreActivations:
-        # sae_in: the input after SAELens's run-time normalisation, before centring.
-        return _gated_features(self, self._encoder_product(sae_in))
+    # ---- the paper's loss -------------------------------------------------------------------
+    def sparsity_penalty(self, gate_acts: torch.Tensor) -> torch.Tensor:
+        """||ReLU(pi_gate)||_1 per input, averaged (each latent weighted by its decoder row's
+        norm with ``sparsity_penalty="decoder_norm_weighted"``)."""
+        if self.cfg.sparsity_penalty == "decoder_norm_weighted":
+            gate_acts = gate_acts * self.decoder_weight().norm(dim=-1)
+        return self.latent_sum(gate_acts.sum(dim=-1).mean())
 
-    def _encoder_product(self, sae_in: torch.Tensor) -> torch.Tensor:
-        centring = self._encoder_centring() if self.cfg.apply_b_dec_to_input else None
-        return centred_matmul(sae_in, centring, self.W_enc)
+    def auxiliary_reconstruction(self, gate_acts: torch.Tensor) -> torch.Tensor:
+        """x_hat_frozen(ReLU(pi_gate)): the gate path decoded by a copy of the decoder that no
+        gradient reaches (``aux_decoder="frozen"``), or by the decoder itself."""
+        if self.cfg.aux_decoder == "frozen":
+            w_dec, b_dec = self.W_dec.detach(), self.b_dec.detach()
+        else:
+            w_dec, b_dec = self.decoder_weight(), self.b_dec
+        return self.latent_sum(gate_acts @ w_dec) + b_dec
 
-    holds_all_latents: bool = True
-    """False for a latent shard (run/latent_sharding.py), whose sums over latents span ranks:
-    the sparse step (arch/sparse.py) then adds its parts through ``_latent_sum``."""
+    def reference_pass(
+        self, step_input: TrainStepInput, sae_in: torch.Tensor, encoder_pre: torch.Tensor
+    ) -> TrainStepOutput:
+        """The paper's loss (its equation 8), dense, each term under SAELens's name:
 
-    def _encoder_centring(self) -> torch.Tensor:
-        """The bias subtracted from the input before encoding (``b_dec``). A seam for latent
-        sharding, where each rank's encoder sees only its own latents' share of its gradient."""
-        return self.b_dec
+            mse_loss                      = ||x - x_hat(f(x))||^2
+            l1_loss                       = lambda ||ReLU(pi_gate(x))||_1
+            auxiliary_reconstruction_loss = ||x - x_hat_frozen(ReLU(pi_gate(x)))||^2
 
-    def _latent_sum(self, partial: torch.Tensor) -> torch.Tensor:
-        """A sum over latents, given this module's part of it (all of it here). A seam for
-        latent sharding, where each rank holds some of the latents and the parts are added."""
-        return partial
+        ``sae_in`` is the normalised input and ``encoder_pre`` its ``encoder_product``.
+        """
+        acts = _gated_features(self, encoder_pre)
+        x_hat = self.decode(acts.feature_acts)  # decode undoes the run-time normalisation
+        gate_acts = torch.relu(acts.pi_gate)
+        aux_error = self.auxiliary_reconstruction(gate_acts) - sae_in
+        losses = {
+            "mse_loss": self.mse_loss_fn(x_hat, step_input.sae_in).sum(dim=-1).mean(),
+            "l1_loss": step_input.coefficients["l1"] * self.sparsity_penalty(gate_acts),
+            "auxiliary_reconstruction_loss": aux_error.pow(2).sum(dim=-1).mean(),
+        }
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=x_hat,
+            feature_acts=acts.feature_acts,
+            hidden_pre=acts.magnitude,
+            loss=sum(losses.values()),
+            losses=losses,
+        )
 
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        # One encoder product for both paths and the auxiliary terms; the sparse pass computes
+        # the same loss and gradients from the open latents when few are open.
+        sae_in = self.normalised_input(step_input.sae_in)
+        encoder_pre = self.encoder_product(sae_in)
+        sparse = sparse_training_forward_pass(self, step_input, sae_in, encoder_pre)
+        return (
+            sparse if sparse is not None else self.reference_pass(step_input, sae_in, encoder_pre)
+        )
+
+    # ---- SAELens's hooks --------------------------------------------------------------------
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         acts = self.pre_activations(x)
@@ -163,28 +211,10 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        sae_out = self._latent_sum(feature_acts @ self._decoder_weight()) + self.b_dec
+        sae_out = self.latent_sum(feature_acts @ self.decoder_weight()) + self.b_dec
         sae_out = self.hook_sae_recons(sae_out)
         sae_out = self.run_time_activation_norm_fn_out(sae_out)
         return self.reshape_fn_out(sae_out, self.d_head)
-
-    def gated_auxiliary_losses(
-        self, sae_in: torch.Tensor, pi_gate: torch.Tensor, l1_coefficient: float
-    ) -> dict[str, torch.Tensor]:
-        """The sparsity and auxiliary reconstruction terms, given the gate pre-activation."""
-        gate_acts = torch.relu(pi_gate)
-        if self.cfg.sparsity_penalty == "l1":
-            penalty = self._latent_sum(gate_acts.sum(dim=-1).mean())
-        else:
-            weighted = gate_acts * self._decoder_weight().norm(dim=-1)
-            penalty = self._latent_sum(weighted.sum(dim=-1).mean())
-        if self.cfg.aux_decoder == "frozen":
-            aux_w_dec, aux_b_dec = self.W_dec.detach(), self.b_dec.detach()
-        else:
-            aux_w_dec, aux_b_dec = self._decoder_weight(), self.b_dec
-        via_gate = self._latent_sum(gate_acts @ aux_w_dec) + aux_b_dec
-        aux_recon = (via_gate - sae_in).pow(2).sum(dim=-1).mean()
-        return {"l1_loss": l1_coefficient * penalty, "auxiliary_reconstruction_loss": aux_recon}
 
     @override
     def calculate_aux_loss(
@@ -195,46 +225,13 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         # The auxiliary reconstruction lives where pi_gate does: in the normalised input space.
-        sae_in = self._uncentred_input(step_input.sae_in)
-        pi_gate = self._pre_activations_of(sae_in).pi_gate
-        return self.gated_auxiliary_losses(sae_in, pi_gate, step_input.coefficients["l1"])
-
-    @override
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        # Same result as SAELens's TrainingSAE.training_forward_pass, but the encoder runs once:
-        # the auxiliary terms reuse pi_gate instead of recomputing it (calculate_aux_loss).
-        if self.holds_unit_decoder:
-            self.normalize_decoder_rows()
-        sae_in = self._uncentred_input(step_input.sae_in)
-        encoder_pre = self._encoder_product(sae_in)
-        # --- sparse step (arch/sparse.py): the same losses and gradients from the open latents
-        # only, when few are open; None means: run the dense reference path below.
-        parts = (
-            None
-            if self.holds_all_latents
-            else LatentParts(self._latent_sum, self._encoder_centring)
-        )
-        sparse = sparse_training_forward_pass(
-            self, step_input, sae_in, encoder_pre, self._decoder_weight, parts=parts
-        )
-        if sparse is not None:
-            return sparse
-        # --- end of the sparse step
-        acts = _gated_features(self, encoder_pre)
-        sae_out = self.decode(acts.feature_acts)  # decode undoes the run-time normalisation
-        mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
-        losses = {"mse_loss": mse_loss}
-        losses.update(
-            self.gated_auxiliary_losses(sae_in, acts.pi_gate, step_input.coefficients["l1"])
-        )
-        return TrainStepOutput(
-            sae_in=step_input.sae_in,
-            sae_out=sae_out,
-            feature_acts=acts.feature_acts,
-            hidden_pre=acts.magnitude,
-            loss=sum(losses.values()),
-            losses=losses,
-        )
+        sae_in = self.normalised_input(step_input.sae_in)
+        gate_acts = torch.relu(_gated_features(self, self.encoder_product(sae_in)).pi_gate)
+        aux_error = self.auxiliary_reconstruction(gate_acts) - sae_in
+        return {
+            "l1_loss": step_input.coefficients["l1"] * self.sparsity_penalty(gate_acts),
+            "auxiliary_reconstruction_loss": aux_error.pow(2).sum(dim=-1).mean(),
+        }
 
     @override
     @torch.no_grad()
@@ -262,37 +259,3 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         if self.holds_unit_decoder:
             # W_dec @ M^-1 has rows of any norm: move the norms into the encoder side.
             self.fold_W_dec_norm()
-
-    @contextmanager
-    def _unit_rows_for_saving(self) -> Iterator[None]:
-        """Fold any drift of the decoder row norms into the encoder for the duration of a save
-        (unit rows on disk, same outputs), then put the live parameters back exactly: saving
-        never changes the model being trained."""
-        norms = self.W_dec.detach().norm(dim=-1)
-        if not self.holds_unit_decoder or bool(((norms - 1).abs() < UNIT_NORM_TOLERANCE).all()):
-            # Rows renormalised after the last step are unit to rounding: saving the weights as
-            # they are keeps a reload bit-identical to the live model.
-            yield
-            return
-        live = {name: param.detach().clone() for name, param in self.named_parameters()}
-        try:
-            self.fold_W_dec_norm()
-            yield
-        finally:
-            with torch.no_grad():
-                for name, param in self.named_parameters():
-                    param.copy_(live[name])
-
-    @override
-    def save_model(self, path: str | Path) -> tuple[Path, Path]:
-        with self._unit_rows_for_saving():
-            return super().save_model(path)
-
-    @override
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        with self._unit_rows_for_saving():
-            return super().save_inference_model(path)
-
-
-# Last: if `import sae_lens` above fired the autoload, registration waited for these classes.
-register_if_deferred(__name__)

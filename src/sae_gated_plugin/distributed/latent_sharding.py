@@ -152,11 +152,11 @@ class LatentShardedGatedSAE(GatedPaperTrainingSAE):
         return dataclasses.replace(self.cfg, **changes)
 
     @override
-    def _encoder_centring(self) -> torch.Tensor:
+    def encoder_centring(self) -> torch.Tensor:
         return copy_to_shards(self.b_dec)
 
     @override
-    def _latent_sum(self, partial: torch.Tensor) -> torch.Tensor:
+    def latent_sum(self, partial: torch.Tensor) -> torch.Tensor:
         return sum_over_shards(partial)
 
     @override

@@ -16,7 +16,8 @@ from sae_lens.saes.gated_sae import GatedTrainingSAE, GatedTrainingSAEConfig
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 
 from sae_gated_plugin import GatedPaperTrainingSAE, GatedPaperTrainingSAEConfig
-from sae_gated_plugin.arch.ops import centred_matmul, tangent_gradient
+from sae_gated_plugin.arch.kernels import centred_matmul
+from sae_gated_plugin.arch.unit_norm import tangent_gradient
 
 D_IN = 6
 D_SAE = 10

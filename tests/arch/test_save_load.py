@@ -26,8 +26,8 @@ PARAM_NAMES = ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec")
 
 
 def trained_looking_sae(seed: int = 0, **overrides: Any) -> GatedPaperTrainingSAE:
-    """A training SAE with random parameters and decoder rows a little off unit norm, as they
-    are between an optimizer step and the next renormalisation."""
+    """A training SAE with random parameters and unit decoder rows, as after any optimiser
+    step (arch/unit_norm.py)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         cfg = GatedPaperTrainingSAEConfig(
@@ -39,7 +39,7 @@ def trained_looking_sae(seed: int = 0, **overrides: Any) -> GatedPaperTrainingSA
         for name in PARAM_NAMES:
             param = getattr(sae, name)
             param.copy_(0.5 * torch.randn(param.shape, generator=gen))
-        sae.W_dec.mul_(1 + 0.01 * torch.rand(D_SAE, 1, generator=gen))
+    sae.normalize_decoder_rows()
     return sae
 
 
@@ -56,11 +56,9 @@ def assert_same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def assert_same_function(loaded: torch.nn.Module, live: torch.nn.Module, x: torch.Tensor) -> None:
-    """Same reconstruction to float rounding; features scaled by the live decoder row norms,
-    which the save folded into the encoder (so the saved rows are unit norm)."""
+    """The same features and reconstruction (the inference class computes what training does)."""
     with torch.no_grad():
-        norms = live.W_dec.norm(dim=1)
-        torch.testing.assert_close(loaded.encode(x), live.encode(x) * norms, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded.encode(x), live.encode(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(loaded(x), live(x), atol=1e-5, rtol=1e-5)
 
 
@@ -122,16 +120,17 @@ def test_unit_rows_are_saved_bit_exactly(tmp_path: Path) -> None:
     assert_same_tensors(loaded, sae)
 
 
-def test_saving_leaves_the_live_model_untouched(tmp_path: Path) -> None:
-    """Saving folds drifted row norms into the saved copy only (SAELens's save contract)."""
+def test_saving_writes_the_weights_as_they_are(tmp_path: Path) -> None:
+    """Saving neither changes the live model nor rescales rows: an SAE whose rows were moved
+    off unit norm by hand is saved, and reloads, exactly as it is (SAELens's save contract)."""
     sae = trained_looking_sae(seed=4)
-    assert (sae.W_dec.detach().norm(dim=1) - 1).abs().max() > 1e-4  # starts off unit norm
+    with torch.no_grad():
+        sae.W_dec.mul_(1.01)
     before = live_state(sae)
     sae.save_inference_model(tmp_path)
     for key, value in sae.state_dict().items():
         assert torch.equal(value, before[key]), key
-    saved = load_file(tmp_path / "sae_weights.safetensors")
-    torch.testing.assert_close(saved["W_dec"].norm(dim=1), torch.ones(D_SAE))
+    assert_same_tensors(SAE.load_from_disk(tmp_path), sae)
 
 
 def test_free_decoder_rows_are_saved_as_they_are(tmp_path: Path) -> None:

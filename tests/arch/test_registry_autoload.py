@@ -36,7 +36,7 @@ from sae_gated_plugin import (
     register,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 GROUP = "sae_lens.architectures"
 ENV_VAR = "SAE_GATED_PLUGIN_AUTOLOAD"
 SUBPROCESS_TIMEOUT = 300
@@ -466,7 +466,7 @@ def test_wheel_contains_plugin_autoload_and_entry_point(wheel_env: WheelEnv) -> 
     for expected in (
         "sae_gated_plugin/__init__.py",
         "sae_gated_plugin/arch/sae.py",
-        "sae_gated_plugin/arch/ops.py",
+        "sae_gated_plugin/arch/unit_norm.py",
         "_sae_gated_plugin_autoload.py",
         "sae_gated_plugin_autoload.pth",
     ):

@@ -20,7 +20,7 @@ from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_gated_plugin import GatedPaperTrainingSAE, GatedPaperTrainingSAEConfig
-from sae_gated_plugin.arch import sparse
+from sae_gated_plugin.arch import kernels, sparse
 from sae_gated_plugin.errors import GatedPluginError
 
 D_IN, D_SAE, BATCH = 24, 640, 160
@@ -65,7 +65,7 @@ def make_sae(
         if norm == "free":  # rows of different norms, so a decoder-norm weighting shows
             w_dec *= 0.5 + torch.rand(D_SAE, 1, generator=gen)
         sae.W_dec.copy_(w_dec)
-        pre = sae._uncentred_input(x) - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
+        pre = sae.normalised_input(x) - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
         pre = pre @ sae.W_enc
         threshold = torch.quantile(pre.flatten().float(), 1 - density)
         sae.b_gate.fill_(-threshold.item())
@@ -102,7 +102,7 @@ def run_step(
 ) -> tuple[TrainStepOutput, dict[str, torch.Tensor]]:
     """One training step through ``training_forward_pass`` (sparse or dense) and its gradients."""
     mp = pytest.MonkeyPatch()
-    mp.setenv(sparse.THRESHOLD_ENV, "inf" if sparse_path else "0")
+    mp.setenv(kernels.THRESHOLD_ENV, "inf" if sparse_path else "0")
     spy = ApplySpy()
     mp.setattr(sparse._SparseGatedStep, "apply", spy)
     try:
@@ -185,7 +185,7 @@ def test_sparse_step_keeps_centring_and_runtime_normalisation(cfg: dict[str, Any
 def test_sparse_step_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     """bfloat16 (no sampled_addmm kernel: decoder rows are upcast block by block; small blocks
     here so that several are used). Dense and sparse round differently: a looser bound."""
-    monkeypatch.setattr(sparse, "_BLOCK_LATENTS", 100)
+    monkeypatch.setattr(kernels, "BLOCK_LATENTS", 100)
     for aux, penalty, norm in (
         ("frozen", "l1", "unit"),
         ("trainable", "decoder_norm_weighted", "free"),
@@ -212,8 +212,8 @@ def test_saelens_trainer_step_runs_the_sparse_path(monkeypatch: pytest.MonkeyPat
     """One step of SAELens's own SAETrainer at 1% open latents, with the shipped threshold:
     it takes the sparse path, and its loss and gradients are the dense path's. (Small arrays
     come from fresh mappings here too, as large ones do in real runs.)"""
-    monkeypatch.delenv(sparse.THRESHOLD_ENV, raising=False)
-    monkeypatch.setattr(sparse, "_FRESH_MAPPING_BYTES", 0)
+    monkeypatch.delenv(kernels.THRESHOLD_ENV, raising=False)
+    monkeypatch.setattr(kernels, "FRESH_MAPPING_BYTES", 0)
     results = {}
     for path in ("auto", "dense"):
         sae, x = make_sae(0.01)
@@ -233,7 +233,7 @@ def test_saelens_trainer_step_runs_the_sparse_path(monkeypatch: pytest.MonkeyPat
         with monkeypatch.context() as mp:
             mp.setattr(sparse._SparseGatedStep, "apply", spy)
             if path == "dense":
-                mp.setenv(sparse.THRESHOLD_ENV, "0")
+                mp.setenv(kernels.THRESHOLD_ENV, "0")
             output = trainer.step(x)
         assert spy.calls == int(path == "auto")
         results[path] = (output, grads)
@@ -247,7 +247,7 @@ def test_saelens_trainer_step_runs_the_sparse_path(monkeypatch: pytest.MonkeyPat
 def test_dense_initial_state_keeps_the_dense_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """At SAELens's initialisation about half the gates are open: the shipped threshold must
     choose the dense path there."""
-    monkeypatch.delenv(sparse.THRESHOLD_ENV, raising=False)
+    monkeypatch.delenv(kernels.THRESHOLD_ENV, raising=False)
     sae = GatedPaperTrainingSAE(GatedPaperTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE))
     spy = ApplySpy()
     monkeypatch.setattr(sparse._SparseGatedStep, "apply", spy)
@@ -255,11 +255,12 @@ def test_dense_initial_state_keeps_the_dense_path(monkeypatch: pytest.MonkeyPatc
     assert spy.calls == 0
 
 
-def test_sparse_step_declines_what_it_cannot_reproduce() -> None:
+def test_sparse_step_declines_what_it_cannot_reproduce(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hooks on the feature hook points, an input that needs a gradient, or autocast: dense."""
+    monkeypatch.setenv(kernels.THRESHOLD_ENV, "1.0")
     sae, x = make_sae(0.01)
-    sae_in = sae._uncentred_input(x)
-    pre = sae._encoder_product(sae_in)
+    sae_in = sae.normalised_input(x)
+    pre = sae.encoder_product(sae_in)
     assert sparse.sparse_step_applies(sae, sae_in)
     assert not sparse.sparse_step_applies(sae, sae_in.clone().requires_grad_(True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -267,34 +268,24 @@ def test_sparse_step_declines_what_it_cannot_reproduce() -> None:
     handle = sae.hook_sae_acts_post.register_forward_hook(lambda *args: None)
     try:
         assert not sparse.sparse_step_applies(sae, sae_in)
-        assert (
-            sparse.sparse_training_forward_pass(
-                sae, step_input(x), sae_in, pre, sae._decoder_weight, 1.0
-            )
-            is None
-        )
+        assert sparse.sparse_training_forward_pass(sae, step_input(x), sae_in, pre) is None
     finally:
         handle.remove()
-    assert (
-        sparse.sparse_training_forward_pass(
-            sae, step_input(x), sae_in, pre, sae._decoder_weight, 1.0
-        )
-        is not None
-    )
+    assert sparse.sparse_training_forward_pass(sae, step_input(x), sae_in, pre) is not None
 
 
 def test_threshold_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.delenv(sparse.THRESHOLD_ENV, raising=False)
-    assert sparse.density_threshold(cpu) == sparse.DENSITY_THRESHOLDS["cpu"]
-    monkeypatch.setenv(sparse.THRESHOLD_ENV, "0.25")
-    assert sparse.density_threshold(cpu) == 0.25
-    monkeypatch.setenv(sparse.THRESHOLD_ENV, "inf")
-    assert sparse.density_threshold(cpu) == float("inf")
+    monkeypatch.delenv(kernels.THRESHOLD_ENV, raising=False)
+    assert kernels.density_threshold(cpu) == kernels.DENSITY_THRESHOLDS["cpu"]
+    monkeypatch.setenv(kernels.THRESHOLD_ENV, "0.25")
+    assert kernels.density_threshold(cpu) == 0.25
+    monkeypatch.setenv(kernels.THRESHOLD_ENV, "inf")
+    assert kernels.density_threshold(cpu) == float("inf")
     for bad in ("-0.1", "nan", "dense"):
-        monkeypatch.setenv(sparse.THRESHOLD_ENV, bad)
-        with pytest.raises(GatedPluginError, match=sparse.THRESHOLD_ENV):
-            sparse.density_threshold(cpu)
+        monkeypatch.setenv(kernels.THRESHOLD_ENV, bad)
+        with pytest.raises(GatedPluginError, match=kernels.THRESHOLD_ENV):
+            kernels.density_threshold(cpu)
 
 
 def test_open_pairs_in_both_orders() -> None:
@@ -320,17 +311,17 @@ def test_nonzero_flat_matches_nonzero(shape: tuple[int, int]) -> None:
     for density in (0.0, 0.01, 0.3, 1.0):
         mask = torch.rand(shape, generator=gen) < density
         expected = mask.view(-1).nonzero().squeeze(1)
-        assert torch.equal(sparse._nonzero_flat(mask), expected)
+        assert torch.equal(kernels.nonzero_flat(mask), expected)
         transposed = mask.t().contiguous()
-        assert torch.equal(sparse._nonzero_flat(transposed), transposed.view(-1).nonzero()[:, 0])
+        assert torch.equal(kernels.nonzero_flat(transposed), transposed.view(-1).nonzero()[:, 0])
 
 
 def test_large_zeros_come_from_a_fresh_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
     """The mapped zeros behave as torch.zeros: right shape, dtype, all zero, writable, and
     independent of each other."""
-    monkeypatch.setattr(sparse, "_FRESH_MAPPING_BYTES", 1024)
+    monkeypatch.setattr(kernels, "FRESH_MAPPING_BYTES", 1024)
     like = torch.ones(64, 32)
-    first, second = sparse._zeros_like(like), sparse._zeros_like(like)
+    first, second = kernels.fresh_zeros_like(like), kernels.fresh_zeros_like(like)
     for zeros in (first, second):
         assert zeros.shape == like.shape and zeros.dtype == like.dtype
         assert torch.count_nonzero(zeros) == 0

@@ -1,0 +1,80 @@
+"""Decoder rows at unit norm: the paper's constraint (Appendix D), held one way.
+
+As dictionary_learning's ConstrainedAdam does it, in two parts:
+
+* the gradient of ``W_dec`` is projected onto each row's tangent space before the step
+  (:func:`tangent_gradient`, applied by the training pass), so a step changes a row's norm only
+  to second order;
+* after every optimiser step that updates the ``W_dec`` of an SAE that asked for it
+  (:func:`hold_unit_decoder_rows`), its rows are put back at unit norm: a post-step hook on
+  every torch optimiser, since SAELens's trainer builds its own optimiser and has no hook.
+
+Rows start at unit norm (``initialize_weights``), so they are unit after every step whoever
+trains the SAE, and a save writes them as they are.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Protocol
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+class _TangentGradient(torch.autograd.Function):
+    """Identity whose backward removes each row's gradient component parallel to that row.
+
+    For decoder rows held at unit norm this is the projection of dictionary_learning's
+    ConstrainedAdam: a step along the projected gradient does not change a row's norm to first
+    order, so renormalising after the step only corrects second-order drift.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (weight,) = ctx.saved_tensors
+        unit_rows = weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        parallel = (grad * unit_rows).sum(dim=-1, keepdim=True)
+        return grad - parallel * unit_rows
+
+
+def tangent_gradient(weight: torch.Tensor) -> torch.Tensor:
+    """Return ``weight`` unchanged, with its gradient projected onto each row's tangent space."""
+    return _TangentGradient.apply(weight)
+
+
+class UnitDecoderModule(Protocol):
+    """What the post-step hook needs of an SAE."""
+
+    W_dec: torch.nn.Parameter
+
+    @property
+    def holds_unit_decoder(self) -> bool: ...
+
+    def normalize_decoder_rows(self) -> None: ...
+
+
+_UNIT_DECODER_MODULES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def hold_unit_decoder_rows(module: UnitDecoderModule) -> None:
+    """Renormalise ``module``'s decoder rows after every optimiser step that updates ``W_dec``
+    (while ``module.holds_unit_decoder``); the module is held by a weak reference."""
+    _UNIT_DECODER_MODULES.add(module)
+
+
+def _renormalise_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    if not _UNIT_DECODER_MODULES:
+        return
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for module in list(_UNIT_DECODER_MODULES):
+        if module.holds_unit_decoder and id(module.W_dec) in owned:
+            module.normalize_decoder_rows()
+
+
+register_optimizer_step_post_hook(_renormalise_after_step)
