@@ -207,20 +207,6 @@ def _read_remote_state(
     return _RemoteState(repo_id, info.sha, siblings, entries, readme)
 
 
-def _operations(
-    sae_id: str, files: dict[str, bytes], siblings: set[str], readme: bytes, index: bytes
-) -> list[CommitOperationAdd | CommitOperationDelete]:
-    """The commit: the SAE's files, deletion of its stale files, the card and the index."""
-    stale = [f"{sae_id}/{n}" for n in SAE_FILES if n not in files and f"{sae_id}/{n}" in siblings]
-    adds = [(f"{sae_id}/{name}", content) for name, content in files.items()]
-    roots = [(README_FILENAME, readme), (model_card.INDEX_FILENAME, index)]
-    return [
-        *(CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in adds),
-        *(CommitOperationDelete(path_in_repo=path) for path in stale),
-        *(CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in roots),
-    ]
-
-
 def push_sae(
     sae_path: str | Path,
     repo_id: str,
@@ -235,17 +221,11 @@ def push_sae(
 ) -> str:
     """Publish a trained SAE folder to ``repo_id`` in one commit; return the SAE's URL.
 
-    Args:
-        sae_path: folder with cfg.json and sae_weights.safetensors (and optionally
-            sparsity.safetensors, runner_cfg.json, train_config.yaml, evaluation.json).
-        repo_id: ``namespace/name``; created (``private`` if asked) when missing.
-        sae_id: folder in the repo (default: the hook name in cfg.json's metadata).
-        revision: branch to commit to (created from main when missing; default main).
-        private: create the repo private (an existing repo keeps its visibility).
-        portable: publish as SAELens's built-in ``gated`` (loads without the plugin).
-        token: Hub token (default: HF_TOKEN, else the stored ``hf auth login`` token).
-        endpoint: Hub URL (default: HF_ENDPOINT, else huggingface.co).
-        commit_message: summary of the commit (default says what was pushed).
+    ``sae_path`` holds cfg.json and sae_weights.safetensors, optionally sparsity.safetensors,
+    runner_cfg.json, train_config.yaml and evaluation.json. ``sae_id`` defaults to the hook name
+    in cfg.json's metadata; ``revision`` is a branch (created when missing; default main);
+    ``private`` applies when the repo is created; ``portable`` publishes as SAELens's built-in
+    ``gated``; ``token`` and ``endpoint`` default to huggingface_hub's (HF_TOKEN, HF_ENDPOINT).
 
     Raises:
         CorruptArtifactError: the folder is not a valid SAE (nothing is uploaded).
@@ -272,24 +252,35 @@ def push_sae(
         raise HubPublishError(
             f"Hub repo {repo_id!r}: {exc}; fix or delete it. {_NOTHING_SENT}"
         ) from None
-    readme_bytes = card.encode()
-    index_bytes = model_card.render_index(remote.entries).encode()
+    uploads = {f"{sae_id}/{name}": content for name, content in files.items()}
+    uploads[README_FILENAME] = card.encode()
+    uploads[model_card.INDEX_FILENAME] = model_card.render_index(remote.entries).encode()
     description = f"Files: {', '.join(files)} in {sae_id}/, README.md, {model_card.INDEX_FILENAME}."
     if removed:
         description += f" Secret-looking keys left out: {', '.join(removed)}."
-    uploads = [*files.values(), readme_bytes, index_bytes, (summary + description).encode()]
-    if secret and any(secret.encode() in blob for blob in uploads):
+    if secret and any(
+        secret.encode() in blob for blob in [*uploads.values(), (summary + description).encode()]
+    ):
         raise HubPublishError(
             f"Hub repo {repo_id!r}: a file to upload contains the Hub token; refusing to push. "
             f"{_NOTHING_SENT}"
         )
+    operations: list[CommitOperationAdd | CommitOperationDelete] = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+        for path, data in uploads.items()
+    ]
+    operations += [  # stale files of an earlier push of this SAE
+        CommitOperationDelete(path_in_repo=f"{sae_id}/{name}")
+        for name in SAE_FILES
+        if name not in files and f"{sae_id}/{name}" in remote.siblings
+    ]
     unchanged = "The push is a single commit, so the repo is unchanged."
     with hub_step(
         repo_id, f"committing {sae_id!r} to {branch!r}", secret, unchanged, HubPublishError
     ):
         api.create_commit(
             repo_id,
-            _operations(sae_id, files, remote.siblings, readme_bytes, index_bytes),
+            operations,
             commit_message=summary,
             commit_description=description,
             revision=branch,
