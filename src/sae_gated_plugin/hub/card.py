@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -124,8 +125,7 @@ def sorted_entries(entries: dict[str, SAEEntry]) -> list[SAEEntry]:
     """Entries in natural sae_id order (blocks.2 before blocks.10)."""
 
     def key(sae_id: str) -> list[tuple[int, int, str]]:
-        parts = re.split(r"(\d+)", sae_id)
-        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", sae_id)]
 
     return [entries[sae_id] for sae_id in sorted(entries, key=key)]
 
@@ -160,8 +160,7 @@ def split_front_matter(readme: str) -> tuple[dict[str, Any], str | None, str]:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise GatedPluginError(f"README.md: invalid YAML front matter ({exc})") from None
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise GatedPluginError("README.md: the YAML front matter is not a mapping")
     return data, raw, body
@@ -205,12 +204,14 @@ def _cell(value: Any, kind: str) -> str:
     return _FORMATS[kind].format(value) if kind in _FORMATS else str(value).replace("|", "\\|")
 
 
+def _row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _describe_model(name: str) -> str:
     hub_id, note = base_model_id(name), MODEL_NOTES.get(name)
-    if not hub_id:
-        return f"`{name}`"
     link = f"[{hub_id}](https://huggingface.co/{hub_id})"
-    return f"`{name}`: {note} ({link})" if note else link
+    return f"`{name}`" if not hub_id else f"`{name}`: {note} ({link})" if note else link
 
 
 def _describe_dataset(name: str) -> str:
@@ -232,12 +233,9 @@ def render_block(repo_id: str, entries: list[SAEEntry], revision: str | None = N
         "[sae-gated-plugin](https://pypi.org/project/sae-gated-plugin/) "
         f"(architecture `{ARCHITECTURE}`).\n",
         "## SAEs in this repository\n",
-        "| " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+        _row(title for _, title, _ in _COLUMNS),
         "|" + "---|" * len(_COLUMNS),
-        *(
-            "| " + " | ".join(_cell(getattr(e, f), kind) for f, _, kind in _COLUMNS) + " |"
-            for e in entries
-        ),
+        *(_row(_cell(getattr(e, field), kind) for field, _, kind in _COLUMNS) for e in entries),
         "",
         "L0: mean number of active latents per token. Loss recovered: "
         "(CE with zero-ablation - CE with the SAE) / (CE with zero-ablation - clean CE), "

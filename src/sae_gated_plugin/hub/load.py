@@ -33,10 +33,8 @@ def load_sae(
     endpoint: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> SAE[Any]:
-    """Download one SAE (cfg.json + safetensors only), validate it and load it.
-
-    Any SAELens-format SAE; unlike ``SAE.from_pretrained`` it takes a ``revision`` and checks
-    the files before loading.
+    """Download one SAELens-format SAE (cfg.json + safetensors only), validate it and load it;
+    unlike ``SAE.from_pretrained`` it takes a ``revision`` and checks the files first.
 
     Raises:
         CorruptArtifactError: a downloaded file is corrupted or does not match cfg.json.

@@ -8,7 +8,6 @@ import json
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,7 +36,8 @@ from sae_gated_plugin.io import read_json
 RUNNER_CFG_FILENAME = "runner_cfg.json"
 README_FILENAME = "README.md"
 _SIDE_FILES = (RUNNER_CFG_FILENAME, TRAIN_CONFIG_FILENAME, EVAL_FILENAME)
-SAE_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME, *_SIDE_FILES)
+_MODEL_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
+SAE_FILES = (*_MODEL_FILES, *_SIDE_FILES)
 """Files a push manages inside ``<sae_id>/`` (stale ones from an earlier push are deleted)."""
 
 _ROOT_FILES = (README_FILENAME, model_card.INDEX_FILENAME, ".gitattributes")
@@ -45,8 +45,7 @@ _NOTHING_SENT = "Nothing was committed."
 
 
 def portable_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A gated_paper cfg.json rewritten as SAELens's built-in ``gated`` (same parameters): the
-    same rewrite as ``sae-gated convert --to gated``."""
+    """A gated_paper cfg.json as SAELens's built-in ``gated`` (as ``convert --to gated`` writes)."""
     return with_metadata(renamed_cfg(cfg, "gated"), provenance(cfg, "gated"), None)
 
 
@@ -69,16 +68,12 @@ def _collect_files(
     folder: Path, cfg: dict[str, Any], sae_id: str, portable: bool
 ) -> tuple[dict[str, bytes], model_card.SAEEntry, list[str]]:
     """The files to upload (name -> bytes), the SAE's card entry, and the secret keys removed."""
+    files = {n: (folder / n).read_bytes() for n in _MODEL_FILES if (folder / n).is_file()}
     if portable and cfg["architecture"] == ARCHITECTURE:
         cfg = portable_cfg(cfg)
-        files = {CFG_FILENAME: _dump(cfg, CFG_FILENAME)}
-    else:
-        files = {CFG_FILENAME: (folder / CFG_FILENAME).read_bytes()}
+        files[CFG_FILENAME] = _dump(cfg, CFG_FILENAME)
     removed: list[str] = []
     side: dict[str, dict[str, Any]] = {}
-    for name in (WEIGHTS_FILENAME, SPARSITY_FILENAME):
-        if (folder / name).is_file():
-            files[name] = (folder / name).read_bytes()
     for name in _SIDE_FILES:
         path = folder / name
         if not path.is_file():
@@ -117,6 +112,10 @@ def _sae_id_for(folder: Path, cfg: dict[str, Any], sae_id: str | None) -> str:
     return sae_id
 
 
+def _refused(repo_id: str, why: str) -> HubPublishError:
+    return HubPublishError(f"Hub repo {repo_id!r}: {why}. {_NOTHING_SENT}")
+
+
 def _download_text(api: HfApi, repo_id: str, filename: str, commit: str, cache: Path) -> str:
     path = api.hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache)
     return Path(path).read_text(encoding="utf-8")  # UnicodeDecodeError is a ValueError
@@ -128,6 +127,8 @@ def _remote_entries(
     """Every SAE folder in the repo at ``commit``: from the index, else from its files."""
 
     def json_file(filename: str) -> dict[str, Any] | None:
+        if filename not in siblings:
+            return None
         try:
             data = json.loads(_download_text(api, repo_id, filename, commit, cache))
         except ValueError:
@@ -143,34 +144,20 @@ def _remote_entries(
     entries = {}
     for path in sorted(p for p in siblings if p.endswith(suffix)):
         sae_id = path[: -len(suffix)]
-        if sae_id in index:
-            entries[sae_id] = index[sae_id]
-            continue
-        # Not in the index (pushed by other tools, or the index was lost): read its files.
-        evaluation, training = (
-            json_file(f"{sae_id}/{name}") if f"{sae_id}/{name}" in siblings else None
-            for name in (EVAL_FILENAME, RUNNER_CFG_FILENAME)
-        )
-        cfg = json_file(path) or {}
-        entries[sae_id] = model_card.entry_from_files(sae_id, cfg, evaluation, training)
+        if sae_id not in index:  # pushed by other tools, or the index was lost: read its files
+            evaluation, training, cfg = (
+                json_file(f"{sae_id}/{name}")
+                for name in (EVAL_FILENAME, RUNNER_CFG_FILENAME, CFG_FILENAME)
+            )
+            index[sae_id] = model_card.entry_from_files(sae_id, cfg or {}, evaluation, training)
+        entries[sae_id] = index[sae_id]
     return entries
-
-
-@dataclass
-class _RemoteState:
-    """What a push needs to know of the branch it commits to."""
-
-    repo_id: str
-    head: str | None
-    siblings: set[str]
-    entries: dict[str, model_card.SAEEntry]
-    readme: str | None
 
 
 def _read_remote_state(
     api: HfApi, repo_id: str, branch: str, private: bool, secret: str | None
-) -> _RemoteState:
-    """Create repo and branch if missing, then read the branch's files, SAEs and README."""
+) -> tuple[str, str, set[str], dict[str, model_card.SAEEntry], str | None]:
+    """Create repo and branch if missing; return the full repo id, head, files, SAEs and README."""
 
     def step(action: str) -> Any:
         return hub_step(repo_id, action, secret, _NOTHING_SENT, HubPublishError)
@@ -187,12 +174,8 @@ def _read_remote_state(
             raise HubPublishError(f"Hub repo {repo_id!r}: no commit id for {branch!r}")
         siblings = {s.rfilename for s in (info.siblings or [])}
         if private and info.private is False:
-            warnings.warn(
-                f"Hub repo {repo_id!r} already exists and is public: private=True only applies "
-                "when the repo is created",
-                UserWarning,
-                stacklevel=3,
-            )
+            public = f"Hub repo {repo_id!r} already exists and is public: private=True only"
+            warnings.warn(f"{public} applies when the repo is created", UserWarning, stacklevel=3)
         with tempfile.TemporaryDirectory(prefix="sae-gated-push-") as tmp:
             entries = _remote_entries(api, repo_id, info.sha, siblings, Path(tmp))
             readme = None
@@ -200,11 +183,10 @@ def _read_remote_state(
                 try:
                     readme = _download_text(api, repo_id, README_FILENAME, info.sha, Path(tmp))
                 except UnicodeDecodeError:
-                    raise HubPublishError(
-                        f"Hub repo {repo_id!r}: README.md is not UTF-8 text; fix or delete it. "
-                        f"{_NOTHING_SENT}"
+                    raise _refused(
+                        repo_id, "README.md is not UTF-8 text; fix or delete it"
                     ) from None
-    return _RemoteState(repo_id, info.sha, siblings, entries, readme)
+    return repo_id, info.sha, siblings, entries, readme
 
 
 def push_sae(
@@ -243,28 +225,23 @@ def push_sae(
     secret = secret_token(token)
     summary = commit_message or f"Add SAE {sae_id} ({entry.form}) with sae-gated-plugin"
     api = HfApi(endpoint=endpoint, token=token)
-    remote = _read_remote_state(api, repo_id, branch, private, secret)
-    repo_id = remote.repo_id
-    remote.entries[sae_id] = entry
+    repo_id, head, siblings, entries, readme = _read_remote_state(
+        api, repo_id, branch, private, secret
+    )
+    entries[sae_id] = entry
     try:
-        card = model_card.render_card(repo_id, remote.entries, remote.readme, revision=branch)
+        card = model_card.render_card(repo_id, entries, readme, revision=branch)
     except GatedPluginError as exc:
-        raise HubPublishError(
-            f"Hub repo {repo_id!r}: {exc}; fix or delete it. {_NOTHING_SENT}"
-        ) from None
+        raise _refused(repo_id, f"{exc}; fix or delete it") from None
     uploads = {f"{sae_id}/{name}": content for name, content in files.items()}
     uploads[README_FILENAME] = card.encode()
-    uploads[model_card.INDEX_FILENAME] = model_card.render_index(remote.entries).encode()
+    uploads[model_card.INDEX_FILENAME] = model_card.render_index(entries).encode()
     description = f"Files: {', '.join(files)} in {sae_id}/, README.md, {model_card.INDEX_FILENAME}."
     if removed:
         description += f" Secret-looking keys left out: {', '.join(removed)}."
-    if secret and any(
-        secret.encode() in blob for blob in [*uploads.values(), (summary + description).encode()]
-    ):
-        raise HubPublishError(
-            f"Hub repo {repo_id!r}: a file to upload contains the Hub token; refusing to push. "
-            f"{_NOTHING_SENT}"
-        )
+    blobs = [*uploads.values(), (summary + description).encode()]
+    if secret and any(secret.encode() in blob for blob in blobs):
+        raise _refused(repo_id, "a file to upload contains the Hub token; refusing to push")
     operations: list[CommitOperationAdd | CommitOperationDelete] = [
         CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
         for path, data in uploads.items()
@@ -272,7 +249,7 @@ def push_sae(
     operations += [  # stale files of an earlier push of this SAE
         CommitOperationDelete(path_in_repo=f"{sae_id}/{name}")
         for name in SAE_FILES
-        if name not in files and f"{sae_id}/{name}" in remote.siblings
+        if name not in files and f"{sae_id}/{name}" in siblings
     ]
     unchanged = "The push is a single commit, so the repo is unchanged."
     with hub_step(
@@ -284,6 +261,6 @@ def push_sae(
             commit_message=summary,
             commit_description=description,
             revision=branch,
-            parent_commit=remote.head,
+            parent_commit=head,
         )
     return f"{api.endpoint}/{repo_id}/tree/{quote(branch, safe='')}/{quote(sae_id)}"

@@ -26,6 +26,12 @@ _HTTP_ERROR = getattr(errors, "HTTPError", None)
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (errors.HfHubHTTPError, OSError)
 if isinstance(_HTTP_ERROR, type):
     _TRANSPORT_ERRORS += (_HTTP_ERROR,)
+_AUTH_HINT = (
+    " Check the token: pass --token/token=, set HF_TOKEN or run `hf auth login`, with write "
+    "access to {owner!r}."
+)
+_CONFLICT_HINT = " Someone else committed to the branch during this push: push again."
+_HINTS: dict[int | None, str] = {401: _AUTH_HINT, 403: _AUTH_HINT, 412: _CONFLICT_HINT}
 
 
 @contextlib.contextmanager
@@ -39,14 +45,7 @@ def hub_step(
         raise
     except _TRANSPORT_ERRORS as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        hint = ""
-        if status in (401, 403):
-            hint = (
-                " Check the token: pass --token/token=, set HF_TOKEN or run `hf auth login`, "
-                f"with write access to {repo_id.split('/')[0]!r}."
-            )
-        elif status == 412:
-            hint = " Someone else committed to the branch during this push: push again."
+        hint = _HINTS.get(status, "").format(owner=repo_id.split("/")[0])
         text = " ".join(str(exc).split()) or type(exc).__name__
         message = f"Hub repo {repo_id!r}: {action} failed ({type(exc).__name__}: {text}).{hint}"
         raise error(scrub(f"{message} {aftermath}", secret).strip()) from None
