@@ -21,12 +21,7 @@ from sae_gated_plugin.convert.folders import (
 )
 from sae_gated_plugin.convert.names import SOURCES, TARGETS
 from sae_gated_plugin.convert.saelens import jumprelu_cfg, jumprelu_parameters, renamed_cfg
-from sae_gated_plugin.convert.verify import (
-    N_PROBES,
-    GatedReference,
-    VerifyReport,
-    verify_conversion,
-)
+from sae_gated_plugin.convert.verify import N_PROBES, VerifyReport, verify_conversion
 from sae_gated_plugin.errors import GatedPluginError
 
 
@@ -76,26 +71,20 @@ def convert_sae(
     metadata: dict[str, Any] | None = None,
     n_probes: int = N_PROBES,
 ) -> ConversionReport:
-    """Convert the gated SAE at ``src`` into a new SAELens folder ``dst`` of architecture ``to``.
+    """Convert the gated SAE at ``src`` (a SAELens folder, or with ``source="dictionary_learning"``
+    an ``ae.pt`` + ``config.json`` folder) into a new SAELens folder ``dst`` of architecture
+    ``to``, with ``metadata`` fields set, checked against the source on ``n_probes`` probes.
 
-    ``src`` is a SAELens ``gated_paper`` or ``gated`` folder, or with
-    ``source="dictionary_learning"`` a folder with ``ae.pt`` and ``config.json``. ``to`` is
-    ``gated_paper``, ``gated`` or ``jumprelu``; ``metadata`` sets cfg.json metadata fields (the
-    others are kept). ``dst`` gets cfg.json, the weights and the source's sparsity file, written
-    to a staging folder, loaded back and compared with the source on ``n_probes`` probe
-    activations before it is moved into place.
-
-    Raises:
-        GatedPluginError: the source is invalid or cannot be converted exactly, or ``dst``
-            exists (the message says why). Nothing is written then.
+    Raises GatedPluginError, writing nothing, if the source is invalid or cannot be converted
+    exactly, or ``dst`` exists.
     """
     if to not in TARGETS:
         raise GatedPluginError(f"unknown target {to!r}; choose one of {', '.join(TARGETS)}")
     if source not in SOURCES:
         raise GatedPluginError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     src, dst = Path(src), check_destination(dst)
-    reference: GatedReference
-    weights_file: Path | None = None  # a SAELens weights file is copied byte for byte
+    weights_file: Path | None = None  # a SAELens folder's files are copied byte for byte
+    sparsity: Path | None = None
     if source == "dictionary_learning":
         cfg, state = dictionary_learning.read_checkpoint(src)
         weights = dictionary_learning.gated_parameters(state)
@@ -103,8 +92,8 @@ def convert_sae(
         source_architecture = dictionary_learning.TRAINED_AS
     else:
         cfg, weights = read_gated_folder(src)
-        reference, weights_file = _load(src), src / WEIGHTS_FILENAME
-        source_architecture = cfg["architecture"]
+        reference, source_architecture = _load(src), cfg["architecture"]
+        weights_file, sparsity = src / WEIGHTS_FILENAME, src / SPARSITY_FILENAME
     entry = provenance(cfg, to)
     negative = 0
     out_weights: dict[str, torch.Tensor] | Path
@@ -121,6 +110,5 @@ def convert_sae(
     def check(folder: Path) -> VerifyReport:
         return verify_conversion(_load(folder), reference, weights, n_probes=n_probes)
 
-    sparsity = src / SPARSITY_FILENAME if weights_file is not None else None
     report = write_sae_folder(dst, out_cfg, out_weights, check, sparsity)
     return ConversionReport(src, dst, source_architecture, to, report, negative)

@@ -1,11 +1,6 @@
-"""Reading a saprmarks/dictionary_learning ``GatedAutoEncoder`` folder (``ae.pt`` state dict
-and ``config.json``) as a gated_paper SAE; docs/conversions.md gives the mapping.
-
-Its forward is the paper's with W_enc = encoder.weight^T, W_dec = decoder.weight^T and
-b_dec = decoder_bias subtracted from the input. With ``normalize_activations`` the library scales
-the biases by norm_factor before saving ``ae.pt``, so the SAE reads raw activations
-(``normalize_activations="none"``); its training backup is saved before that and is refused.
-"""
+"""A saprmarks/dictionary_learning ``GatedAutoEncoder`` folder (``ae.pt``, ``config.json``) read
+as a gated_paper SAE (docs/conversions.md). Its biases are saved already scaled by norm_factor,
+so the SAE reads raw activations; the training backup, saved before that scaling, is refused."""
 
 from __future__ import annotations
 
@@ -138,8 +133,7 @@ def sae_cfg(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str,
 
 
 def read_checkpoint(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The ``gated_paper`` cfg.json and the checked ``ae.pt`` state dict of a
-    dictionary_learning folder (:func:`gated_parameters` maps the state dict)."""
+    """The ``gated_paper`` cfg.json and the checked ``ae.pt`` state dict of a folder."""
     src = Path(src)
     if not src.is_dir():
         raise GatedPluginError(f"{src}: no such folder (a dictionary_learning training folder)")

@@ -1,10 +1,6 @@
-"""Check a converted SAE against its source model on synthetic probe activations.
-
-Both models are exact in real arithmetic, so they may differ only by rounding, per entry: a
-feature by ``tol * (||x_c|| ||W_mag[:, i]|| + |b_mag[i]|)`` with ``tol = 16 eps sqrt(d_in)``, a
-gate flip only where the source's gate pre-activation is within rounding of zero, and the
-reconstruction by what those explain. Anything else refuses the conversion.
-"""
+"""Check a converted SAE against its source on synthetic probes: per entry they may differ only
+by rounding (``tol * (||x_c|| ||W_mag[:, i]|| + |b_mag[i]|)``, ``tol = 16 eps sqrt(d_in)``), a
+gate may flip only within rounding of zero; anything else refuses the conversion."""
 
 from __future__ import annotations
 
@@ -21,15 +17,12 @@ N_PROBES = 256
 
 
 class GatedReference(Protocol):
-    """The source model in SAELens's method names (a SAELens SAE, or another library's)."""
+    """The source model in SAELens's method names (a SAELens SAE, or another library's);
+    ``process_sae_in`` gives the input as the encoder multiplies it (normalised, centred)."""
 
     def encode(self, x: torch.Tensor, /) -> torch.Tensor: ...
-
     def decode(self, features: torch.Tensor, /) -> torch.Tensor: ...
-
-    def process_sae_in(self, x: torch.Tensor, /) -> torch.Tensor:
-        """The input as the encoder multiplies it (x_c: normalised and centred)."""
-        ...
+    def process_sae_in(self, x: torch.Tensor, /) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -51,10 +44,8 @@ def tolerance(dtype: torch.dtype, d_in: int) -> float:
 def probe_activations(
     weights: dict[str, torch.Tensor], n: int = N_PROBES, seed: int = 0
 ) -> torch.Tensor:
-    """Synthetic inputs that put every latent's gate pre-activation on both sides of zero:
-    random directions around ``b_dec`` at radii over three decades around the scale where
-    ``x_c . W_gate[:, i]`` matches ``|b_gate|``, and sparse decoder combinations with
-    coefficients around each chosen latent's gate threshold."""
+    """Inputs that put every latent's gate on both sides of zero: random directions around
+    ``b_dec`` at radii over three decades, and sparse decoder combinations near the thresholds."""
     work = _work_dtype(weights["W_enc"].dtype)
     w_gate, w_dec = weights["W_enc"].to(work), weights["W_dec"].to(work)
     b_gate, b_dec = weights["b_gate"].to(work), weights["b_dec"].to(work)
@@ -91,15 +82,10 @@ def verify_conversion(
     *,
     n_probes: int = N_PROBES,
 ) -> VerifyReport:
-    """Compare ``converted`` (a loaded SAELens SAE) with ``reference`` on probe activations.
-
-    ``weights`` are the source's gated parameters (SAELens names). Raises ``GatedPluginError``
-    naming the latent and probe where the two differ beyond rounding.
-    """
+    """Compare ``converted`` with ``reference`` (source ``weights`` in SAELens names) on probe
+    activations; raise ``GatedPluginError`` naming a latent where they differ beyond rounding."""
     x = probe_activations(weights, n_probes)
-    dtype = weights["W_enc"].dtype
-    tol = tolerance(dtype, x.shape[-1])
-    work = _work_dtype(dtype)
+    work, tol = _work_dtype(x.dtype), tolerance(x.dtype, x.shape[-1])
     outputs = []
     for model in (reference, converted):
         # encode then decode, in that order: SAELens's run-time normalisations keep the
