@@ -1,22 +1,18 @@
-"""Exact, checked conversions of gated SAEs: ``gated_paper`` <-> SAELens ``gated``, into SAELens
-``jumprelu``, and from dictionary_learning ``GatedAutoEncoder`` checkpoints.
-
-Names are imported on first use, so importing this package costs nothing.
-"""
+"""Exact, checked conversions of gated SAEs (``gated_paper`` <-> ``gated``, -> ``jumprelu``, and
+from dictionary_learning); names are imported on first use, so importing this costs nothing."""
 
 from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {
-    "ConversionReport": "sae_gated_plugin.convert.api",
-    "SOURCES": "sae_gated_plugin.convert.names",
-    "convert_sae": "sae_gated_plugin.convert.api",
-    "TARGETS": "sae_gated_plugin.convert.names",
-    "jumprelu_parameters": "sae_gated_plugin.convert.saelens",
-    "gated_parameters": "sae_gated_plugin.convert.dictionary_learning",
+_MODULES = {
+    "api": ("ConversionReport", "convert_sae"),
+    "names": ("SOURCES", "TARGETS"),
+    "saelens": ("jumprelu_parameters",),
+    "dictionary_learning": ("gated_parameters",),
 }
+_EXPORTS = {name: f"{__name__}.{module}" for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,28 +1,6 @@
-"""Reading a saprmarks/dictionary_learning ``GatedAutoEncoder`` checkpoint as a gated SAE.
-
-A dictionary_learning training folder holds ``ae.pt`` (the model's state dict, saved with
-``torch.save``) and ``config.json`` (``{"trainer": {...}, "buffer": {...}}``). Its layout:
-
-- ``encoder.weight`` [dict_size, activation_dim] (an ``nn.Linear`` without bias: out x in),
-  ``decoder.weight`` [activation_dim, dict_size] (``nn.Linear``, no bias);
-- ``decoder_bias`` [activation_dim], subtracted from the input before the encoder;
-- ``gate_bias``, ``mag_bias``, ``r_mag`` [dict_size].
-
-Its forward is the paper's: x_enc = (x - decoder_bias) W^T, f = 1[x_enc + gate_bias > 0]
-ReLU(exp(r_mag) x_enc + mag_bias), x_hat = f D^T + decoder_bias. So the gated parameters are
-W_enc = encoder.weight^T, W_dec = decoder.weight^T, b_dec = decoder_bias, b_gate = gate_bias,
-b_mag = mag_bias, r_mag = r_mag, with ``apply_b_dec_to_input`` on.
-
-Activation normalisation: ``trainSAE(normalize_activations=True)`` trains on x / norm_factor
-and, before saving ``ae.pt``, multiplies decoder_bias, gate_bias and mag_bias by norm_factor
-(``scale_biases``). That makes the saved model compute, on raw activations, exactly
-norm_factor times the features it learnt, so ``ae.pt`` needs no input scaling and the
-conversion sets ``normalize_activations="none"``; a ``norm_factor`` found in config.json is
-only recorded. The training backup (``ae.pt`` holding ``ae``, ``optimizer``, ``step``...) is
-saved before that scaling and is refused.
-
-``ae.pt`` is read with ``torch.load(weights_only=True)`` and must hold tensors only.
-"""
+"""A saprmarks/dictionary_learning ``GatedAutoEncoder`` folder (``ae.pt``, ``config.json``) read
+as a gated_paper SAE (docs/conversions.md). Its biases are saved already scaled by norm_factor,
+so the SAE reads raw activations; the training backup, saved before that scaling, is refused."""
 
 from __future__ import annotations
 
@@ -33,6 +11,7 @@ import torch
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.util import dtype_to_str
 
+from sae_gated_plugin.arch.artifacts import gated_parameter_shapes
 from sae_gated_plugin.arch.config import GatedPaperSAEConfig
 from sae_gated_plugin.convert.folders import PROVENANCE_KEY
 from sae_gated_plugin.errors import GatedPluginError
@@ -44,14 +23,8 @@ DICT_CLASS = "GatedAutoEncoder"
 TRAINED_AS = "dictionary_learning GatedAutoEncoder"
 """``trained_architecture`` recorded in a converted SAE's provenance."""
 
-_RENAMES = {
-    "encoder.weight": "W_enc",
-    "gate_bias": "b_gate",
-    "r_mag": "r_mag",
-    "mag_bias": "b_mag",
-    "decoder.weight": "W_dec",
-    "decoder_bias": "b_dec",
-}
+_RENAMES = {"encoder.weight": "W_enc", "gate_bias": "b_gate", "r_mag": "r_mag",
+            "mag_bias": "b_mag", "decoder.weight": "W_dec", "decoder_bias": "b_dec"}  # fmt: skip
 _TRANSPOSED = {"encoder.weight", "decoder.weight"}
 
 
@@ -96,15 +69,9 @@ def _check_layout(state: dict[str, torch.Tensor], path: Path, trainer: dict[str,
             f"unexpected {unexpected})"
         )
     dict_size, activation_dim = state["encoder.weight"].shape
-    expected = {
-        "encoder.weight": (dict_size, activation_dim),
-        "decoder.weight": (activation_dim, dict_size),
-        "decoder_bias": (activation_dim,),
-        "gate_bias": (dict_size,),
-        "mag_bias": (dict_size,),
-        "r_mag": (dict_size,),
-    }
-    for name, shape in expected.items():
+    shapes = gated_parameter_shapes(activation_dim, dict_size)
+    for name, new in _RENAMES.items():
+        shape = shapes[new][::-1] if name in _TRANSPOSED else shapes[new]
         if tuple(state[name].shape) != shape:
             raise GatedPluginError(
                 f"{path}: {name} has shape {tuple(state[name].shape)}, but encoder.weight "
@@ -134,9 +101,8 @@ def gated_parameters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _hook_name(trainer: dict[str, Any]) -> str | None:
-    # dictionary_learning hooks the output of model.layers[layer], the residual stream after
-    # the block, unless its submodule_name label says otherwise (SAELens's own loader of these
-    # checkpoints assumes resid_post too).
+    # dictionary_learning hooks the output of model.layers[layer] (resid_post, as SAELens's own
+    # loader of these checkpoints assumes) unless its submodule_name label says otherwise.
     layer, label = trainer.get("layer"), trainer.get("submodule_name")
     if isinstance(layer, int) and (label is None or str(label).startswith("resid_post")):
         return f"blocks.{layer}.hook_resid_post"
@@ -145,8 +111,7 @@ def _hook_name(trainer: dict[str, Any]) -> str | None:
 
 def sae_cfg(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, Any]:
     """A ``gated_paper`` cfg.json for the checkpoint, with the metadata config.json gives."""
-    trainer = config.get("trainer") or {}
-    buffer = config.get("buffer") or {}
+    trainer, buffer = config.get("trainer") or {}, config.get("buffer") or {}
     metadata: dict[str, Any] = {}
     if isinstance(trainer.get("lm_name"), str):
         metadata["model_name"] = trainer["lm_name"]
@@ -168,8 +133,7 @@ def sae_cfg(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str,
 
 
 def read_checkpoint(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The ``gated_paper`` cfg.json and the checked ``ae.pt`` state dict of a
-    dictionary_learning folder (:func:`gated_parameters` maps the state dict)."""
+    """The ``gated_paper`` cfg.json and the checked ``ae.pt`` state dict of a folder."""
     src = Path(src)
     if not src.is_dir():
         raise GatedPluginError(f"{src}: no such folder (a dictionary_learning training folder)")
@@ -189,18 +153,18 @@ def read_checkpoint(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
 
 
 class DictionaryLearningReference:
-    """dictionary_learning's ``GatedAutoEncoder`` forward on a state dict (for the check)."""
+    """dictionary_learning's ``GatedAutoEncoder`` forward on a state dict, in SAELens's names."""
 
     def __init__(self, state: dict[str, torch.Tensor]) -> None:
         self.state = state
 
-    def centred(self, x: torch.Tensor) -> torch.Tensor:
+    def process_sae_in(self, x: torch.Tensor) -> torch.Tensor:
         """``x - decoder_bias``, what the encoder multiplies."""
         return x - self.state["decoder_bias"]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``GatedAutoEncoder.encode``."""
-        x_enc = torch.nn.functional.linear(self.centred(x), self.state["encoder.weight"])
+        x_enc = torch.nn.functional.linear(self.process_sae_in(x), self.state["encoder.weight"])
         gate = (x_enc + self.state["gate_bias"] > 0).to(x_enc.dtype)
         return gate * torch.relu(self.state["r_mag"].exp() * x_enc + self.state["mag_bias"])
 

@@ -1,10 +1,5 @@
-"""Reading the SAE folder a conversion starts from, and writing the one it makes.
-
-A converted SAE is a normal SAELens folder: ``cfg.json`` and ``sae_weights.safetensors`` (and
-``sparsity.safetensors`` when the source has one: the latents fire exactly as before). It is
-written into a staging folder beside the destination, loaded back and checked there, and only
-then renamed into place; an existing destination is never touched.
-"""
+"""The folders of a conversion: the source read and checked, the result written to a staging
+folder, checked there and only then renamed into place (an existing destination is kept)."""
 
 from __future__ import annotations
 
@@ -20,6 +15,7 @@ from safetensors.torch import save
 
 from sae_gated_plugin.arch.artifacts import (
     CFG_FILENAME,
+    GATED_ARCHITECTURES,
     PLUGIN_METADATA_KEY,
     SPARSITY_FILENAME,
     WEIGHTS_FILENAME,
@@ -33,18 +29,17 @@ from sae_gated_plugin.io import atomic_write_bytes, staging_folder
 T = TypeVar("T")
 
 PROVENANCE_KEY = PLUGIN_METADATA_KEY
-"""cfg.json ``metadata`` key recording what a converted SAE was trained as and how it is saved.
-The same key marks a portable SAE for the model card (``model_card.PORTABLE_METADATA_KEY``)."""
+"""cfg.json ``metadata`` key: what a converted (or portable) SAE was trained as, how it is saved."""
 
 PORTABLE_NOTE = (
     "Trained with sae-gated-plugin's gated_paper (arXiv:2404.16014) and published as SAELens's "
     "built-in 'gated': same parameters, same encode/decode outputs, so plain SAELens loads it "
     "without the plugin."
 )
-"""The note ``sae-gated push --portable`` writes; a ``--to gated`` conversion writes the same."""
+"""The note of ``sae-gated push --portable`` and of a ``--to gated`` conversion."""
 
+# The ``form`` recorded in the provenance for each target architecture.
 FORM_OF_TARGET = {ARCHITECTURE: ARCHITECTURE, "gated": "portable", "jumprelu": "jumprelu"}
-"""``form`` recorded in the provenance for each target architecture."""
 
 
 def check_destination(dst: str | Path) -> Path:
@@ -61,7 +56,7 @@ def read_gated_folder(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     """The validated cfg.json and weights of a SAELens ``gated`` or ``gated_paper`` folder."""
     src = Path(src)
     cfg = validate_sae_folder(src)
-    if cfg["architecture"] not in (ARCHITECTURE, "gated"):
+    if cfg["architecture"] not in GATED_ARCHITECTURES:
         raise GatedPluginError(
             f"{src / CFG_FILENAME}: architecture {cfg['architecture']!r} is not a gated SAE; "
             f"sae-gated convert reads {ARCHITECTURE!r} and SAELens 'gated' folders (and "
@@ -71,29 +66,21 @@ def read_gated_folder(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.
 
 
 def provenance(cfg: dict[str, Any], target: str) -> dict[str, Any] | None:
-    """The provenance entry for ``cfg`` saved as ``target``; None when none is needed.
-
-    The entry says what the weights were trained as and in which form they are saved now. No
-    entry is written when an SAE is back in the form it was trained in, so a round trip
-    (gated_paper -> gated -> gated_paper, or gated -> gated_paper -> gated) gives back the
-    original cfg.json.
-    """
-    metadata = cfg.get("metadata") or {}
-    entry = dict(metadata.get(PROVENANCE_KEY) or {})
+    """The provenance entry (trained as, saved as) for ``cfg`` saved as ``target``; None for an
+    SAE back in the form it was trained in, so a round trip gives back the original cfg.json."""
+    entry = dict((cfg.get("metadata") or {}).get(PROVENANCE_KEY) or {})
     trained = entry.get("trained_architecture") or cfg["architecture"]
     form = "gated" if target == "gated" and trained == "gated" else FORM_OF_TARGET[target]
-    native = {ARCHITECTURE: ARCHITECTURE, "gated": "gated"}.get(trained)
     extra = set(entry) - {"trained_architecture", "form", "note"}
-    if form == native and not extra:
+    if trained in GATED_ARCHITECTURES and form == trained and not extra:
         return None
-    entry.update(trained_architecture=trained, form=form)
+    note = (
+        f"Trained as {trained}; saved as SAELens's {target!r} by `sae-gated convert`, "
+        "an exact conversion checked against the source model."
+    )
     if trained == ARCHITECTURE and form == "portable":
-        entry["note"] = PORTABLE_NOTE
-    else:
-        entry["note"] = (
-            f"Trained as {trained}; saved as SAELens's {target!r} by `sae-gated convert`, "
-            "an exact conversion checked against the source model."
-        )
+        note = PORTABLE_NOTE
+    entry.update(trained_architecture=trained, form=form, note=note)
     return entry
 
 
@@ -124,12 +111,8 @@ def write_sae_folder(
     check: Callable[[Path], T],
     sparsity: Path | None = None,
 ) -> T:
-    """Write a SAELens folder at ``dst`` through a staging folder; return what ``check`` says.
-
-    ``weights`` is a dict of tensors, or a safetensors file to copy byte for byte. ``check``
-    runs on the complete staging folder (load it, compare outputs) and raises to refuse; only
-    after it returns is the folder renamed to ``dst``.
-    """
+    """Write a SAELens folder at ``dst`` (``weights``: tensors, or a safetensors file to copy)
+    through a staging folder that ``check`` may refuse by raising; return what it says."""
     dst = check_destination(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with staging_folder(dst.parent / f".{dst.name}.convert-partial") as staging:

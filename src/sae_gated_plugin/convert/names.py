@@ -4,8 +4,5 @@ from __future__ import annotations
 
 from sae_gated_plugin.arch.names import ARCHITECTURE
 
-TARGETS = (ARCHITECTURE, "gated", "jumprelu")
-"""Architectures a gated SAE converts into."""
-
-SOURCES = ("saelens", "dictionary_learning")
-"""Formats a conversion reads: a SAELens folder, or a dictionary_learning training folder."""
+TARGETS = (ARCHITECTURE, "gated", "jumprelu")  # architectures a gated SAE converts into
+SOURCES = ("saelens", "dictionary_learning")  # a SAELens folder or a dictionary_learning one

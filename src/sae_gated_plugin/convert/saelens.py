@@ -1,12 +1,5 @@
-"""Exact conversions between gated SAEs and SAELens's ``gated`` and ``jumprelu`` architectures.
-
-``gated_paper`` and SAELens's ``gated`` share parameters and inference: converting between
-them rewrites the architecture in cfg.json and copies the weights file byte for byte.
-
-A Gated SAE with tied weights is a JumpReLU SAE (arXiv:2404.16014, appendix E); see
-:func:`jumprelu_parameters` for the parameters and the proof, including latents whose
-threshold is negative.
-"""
+"""Exact conversions of gated SAEs: ``gated_paper`` <-> SAELens ``gated`` (same parameters, the
+architecture renamed) and into SAELens ``jumprelu`` (see :func:`jumprelu_parameters`)."""
 
 from __future__ import annotations
 
@@ -18,24 +11,14 @@ from pydantic import ValidationError
 from sae_gated_plugin.arch.schema import ARCHITECTURE, GatedPaperSAESchema
 from sae_gated_plugin.errors import GatedPluginError
 
-CFG_FIELDS = (
-    "d_in",
-    "d_sae",
-    "dtype",
-    "device",
-    "apply_b_dec_to_input",
-    "normalize_activations",
-    "reshape_activations",
-    "metadata",
-)
+CFG_FIELDS = ("d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
+              "normalize_activations", "reshape_activations", "metadata")  # fmt: skip
 """cfg.json fields every SAELens inference config shares (the jumprelu config has no others)."""
 
 
 def renamed_cfg(cfg: dict[str, Any], target: str) -> dict[str, Any]:
-    """``cfg`` of a ``gated`` / ``gated_paper`` SAE with its architecture set to ``target``.
-
-    The two architectures have the same config fields, so everything else is kept as it is.
-    """
+    """``cfg`` of a ``gated`` / ``gated_paper`` SAE with its architecture set to ``target`` (the
+    two share every other field)."""
     if cfg["architecture"] == target:
         raise GatedPluginError(
             f"the SAE is already {target!r}; nothing to convert (copy the folder instead)"
@@ -59,31 +42,19 @@ def jumprelu_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @torch.no_grad()
 def jumprelu_parameters(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-    """The SAELens ``jumprelu`` parameters that compute what a gated SAE computes.
+    """The SAELens ``jumprelu`` parameters that compute what a gated SAE computes, and how many
+    latents had a negative threshold (set to 0). Computed in float64, rounded once to the dtype.
 
-    Returns the parameters (``W_enc``, ``b_enc``, ``threshold``, ``W_dec``, ``b_dec``) and how
-    many latents had a negative threshold (set to 0, see below). Computed in float64 and
-    rounded once to the SAE's dtype.
-
-    Proof. Per latent i, with g = x_c . W_gate[:, i] and s = exp(r_mag[i]) > 0, the gated SAE
-    computes pi = g + b_gate and m = s g + b_mag, and outputs f = 1[pi > 0] ReLU(m). As s > 0,
-    pi > 0 <=> s g > -s b_gate <=> m > b_mag - s b_gate =: theta, so f = 1[m > theta] ReLU(m).
-    SAELens's JumpReLU (``JumpReLUSAE.encode``) outputs 1[p > t] ReLU(p) with
-    p = x_c . W_enc[:, i] + b_enc[i]; with W_enc[:, i] = s W_gate[:, i] and b_enc = b_mag,
-    p = m. Take t = max(theta, 0). If theta >= 0, t = theta and the outputs are the same
-    expression. If theta < 0, t = 0: for m > 0 both indicators are 1 (m > 0 > theta) and both
-    output m; for m <= 0 both output ReLU(m) = 0. So f = 1[m > t] ReLU(m) for every m,
-    including m = 0 and m = theta (both strict inequalities give 0 there).
-
-    Why 0 and not theta itself: with t >= 0, m > t already implies m > 0, so
-    1[m > t] ReLU(m) = 1[m > t] m, the textbook JumpReLU z H(z - t) (arXiv:2407.14435) that
-    Gemma Scope's and SAELens's training code compute without a ReLU. A negative t would give
-    the same outputs in SAELens's inference class (it applies ReLU) but pass the negative values
-    m in (theta, 0] through in those implementations. W_dec and b_dec are copied, so the
-    reconstructions are the same too.
-
-    The algebra needs s finite and > 0 in the SAE's dtype: a latent whose exp(r_mag) overflows
-    or underflows there (where the gated SAE itself computes m = inf or m = b_mag) is refused.
+    Proof. Per latent, with g = x_c . W_gate[:, i] and s = exp(r_mag[i]) > 0, the gated SAE
+    outputs f = 1[g + b_gate > 0] ReLU(m) with m = s g + b_mag. As s > 0, g + b_gate > 0 <=>
+    m > theta := b_mag - s b_gate, so f = 1[m > theta] ReLU(m). JumpReLU outputs 1[p > t] ReLU(p)
+    with p = x_c . W_enc[:, i] + b_enc[i] = m for W_enc = s W_gate, b_enc = b_mag. Take
+    t = max(theta, 0): if theta >= 0 the expressions are equal; if theta < 0, t = 0 and for
+    m > 0 both output m, for m <= 0 both output 0 (strict inequalities: also at m = 0, theta).
+    With t >= 0, 1[m > t] ReLU(m) = 1[m > t] m, the textbook JumpReLU z H(z - t)
+    (arXiv:2407.14435) of Gemma Scope and SAELens's training code; there a negative t would pass
+    m in (theta, 0] through. W_dec and b_dec are copied, so reconstructions are equal too.
+    A latent whose s overflows or underflows in the SAE's dtype is refused.
     """
     dtype = weights["W_enc"].dtype
     scale_in_dtype = weights["r_mag"].exp()

@@ -1,21 +1,6 @@
-"""Check a converted SAE against the model it came from, on probe activations.
-
-Every conversion ends here before its folder is moved into place: the written folder is loaded
-with ``SAE.load_from_disk`` and its features and reconstructions are compared with the source
-model's. Each conversion is exact in real arithmetic; in floating point the two models round
-differently, so the comparison allows, per entry,
-
-- a feature difference up to ``tol * (||x_c|| ||W_mag[:, i]|| + |b_mag[i]|)``, the size of the
-  rounding in a magnitude pre-activation, with ``tol = 16 * eps(dtype) * sqrt(d_in)``;
-- a latent whose gate flips only where the source's own gate pre-activation is within rounding
-  of zero: ``|pi_gate| <= tol * (||x_c|| ||W_gate[:, i]|| + |b_gate[i]|)``;
-- reconstruction differences that those feature differences and rounding explain.
-
-Anything else means the conversion is not exact (a layout mistake, or a latent whose threshold
-cannot be represented in the dtype) and the conversion is refused. The probes are synthetic,
-built from the SAE's own weights so that every latent is seen on both sides of its gate; they
-check the conversion, they are not a sample of any model's activations.
-"""
+"""Check a converted SAE against its source on synthetic probes: per entry they may differ only
+by rounding (``tol * (||x_c|| ||W_mag[:, i]|| + |b_mag[i]|)``, ``tol = 16 eps sqrt(d_in)``), a
+gate may flip only within rounding of zero; anything else refuses the conversion."""
 
 from __future__ import annotations
 
@@ -32,55 +17,23 @@ N_PROBES = 256
 
 
 class GatedReference(Protocol):
-    """What the check needs from the source model (a SAELens gated SAE or another library's)."""
+    """The source model in SAELens's method names (a SAELens SAE, or another library's);
+    ``process_sae_in`` gives the input as the encoder multiplies it (normalised, centred)."""
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature activations f(x)."""
-        ...
-
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
-        """Reconstruction from features."""
-        ...
-
-    def centred(self, x: torch.Tensor) -> torch.Tensor:
-        """The input as the encoder multiplies it (x_c: normalised and centred)."""
-        ...
+    def encode(self, x: torch.Tensor, /) -> torch.Tensor: ...
+    def decode(self, features: torch.Tensor, /) -> torch.Tensor: ...
+    def process_sae_in(self, x: torch.Tensor, /) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """Outcome of a passed check."""
+    """Outcome of a passed check; errors are in units of the allowed rounding (<= 1 passes)."""
 
     n_probes: int
-    """Probe activations compared."""
-    n_entries: int
-    """Feature entries compared (probes x latents)."""
-    gate_boundary_flips: int
-    """Entries where one model's gate opened and the other's did not, all within rounding of 0."""
+    n_entries: int  # feature entries compared (probes x latents)
+    gate_boundary_flips: int  # gates opened in one model only, all within rounding of 0
     max_feature_error: float
-    """Largest feature difference, in units of that entry's allowed rounding (<= 1 passes)."""
     max_reconstruction_error: float
-    """Largest reconstruction difference, in units of its allowed rounding (<= 1 passes)."""
-
-
-class SAELensReference:
-    """A loaded SAELens ``gated`` / ``gated_paper`` SAE as a :class:`GatedReference`."""
-
-    def __init__(self, sae: Any) -> None:
-        sae.turn_off_forward_pass_hook_z_reshaping()  # probes are flat; reshaping is a view
-        self.sae = sae
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``sae.encode``."""
-        return self.sae.encode(x)
-
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
-        """``sae.decode``."""
-        return self.sae.decode(features)
-
-    def centred(self, x: torch.Tensor) -> torch.Tensor:
-        """``sae.process_sae_in``."""
-        return self.sae.process_sae_in(x)
 
 
 def tolerance(dtype: torch.dtype, d_in: int) -> float:
@@ -91,13 +44,8 @@ def tolerance(dtype: torch.dtype, d_in: int) -> float:
 def probe_activations(
     weights: dict[str, torch.Tensor], n: int = N_PROBES, seed: int = 0
 ) -> torch.Tensor:
-    """Synthetic inputs that put every latent's gate pre-activation on both sides of zero.
-
-    Half are random directions around ``b_dec`` at radii spread over three decades around the
-    scale where ``x_c . W_gate[:, i]`` matches ``|b_gate|``; half are ``b_dec`` plus sparse
-    non-negative combinations of decoder rows, with coefficients around each chosen latent's
-    gate threshold (what a trained SAE sees).
-    """
+    """Inputs that put every latent's gate on both sides of zero: random directions around
+    ``b_dec`` at radii over three decades, and sparse decoder combinations near the thresholds."""
     work = _work_dtype(weights["W_enc"].dtype)
     w_gate, w_dec = weights["W_enc"].to(work), weights["W_dec"].to(work)
     b_gate, b_dec = weights["b_gate"].to(work), weights["b_dec"].to(work)
@@ -134,37 +82,28 @@ def verify_conversion(
     *,
     n_probes: int = N_PROBES,
 ) -> VerifyReport:
-    """Compare ``converted`` (a loaded SAELens SAE) with ``reference`` on probe activations.
-
-    ``weights`` are the source's gated parameters (SAELens names). Raises ``GatedPluginError``
-    naming the latent and probe where the two differ beyond rounding.
-    """
+    """Compare ``converted`` with ``reference`` (source ``weights`` in SAELens names) on probe
+    activations; raise ``GatedPluginError`` naming a latent where they differ beyond rounding."""
     x = probe_activations(weights, n_probes)
-    dtype = weights["W_enc"].dtype
-    tol = tolerance(dtype, x.shape[-1])
-    work = _work_dtype(dtype)
-    # encode then decode, in that order: SAELens's run-time normalisations keep the input's
-    # scale on the module between the two calls.
-    features = reference.features(x)
-    r_ref = reference.decode(features).to(work)
-    f_ref = features.to(work)
-    converted.turn_off_forward_pass_hook_z_reshaping()  # probes are flat; reshaping is a view
-    features = converted.encode(x)
-    r_new = converted.decode(features).to(work)
-    f_new = features.to(work)
+    work, tol = _work_dtype(x.dtype), tolerance(x.dtype, x.shape[-1])
+    outputs = []
+    for model in (reference, converted):
+        # encode then decode, in that order: SAELens's run-time normalisations keep the
+        # input's scale on the module between the two calls.
+        features = model.encode(x)
+        outputs += [features.to(work), model.decode(features).to(work)]
+    f_ref, r_ref, f_new, r_new = outputs
 
     w = {name: tensor.to(work) for name, tensor in weights.items()}
-    x_c = reference.centred(x).to(work)
+    x_c = reference.process_sae_in(x).to(work)
     gate = x_c @ w["W_enc"] + w["b_gate"]
     x_norm = x_c.norm(dim=-1, keepdim=True)
     gate_scale = x_norm * w["W_enc"].norm(dim=0) + w["b_gate"].abs()
-    mag_norm = w["W_enc"].norm(dim=0) * w["r_mag"].exp()
-    feature_scale = x_norm * mag_norm + w["b_mag"].abs()
+    feature_scale = x_norm * (w["W_enc"].norm(dim=0) * w["r_mag"].exp()) + w["b_mag"].abs()
     # Floored only to avoid 0 / 0 (where the scale is 0 the values must be equal).
     feature_error = (f_new - f_ref).abs() / (tol * feature_scale).clamp_min(1e-30)
     beyond = feature_error > 1
-    at_boundary = gate.abs() <= tol * gate_scale
-    wrong = beyond & ~at_boundary
+    wrong = beyond & ~(gate.abs() <= tol * gate_scale)
     if wrong.any():
         probe, latent = (int(i) for i in wrong.nonzero()[0])
         raise GatedPluginError(
@@ -174,14 +113,14 @@ def verify_conversion(
             f"{f_new[probe, latent].item():.6g} converted, gate pre-activation "
             f"{gate[probe, latent].item():.3g}); nothing was written"
         )
-    clean_rows = ~(beyond.any(dim=-1))
     recon_scale = (feature_scale + f_ref.abs()) @ w["W_dec"].abs() + w["b_dec"].abs()
     recon_error = (r_new - r_ref).abs() / (tol * recon_scale).clamp_min(1e-30)
-    recon_error = recon_error[clean_rows]
-    if recon_error.numel() and recon_error.max() > 1:
+    recon_error = recon_error[~beyond.any(dim=-1)]
+    max_recon = float(recon_error.max()) if recon_error.numel() else 0.0
+    if max_recon > 1:
         raise GatedPluginError(
             "the converted SAE is not exact: its reconstructions differ from the source's beyond "
-            f"rounding (by {recon_error.max().item():.3g} times the allowed rounding) where the "
+            f"rounding (by {max_recon:.3g} times the allowed rounding) where the "
             "features agree; nothing was written"
         )
     return VerifyReport(
@@ -189,5 +128,5 @@ def verify_conversion(
         n_entries=f_ref.numel(),
         gate_boundary_flips=int(beyond.sum()),
         max_feature_error=float(feature_error[~beyond].max()) if (~beyond).any() else 0.0,
-        max_reconstruction_error=float(recon_error.max()) if recon_error.numel() else 0.0,
+        max_reconstruction_error=max_recon,
     )

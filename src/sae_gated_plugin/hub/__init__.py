@@ -1,9 +1,5 @@
-"""The Hugging Face Hub: publish SAEs with a model card, load them back with checks.
-
-:func:`push_sae` and :func:`load_sae` are the entry points; :mod:`.card` renders the model
-card, :mod:`.secrets` keeps tokens out of uploads, :mod:`.steps` turns client errors into clear
-ones.
-"""
+"""The Hugging Face Hub: :func:`push_sae` publishes an SAE with a model card, :func:`load_sae`
+loads it back with checks."""
 
 from __future__ import annotations
 

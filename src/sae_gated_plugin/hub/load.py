@@ -33,32 +33,23 @@ def load_sae(
     endpoint: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> SAE[Any]:
-    """Download one SAE (cfg.json + safetensors only), validate it and load it.
-
-    Works for gated_paper and portable SAEs (and any SAELens-format SAE). Unlike
-    ``SAE.from_pretrained`` it takes a ``revision`` and checks the files before loading.
+    """Download one SAELens-format SAE (cfg.json + safetensors only), validate it and load it;
+    unlike ``SAE.from_pretrained`` it takes a ``revision`` and checks the files first.
 
     Raises:
         CorruptArtifactError: a downloaded file is corrupted or does not match cfg.json.
         HubLoadError: no such repo, revision or SAE, or the Hub could not be reached.
     """
     register()
-
-    repo_id = check_repo_id(repo_id)
-    sae_id = sae_id.strip("/")
+    repo_id, sae_id = check_repo_id(repo_id), sae_id.strip("/")
     api = HfApi(endpoint=endpoint, token=token)
     secret = secret_token(token)
-    where = f"{repo_id}/{sae_id}" + (f"@{revision}" if revision else "")
-
-    def step(action: str) -> Any:
-        return hub_step(repo_id, action, secret, "", HubLoadError)
 
     def fetch(name: str, rev: str | None) -> Path:
-        return Path(
-            api.hf_hub_download(repo_id, f"{sae_id}/{name}", revision=rev, cache_dir=cache_dir)
-        )
+        filename = f"{sae_id}/{name}"
+        return Path(api.hf_hub_download(repo_id, filename, revision=rev, cache_dir=cache_dir))
 
-    with step(f"downloading {sae_id}/{CFG_FILENAME}"):
+    with hub_step(repo_id, f"downloading {sae_id}/{CFG_FILENAME}", secret, "", HubLoadError):
         try:
             cfg_path = fetch(CFG_FILENAME, revision)
         except EntryNotFoundError:
@@ -67,15 +58,15 @@ def load_sae(
                 f"{' at ' + revision if revision else ''})"
             ) from None
     # Pin the other files to the commit cfg.json came from (the snapshot folder's name).
-    folder = cfg_path.parent
     commit = cfg_path.parents[len(sae_id.split("/"))].name
     pinned = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else revision
-    with step(f"downloading {sae_id}/{WEIGHTS_FILENAME}"):
+    with hub_step(repo_id, f"downloading {sae_id}/{WEIGHTS_FILENAME}", secret, "", HubLoadError):
         fetch(WEIGHTS_FILENAME, pinned)
         with contextlib.suppress(EntryNotFoundError):
             fetch(SPARSITY_FILENAME, pinned)
     try:
-        validate_sae_folder(folder)
+        validate_sae_folder(cfg_path.parent)
     except CorruptArtifactError as exc:
+        where = f"{repo_id}/{sae_id}" + (f"@{revision}" if revision else "")
         raise CorruptArtifactError(f"{where}: {exc}") from None
-    return SAE.load_from_disk(folder, device=device)
+    return SAE.load_from_disk(cfg_path.parent, device=device)

@@ -1,12 +1,5 @@
-"""Publishing Gated SAEs to the Hugging Face Hub, one SAE folder per commit.
-
-:func:`push_sae` uploads one trained SAE folder as ONE commit (atomic: a failed push leaves the
-repo as it was): ``<sae_id>/cfg.json``, ``sae_weights.safetensors``, ``sparsity.safetensors``,
-the training config with secret-looking keys removed, ``evaluation.json``, plus the repo's
-README.md (model card) and ``sae_gated_plugin_index.json``, both regenerated to list every SAE
-in the repo. With ``portable=True`` the cfg.json says SAELens's built-in ``gated``, so plain
-SAELens loads the SAE without this plugin.
-"""
+"""Publishing a Gated SAE folder to the Hub as one atomic commit: ``<sae_id>/`` files (secrets
+stripped), plus the repo's model card and index, both regenerated to list every SAE in it."""
 
 from __future__ import annotations
 
@@ -15,7 +8,6 @@ import json
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -43,35 +35,27 @@ from sae_gated_plugin.io import read_json
 
 RUNNER_CFG_FILENAME = "runner_cfg.json"
 README_FILENAME = "README.md"
-SAE_FILES = (
-    CFG_FILENAME,
-    WEIGHTS_FILENAME,
-    SPARSITY_FILENAME,
-    RUNNER_CFG_FILENAME,
-    TRAIN_CONFIG_FILENAME,
-    EVAL_FILENAME,
-)
+_SIDE_FILES = (RUNNER_CFG_FILENAME, TRAIN_CONFIG_FILENAME, EVAL_FILENAME)
+_MODEL_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
+SAE_FILES = (*_MODEL_FILES, *_SIDE_FILES)
 """Files a push manages inside ``<sae_id>/`` (stale ones from an earlier push are deleted)."""
 
 _ROOT_FILES = (README_FILENAME, model_card.INDEX_FILENAME, ".gitattributes")
 _NOTHING_SENT = "Nothing was committed."
 
 
-def _read_json(path: Path) -> Any:
-    return read_json(path, error=CorruptArtifactError, expect_object=False)
+def portable_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A gated_paper cfg.json as SAELens's built-in ``gated`` (as ``convert --to gated`` writes)."""
+    return with_metadata(renamed_cfg(cfg, "gated"), provenance(cfg, "gated"), None)
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_side_file(path: Path) -> Any:
+    if path.suffix == ".json":
+        return read_json(path, error=CorruptArtifactError, expect_object=False)
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CorruptArtifactError(f"{path}: not valid YAML ({exc})") from None
-
-
-def portable_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A gated_paper cfg.json rewritten as SAELens's built-in ``gated`` (same parameters): the
-    same rewrite as ``sae-gated convert --to gated``."""
-    return with_metadata(renamed_cfg(cfg, "gated"), provenance(cfg, "gated"), None)
 
 
 def _dump(value: Any, filename: str) -> bytes:
@@ -81,104 +65,28 @@ def _dump(value: Any, filename: str) -> bytes:
 
 
 def _collect_files(
-    folder: Path, cfg: dict[str, Any], portable: bool
+    folder: Path, cfg: dict[str, Any], sae_id: str, portable: bool
 ) -> tuple[dict[str, bytes], model_card.SAEEntry, list[str]]:
     """The files to upload (name -> bytes), the SAE's card entry, and the secret keys removed."""
-    files: dict[str, bytes] = {}
+    files = {n: (folder / n).read_bytes() for n in _MODEL_FILES if (folder / n).is_file()}
     if portable and cfg["architecture"] == ARCHITECTURE:
         cfg = portable_cfg(cfg)
         files[CFG_FILENAME] = _dump(cfg, CFG_FILENAME)
-    else:
-        files[CFG_FILENAME] = (folder / CFG_FILENAME).read_bytes()
-    files[WEIGHTS_FILENAME] = (folder / WEIGHTS_FILENAME).read_bytes()
-    if (folder / SPARSITY_FILENAME).is_file():
-        files[SPARSITY_FILENAME] = (folder / SPARSITY_FILENAME).read_bytes()
     removed: list[str] = []
-    side: dict[str, Any] = {}
-    for name in (RUNNER_CFG_FILENAME, TRAIN_CONFIG_FILENAME, EVAL_FILENAME):
+    side: dict[str, dict[str, Any]] = {}
+    for name in _SIDE_FILES:
         path = folder / name
         if not path.is_file():
             continue
-        data = _read_json(path) if name.endswith(".json") else _read_yaml(path)
-        cleaned, dropped = strip_secrets(data)
+        cleaned, dropped = strip_secrets(_read_side_file(path))
         removed += [f"{name}:{key}" for key in dropped]
-        side[name] = cleaned
+        if isinstance(cleaned, dict):
+            side[name] = cleaned
         files[name] = _dump(cleaned, name) if dropped else path.read_bytes()
-    training = {}
-    for name in (TRAIN_CONFIG_FILENAME, RUNNER_CFG_FILENAME):  # the runner's values win
-        if isinstance(side.get(name), dict):
-            training.update(side[name])
-    evaluation = side.get(EVAL_FILENAME)
-    entry = model_card.entry_from_files(
-        "", cfg, evaluation if isinstance(evaluation, dict) else None, training
-    )
+    # The runner's values win over the training config's.
+    training = {**side.get(TRAIN_CONFIG_FILENAME, {}), **side.get(RUNNER_CFG_FILENAME, {})}
+    entry = model_card.entry_from_files(sae_id, cfg, side.get(EVAL_FILENAME), training)
     return files, entry, removed
-
-
-def _check_sae_id(sae_id: str) -> str:
-    sae_id = sae_id.strip().strip("/")
-    parts = sae_id.split("/")
-    if not sae_id or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-        raise GatedPluginError(f"sae_id {sae_id!r} is not a valid folder name in a Hub repo")
-    if parts[0] in _ROOT_FILES:
-        raise GatedPluginError(f"sae_id {sae_id!r} clashes with the repo's {parts[0]} file")
-    return sae_id
-
-
-def _download_text(api: HfApi, repo_id: str, filename: str, commit: str, cache: Path) -> str:
-    path = api.hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache)
-    return Path(path).read_text(encoding="utf-8")  # UnicodeDecodeError is a ValueError
-
-
-def _remote_json(
-    api: HfApi, repo_id: str, filename: str, commit: str, cache: Path
-) -> dict[str, Any] | None:
-    try:
-        data = json.loads(_download_text(api, repo_id, filename, commit, cache))
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _remote_entries(
-    api: HfApi, repo_id: str, commit: str, siblings: set[str], cache: Path
-) -> dict[str, model_card.SAEEntry]:
-    """Every SAE folder in the repo at ``commit``: from the index, else from its files."""
-    index: dict[str, model_card.SAEEntry] = {}
-    if model_card.INDEX_FILENAME in siblings:
-        with contextlib.suppress(ValueError):  # unreadable: rebuilt from the SAE folders
-            text = _download_text(api, repo_id, model_card.INDEX_FILENAME, commit, cache)
-            index = model_card.parse_index(text)
-    suffix = "/" + CFG_FILENAME
-    entries = {}
-    for path in sorted(siblings):
-        if not path.endswith(suffix):
-            continue
-        sae_id = path[: -len(suffix)]
-        if sae_id in index:
-            entries[sae_id] = index[sae_id]
-            continue
-        # Not in the index (pushed by other tools, or the index was lost): read its files.
-        evaluation, training = (
-            _remote_json(api, repo_id, f"{sae_id}/{name}", commit, cache)
-            if f"{sae_id}/{name}" in siblings
-            else None
-            for name in (EVAL_FILENAME, RUNNER_CFG_FILENAME)
-        )
-        cfg = _remote_json(api, repo_id, path, commit, cache) or {}
-        entries[sae_id] = model_card.entry_from_files(sae_id, cfg, evaluation, training)
-    return entries
-
-
-@dataclass
-class _RemoteState:
-    """What a push needs to know of the branch it commits to."""
-
-    repo_id: str
-    head: str | None
-    siblings: set[str]
-    entries: dict[str, model_card.SAEEntry]
-    readme: str | None
 
 
 def _sae_id_for(folder: Path, cfg: dict[str, Any], sae_id: str | None) -> str:
@@ -195,13 +103,61 @@ def _sae_id_for(folder: Path, cfg: dict[str, Any], sae_id: str | None) -> str:
                 f"{folder / CFG_FILENAME}: no metadata.hook_name to name the SAE by; "
                 "pass sae_id (--sae-id)"
             )
-    return _check_sae_id(sae_id)
+    sae_id = sae_id.strip().strip("/")
+    parts = sae_id.split("/")
+    if any(not part or part.startswith(".") for part in parts):
+        raise GatedPluginError(f"sae_id {sae_id!r} is not a valid folder name in a Hub repo")
+    if parts[0] in _ROOT_FILES:
+        raise GatedPluginError(f"sae_id {sae_id!r} clashes with the repo's {parts[0]} file")
+    return sae_id
+
+
+def _refused(repo_id: str, why: str) -> HubPublishError:
+    return HubPublishError(f"Hub repo {repo_id!r}: {why}. {_NOTHING_SENT}")
+
+
+def _download_text(api: HfApi, repo_id: str, filename: str, commit: str, cache: Path) -> str:
+    path = api.hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache)
+    return Path(path).read_text(encoding="utf-8")  # UnicodeDecodeError is a ValueError
+
+
+def _remote_entries(
+    api: HfApi, repo_id: str, commit: str, siblings: set[str], cache: Path
+) -> dict[str, model_card.SAEEntry]:
+    """Every SAE folder in the repo at ``commit``: from the index, else from its files."""
+
+    def json_file(filename: str) -> dict[str, Any] | None:
+        if filename not in siblings:
+            return None
+        try:
+            data = json.loads(_download_text(api, repo_id, filename, commit, cache))
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    index: dict[str, model_card.SAEEntry] = {}
+    if model_card.INDEX_FILENAME in siblings:
+        with contextlib.suppress(ValueError):  # unreadable: rebuilt from the SAE folders
+            text = _download_text(api, repo_id, model_card.INDEX_FILENAME, commit, cache)
+            index = model_card.parse_index(text)
+    suffix = "/" + CFG_FILENAME
+    entries = {}
+    for path in sorted(p for p in siblings if p.endswith(suffix)):
+        sae_id = path[: -len(suffix)]
+        if sae_id not in index:  # pushed by other tools, or the index was lost: read its files
+            evaluation, training, cfg = (
+                json_file(f"{sae_id}/{name}")
+                for name in (EVAL_FILENAME, RUNNER_CFG_FILENAME, CFG_FILENAME)
+            )
+            index[sae_id] = model_card.entry_from_files(sae_id, cfg or {}, evaluation, training)
+        entries[sae_id] = index[sae_id]
+    return entries
 
 
 def _read_remote_state(
     api: HfApi, repo_id: str, branch: str, private: bool, secret: str | None
-) -> _RemoteState:
-    """Create repo and branch if missing, then read the branch's files, SAEs and README."""
+) -> tuple[str, str, set[str], dict[str, model_card.SAEEntry], str | None]:
+    """Create repo and branch if missing; return the full repo id, head, files, SAEs and README."""
 
     def step(action: str) -> Any:
         return hub_step(repo_id, action, secret, _NOTHING_SENT, HubPublishError)
@@ -218,12 +174,8 @@ def _read_remote_state(
             raise HubPublishError(f"Hub repo {repo_id!r}: no commit id for {branch!r}")
         siblings = {s.rfilename for s in (info.siblings or [])}
         if private and info.private is False:
-            warnings.warn(
-                f"Hub repo {repo_id!r} already exists and is public: private=True only applies "
-                "when the repo is created",
-                UserWarning,
-                stacklevel=3,
-            )
+            public = f"Hub repo {repo_id!r} already exists and is public: private=True only"
+            warnings.warn(f"{public} applies when the repo is created", UserWarning, stacklevel=3)
         with tempfile.TemporaryDirectory(prefix="sae-gated-push-") as tmp:
             entries = _remote_entries(api, repo_id, info.sha, siblings, Path(tmp))
             readme = None
@@ -231,31 +183,10 @@ def _read_remote_state(
                 try:
                     readme = _download_text(api, repo_id, README_FILENAME, info.sha, Path(tmp))
                 except UnicodeDecodeError:
-                    raise HubPublishError(
-                        f"Hub repo {repo_id!r}: README.md is not UTF-8 text; fix or delete it. "
-                        f"{_NOTHING_SENT}"
+                    raise _refused(
+                        repo_id, "README.md is not UTF-8 text; fix or delete it"
                     ) from None
-    return _RemoteState(repo_id, info.sha, siblings, entries, readme)
-
-
-def _operations(
-    sae_id: str, files: dict[str, bytes], siblings: set[str], readme: bytes, index: bytes
-) -> list[CommitOperationAdd | CommitOperationDelete]:
-    """The commit: the SAE's files, deletion of its stale files, the card and the index."""
-    operations: list[CommitOperationAdd | CommitOperationDelete] = [
-        CommitOperationAdd(path_in_repo=f"{sae_id}/{name}", path_or_fileobj=content)
-        for name, content in files.items()
-    ]
-    operations += [
-        CommitOperationDelete(path_in_repo=f"{sae_id}/{name}")
-        for name in SAE_FILES
-        if name not in files and f"{sae_id}/{name}" in siblings
-    ]
-    operations += [
-        CommitOperationAdd(path_in_repo=README_FILENAME, path_or_fileobj=readme),
-        CommitOperationAdd(path_in_repo=model_card.INDEX_FILENAME, path_or_fileobj=index),
-    ]
-    return operations
+    return repo_id, info.sha, siblings, entries, readme
 
 
 def push_sae(
@@ -272,17 +203,11 @@ def push_sae(
 ) -> str:
     """Publish a trained SAE folder to ``repo_id`` in one commit; return the SAE's URL.
 
-    Args:
-        sae_path: folder with cfg.json and sae_weights.safetensors (and optionally
-            sparsity.safetensors, runner_cfg.json, train_config.yaml, evaluation.json).
-        repo_id: ``namespace/name``; created (``private`` if asked) when missing.
-        sae_id: folder in the repo (default: the hook name in cfg.json's metadata).
-        revision: branch to commit to (created from main when missing; default main).
-        private: create the repo private (an existing repo keeps its visibility).
-        portable: publish as SAELens's built-in ``gated`` (loads without the plugin).
-        token: Hub token (default: HF_TOKEN, else the stored ``hf auth login`` token).
-        endpoint: Hub URL (default: HF_ENDPOINT, else huggingface.co).
-        commit_message: summary of the commit (default says what was pushed).
+    ``sae_path`` holds cfg.json and sae_weights.safetensors, optionally sparsity.safetensors,
+    runner_cfg.json, train_config.yaml and evaluation.json. ``sae_id`` defaults to the hook name
+    in cfg.json's metadata; ``revision`` is a branch (created when missing; default main);
+    ``private`` applies when the repo is created; ``portable`` publishes as SAELens's built-in
+    ``gated``; ``token`` and ``endpoint`` default to huggingface_hub's (HF_TOKEN, HF_ENDPOINT).
 
     Raises:
         CorruptArtifactError: the folder is not a valid SAE (nothing is uploaded).
@@ -295,47 +220,47 @@ def push_sae(
     if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
         raise GatedPluginError(f"revision {revision!r} is a commit id: pass a branch name")
     branch = revision or "main"
-    files, entry, removed = _collect_files(folder, cfg, portable)
-    entry.sae_id = sae_id
+    files, entry, removed = _collect_files(folder, cfg, sae_id, portable)
 
     secret = secret_token(token)
     summary = commit_message or f"Add SAE {sae_id} ({entry.form}) with sae-gated-plugin"
     api = HfApi(endpoint=endpoint, token=token)
-    remote = _read_remote_state(api, repo_id, branch, private, secret)
-    repo_id = remote.repo_id
-    remote.entries[sae_id] = entry
+    repo_id, head, siblings, entries, readme = _read_remote_state(
+        api, repo_id, branch, private, secret
+    )
+    entries[sae_id] = entry
     try:
-        card = model_card.render_card(repo_id, remote.entries, remote.readme, revision=branch)
+        card = model_card.render_card(repo_id, entries, readme, revision=branch)
     except GatedPluginError as exc:
-        raise HubPublishError(
-            f"Hub repo {repo_id!r}: {exc}; fix or delete it. {_NOTHING_SENT}"
-        ) from None
-    readme_bytes = card.encode()
-    index_bytes = model_card.render_index(remote.entries).encode()
+        raise _refused(repo_id, f"{exc}; fix or delete it") from None
+    uploads = {f"{sae_id}/{name}": content for name, content in files.items()}
+    uploads[README_FILENAME] = card.encode()
+    uploads[model_card.INDEX_FILENAME] = model_card.render_index(entries).encode()
     description = f"Files: {', '.join(files)} in {sae_id}/, README.md, {model_card.INDEX_FILENAME}."
     if removed:
         description += f" Secret-looking keys left out: {', '.join(removed)}."
-    if secret and any(
-        secret.encode() in blob
-        for blob in [*files.values(), readme_bytes, index_bytes, (summary + description).encode()]
-    ):
-        raise HubPublishError(
-            f"Hub repo {repo_id!r}: a file to upload contains the Hub token; refusing to push. "
-            f"{_NOTHING_SENT}"
-        )
+    blobs = [*uploads.values(), (summary + description).encode()]
+    if secret and any(secret.encode() in blob for blob in blobs):
+        raise _refused(repo_id, "a file to upload contains the Hub token; refusing to push")
+    operations: list[CommitOperationAdd | CommitOperationDelete] = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+        for path, data in uploads.items()
+    ]
+    operations += [  # stale files of an earlier push of this SAE
+        CommitOperationDelete(path_in_repo=f"{sae_id}/{name}")
+        for name in SAE_FILES
+        if name not in files and f"{sae_id}/{name}" in siblings
+    ]
+    unchanged = "The push is a single commit, so the repo is unchanged."
     with hub_step(
-        repo_id,
-        f"committing {sae_id!r} to {branch!r}",
-        secret,
-        "The push is a single commit, so the repo is unchanged.",
-        HubPublishError,
+        repo_id, f"committing {sae_id!r} to {branch!r}", secret, unchanged, HubPublishError
     ):
         api.create_commit(
             repo_id,
-            _operations(sae_id, files, remote.siblings, readme_bytes, index_bytes),
+            operations,
             commit_message=summary,
             commit_description=description,
             revision=branch,
-            parent_commit=remote.head,
+            parent_commit=head,
         )
     return f"{api.endpoint}/{repo_id}/tree/{quote(branch, safe='')}/{quote(sae_id)}"

@@ -17,11 +17,8 @@ _HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 
 
 def is_secret_key(key: str) -> bool:
-    """Whether a config key looks like it holds a secret (token, key, password, secret...).
-
-    Matched on whole words so that ``training_tokens`` or ``is_dataset_tokenized`` survive
-    while ``hf_token``, ``wandb_api_key``, ``apiKey`` or ``db_password`` do not.
-    """
+    """Whether a config key looks like it holds a secret, matched on whole words: ``hf_token``,
+    ``wandb_api_key``, ``apiKey``, ``db_password`` do; ``training_tokens`` does not."""
     lowered = key.lower()
     if lowered in _NOT_SECRET_KEYS:
         return False
@@ -32,34 +29,25 @@ def is_secret_key(key: str) -> bool:
 
 
 def strip_secrets(value: Any, path: str = "") -> tuple[Any, list[str]]:
-    """A copy of a JSON/YAML value without secret-looking keys or Hub-token-looking strings.
-
-    Returns the cleaned value and the dotted paths of what was removed (names only).
-    """
-    removed: list[str] = []
+    """A copy of a JSON/YAML value without secret-looking keys or Hub-token-looking strings,
+    and the dotted paths of what was removed (names only)."""
     if isinstance(value, dict):
-        out: dict[Any, Any] = {}
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if (isinstance(key, str) and is_secret_key(key)) or (
-                isinstance(item, str) and _HF_TOKEN_RE.search(item)
-            ):
-                removed.append(where)
-                continue
+        items = [(key, f"{path}.{key}" if path else str(key), item) for key, item in value.items()]
+    elif isinstance(value, list):
+        items = [(i, f"{path}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        return value, []
+    out: dict[Any, Any] = {}
+    removed: list[str] = []
+    for key, where, item in items:
+        if (isinstance(key, str) and is_secret_key(key)) or (
+            isinstance(item, str) and _HF_TOKEN_RE.search(item)
+        ):
+            removed.append(where)
+        else:
             out[key], inner = strip_secrets(item, where)
             removed += inner
-        return out, removed
-    if isinstance(value, list):
-        items = []
-        for i, item in enumerate(value):
-            if isinstance(item, str) and _HF_TOKEN_RE.search(item):
-                removed.append(f"{path}[{i}]")
-                continue
-            cleaned, inner = strip_secrets(item, f"{path}[{i}]")
-            items.append(cleaned)
-            removed += inner
-        return items, removed
-    return value, removed
+    return (out if isinstance(value, dict) else list(out.values())), removed
 
 
 def secret_token(token: str | None) -> str | None:

@@ -20,31 +20,18 @@ class HubLoadError(GatedPluginError):
     """Downloading an SAE from the Hub failed (no such repo, SAE or revision, or no connection)."""
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the Hub said no or could not be reached", across client versions."""
-    # huggingface_hub's errors module re-exports its HTTP library's HTTPError (requests, httpx
-    # or httpx2 depending on the version); connection errors derive from it or from OSError.
-    http_error = getattr(errors, "HTTPError", None)
-    found: tuple[type[BaseException], ...] = (errors.HfHubHTTPError, OSError)
-    return (*found, http_error) if isinstance(http_error, type) else found
-
-
-def _status_hint(exc: BaseException, repo_id: str) -> str:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    if status in (401, 403):
-        return (
-            f" Check the token: pass --token/token=, set HF_TOKEN or run `hf auth login`, with "
-            f"write access to {repo_id.split('/')[0]!r}."
-        )
-    if status == 412:
-        return " Someone else committed to the branch during this push: push again."
-    return ""
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+# huggingface_hub re-exports its HTTP library's HTTPError (requests or httpx, by version);
+# connection errors derive from it or from OSError.
+_HTTP_ERROR = getattr(errors, "HTTPError", None)
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (errors.HfHubHTTPError, OSError)
+if isinstance(_HTTP_ERROR, type):
+    _TRANSPORT_ERRORS += (_HTTP_ERROR,)
+_AUTH_HINT = (
+    " Check the token: pass --token/token=, set HF_TOKEN or run `hf auth login`, with write "
+    "access to {owner!r}."
+)
+_CONFLICT_HINT = " Someone else committed to the branch during this push: push again."
+_HINTS: dict[int | None, str] = {401: _AUTH_HINT, 403: _AUTH_HINT, 412: _CONFLICT_HINT}
 
 
 @contextlib.contextmanager
@@ -56,12 +43,12 @@ def hub_step(
         yield
     except GatedPluginError:
         raise
-    except _transport_errors() as exc:
-        message = (
-            f"Hub repo {repo_id!r}: {action} failed ({_describe(exc)}).{_status_hint(exc, repo_id)}"
-            f" {aftermath}"
-        )
-        raise error(scrub(message, secret).strip()) from None
+    except _TRANSPORT_ERRORS as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = _HINTS.get(status, "").format(owner=repo_id.split("/")[0])
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        message = f"Hub repo {repo_id!r}: {action} failed ({type(exc).__name__}: {text}).{hint}"
+        raise error(scrub(f"{message} {aftermath}", secret).strip()) from None
 
 
 def check_repo_id(repo_id: str) -> str:
