@@ -1,11 +1,6 @@
-"""``sae-gated train`` as one rank of a torchrun launch.
-
-``sae-gated train`` calls ``train_distributed`` when torchrun's variables are set. The
-run config means the same as in one process: ``train_batch_size_tokens`` is the global batch of
-one optimiser step (each rank's ActivationsStore supplies 1/world_size of it) and
-``training_tokens``, the schedules, checkpoint names and the progress bar count global tokens.
-So a run gives the same optimisation whatever the number of ranks, and a checkpoint resumes
-with any number of them (see ``data_shards`` for where the data then continues).
+"""``sae-gated train`` as one rank of a torchrun launch. The run config means what it does in
+one process: ``train_batch_size_tokens`` is the global batch (each rank's store supplies
+1/world_size of it), and token counts are global, so a checkpoint resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -57,17 +52,14 @@ if TYPE_CHECKING:
 
 
 class DistributedRunner(GatedRunner):
-    """``GatedRunner`` for one rank: a sharded data store, a distributed trainer, checkpoints
-    loaded by that trainer, and the final SAE written by rank 0 alone."""
+    """``GatedRunner`` for one rank: a sharded data store, a distributed trainer that loads
+    checkpoints, and the final SAE written by rank 0 alone."""
 
     dist_ctx: DistributedContext
     trainer: DistributedTrainer | None = None
 
     def __init__(
-        self,
-        cfg: LanguageModelSAERunnerConfig[Any],
-        ctx: DistributedContext,
-        **overrides: Any,
+        self, cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedContext, **overrides: Any
     ) -> None:
         super().__init__(cfg, **overrides)
         self.dist_ctx = ctx
@@ -76,12 +68,8 @@ class DistributedRunner(GatedRunner):
         # SAELens's run() would load a checkpoint into its plain trainer, which cannot take a
         # full-width state into a latent shard: prepare_trainer loads it instead.
         self.resume_from, cfg.resume_from_checkpoint = cfg.resume_from_checkpoint, None
-        distribute_store(
-            self.activations_store,
-            ctx.rank,
-            ctx.world_size,
-            cfg.train_batch_size_tokens // ctx.world_size,
-        )
+        batch_size = cfg.train_batch_size_tokens // ctx.world_size
+        distribute_store(self.activations_store, ctx.rank, ctx.world_size, batch_size)
 
     def prepare_trainer(self, trainer: GuardedTrainer) -> None:
         """Attach the rank, load the checkpoint to resume (if any), start the collectives."""
@@ -97,10 +85,7 @@ class DistributedRunner(GatedRunner):
         trainer.begin()
 
     def save_final_sae(
-        self,
-        sae: Any,
-        output_path: str,
-        log_feature_sparsity: torch.Tensor | None = None,
+        self, sae: Any, output_path: str, log_feature_sparsity: torch.Tensor | None = None
     ) -> None:
         """Rank 0 writes the final SAE; a latent-sharded one is gathered first (collective)."""
         if isinstance(self.trainer, LatentShardedTrainer):
@@ -129,27 +114,15 @@ def check_distributed_run(
         )
 
 
-def _shard_sae(runner_cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedContext) -> Any:
-    # Each rank initialises its own latents: seeds differ per rank, so the initial dictionary
-    # depends on the number of ranks (its distribution does not).
-    shard = LatentShard(ctx.rank, ctx.world_size, runner_cfg.sae.d_sae)
-    return LatentShardedGatedSAE.for_rank(runner_cfg.sae, shard).to(ctx.device)
-
-
 COLLECTIVE_FAILURE_MARKERS = (
-    "gloo",
-    "nccl",
-    "connection closed by peer",
-    "timed out",
-    "processgroup",
-)
+    "gloo", "nccl", "connection closed by peer", "timed out", "processgroup"
+)  # fmt: skip
 """Words of the errors torch's process groups raise when a peer dies or does not answer."""
 
 
 def is_collective_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective that failed because of another rank (a peer died or
-    timed out), as opposed to an error of this rank's own computation. Gloo raises plain
-    RuntimeErrors, so besides torch's ``DistError`` the message is what tells."""
+    """Whether ``exc`` is a collective that failed because a peer died or timed out, not an
+    error of this rank's own. Gloo raises plain RuntimeErrors: the message tells."""
     if isinstance(exc, torch.distributed.DistError):
         return True
     if isinstance(exc, (TrainingDivergedError, TrainingInterruptedError, GatedPluginError)):
@@ -158,20 +131,15 @@ def is_collective_failure(exc: BaseException) -> bool:
     return any(marker in text for marker in COLLECTIVE_FAILURE_MARKERS)
 
 
-def _last_checkpoint(folder: Path) -> Path | None:
-    found = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-    return max(found, key=lambda p: int(p.name), default=None)
-
-
 def train_distributed(
     cfg: TrainRunConfig,
     resume_from: Path | None = None,
     model: HookedTransformer | None = None,
     sae_config: TrainingSAEConfig | None = None,
 ) -> TrainResult:
-    """``run.train.train`` for one rank of a torchrun launch (same arguments). The result's
-    SAE is, on rank 0, the whole trained SAE, elsewhere the rank's replica or slice; rank 0
-    alone evaluates."""
+    """``run.train.train`` for one rank of a torchrun launch (same arguments). The result's SAE
+    is, on rank 0, the whole trained SAE, elsewhere the rank's replica or slice; rank 0 alone
+    evaluates."""
     ctx = context_from_environment(cfg.device)
     check_distributed_run(cfg, ctx, sae_config)
     if resume_from is not None:
@@ -193,8 +161,8 @@ def train_distributed(
 
 @contextmanager
 def _output_folder(ctx: DistributedContext, output: Path) -> Iterator[OutputFolder]:
-    """Rank 0 owns (creates and locks) the output folder for the run, as one process does;
-    the other ranks write nothing there and only refuse a finished SAE."""
+    """Rank 0 owns (creates and locks) the output folder; the others only refuse a finished
+    SAE."""
     if ctx.is_main:
         with own_output_folder(output) as folder:
             yield folder
@@ -220,8 +188,11 @@ def _prepare_runner(
             runner_cfg.logger.log_to_wandb = False
         overrides: dict[str, Any] = {"override_model": model, "override_dataset": dataset}
         if cfg.distributed.latent_sharding:
+            # Each rank draws its own latents: the initial dictionary depends on world_size.
             torch.manual_seed(cfg.seed + ctx.rank)
-            overrides["override_sae"] = _shard_sae(runner_cfg, ctx)
+            shard = LatentShard(ctx.rank, ctx.world_size, runner_cfg.sae.d_sae)
+            sae = LatentShardedGatedSAE.for_rank(runner_cfg.sae, shard)
+            overrides["override_sae"] = sae.to(ctx.device)
             torch.manual_seed(cfg.seed)  # as one process: repeatable shuffling
         return DistributedRunner(runner_cfg, ctx, **overrides)
 
@@ -229,10 +200,8 @@ def _prepare_runner(
         announce(f"training on {ctx.world_size} ranks ({ctx.backend})")
     runner, model = prepare_runner(cfg, ctx.device, resume_from, model, sae_config, make_runner)
     assert isinstance(runner, DistributedRunner)
-    runner.metadata_overrides |= {
-        "world_size": ctx.world_size,
-        "latent_sharding": cfg.distributed.latent_sharding,
-    }
+    sharding = cfg.distributed.latent_sharding
+    runner.metadata_overrides |= {"world_size": ctx.world_size, "latent_sharding": sharding}
     return runner, model
 
 
@@ -244,7 +213,9 @@ def _run(runner: DistributedRunner, ctx: DistributedContext, cfg: TrainRunConfig
     except RuntimeError as exc:
         if not is_collective_failure(exc):
             raise  # a local error of this rank: reported as it is
-        last = _last_checkpoint(cfg.checkpoint_path)
+        folder = cfg.checkpoint_path
+        found = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        last = max(found, key=lambda p: int(p.name), default=None)
         where = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved"
         raise DistributedTrainingError(
             f"rank {ctx.rank} of {ctx.world_size} stopped training ({type(exc).__name__}: "
