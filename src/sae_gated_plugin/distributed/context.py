@@ -70,12 +70,8 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-# SAELens modules that draw tqdm bars during a run; their bars are disabled on ranks > 0.
-_PROGRESS_MODULES = (
-    "sae_lens.training.sae_trainer",
-    "sae_lens.training.activation_scaler",
-    "sae_lens.training.activations_store",
-)
+# SAELens modules (of sae_lens.training) that draw tqdm bars; disabled on ranks > 0.
+_PROGRESS_MODULES = ("sae_trainer", "activation_scaler", "activations_store")
 
 
 @contextmanager
@@ -87,7 +83,7 @@ def quiet_unless_main(ctx: DistributedContext) -> Iterator[None]:
         return
     with ExitStack() as stack:
         for name in _PROGRESS_MODULES:
-            module = vars(importlib.import_module(name))
+            module = vars(importlib.import_module(f"sae_lens.training.{name}"))
             stack.callback(module.__setitem__, "tqdm", module["tqdm"])
             module["tqdm"] = partial(module["tqdm"], disable=True)
         sae_lens_logger = logging.getLogger("sae_lens")

@@ -1,12 +1,9 @@
-"""Rank-disjoint data: each rank's SAELens ``ActivationsStore`` streams its own shard of the
-corpus, and checkpoints record where every rank is.
+"""Rank-disjoint data: each rank's ``ActivationsStore`` streams its own shard of the corpus.
 
-A map-style dataset is split interleaved (rank r of W reads rows r, r + W, ...), so the ranks
-together read the corpus front to back; a streamed one by ``split_dataset_by_node``; cached
-activations in W contiguous blocks. SAELens's ``activations_store_state.safetensors`` holds the
-sum of the ranks' positions (what one process resuming skips), ``data_shards.json`` each rank's.
-With another number of ranks, each skips the rows of its new shard before that sum (exact for
-an interleaved split up to the rows the ranks were apart; approximate for a split by files).
+Checkpoints hold the sum of the ranks' positions in SAELens's file (what one process resuming
+skips) and each rank's in ``data_shards.json``. Resumed on another number of ranks, each skips
+the rows of its new shard before that sum: exact, up to the rows the ranks were apart, for an
+interleaved split; approximate for a streamed dataset split by files.
 """
 
 from __future__ import annotations

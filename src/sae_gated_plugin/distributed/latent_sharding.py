@@ -31,9 +31,6 @@ LATENT_DIMS: dict[str, int | None] = {
 }  # fmt: skip
 """The latent dimension of each ``gated_paper`` parameter (None: replicated on every rank)."""
 
-SAELENS_MAX_GRAD_NORM = 1.0
-"""The gradient-norm clip SAELens's trainer applies (hard-coded there)."""
-
 
 def _summed(tensor: torch.Tensor) -> torch.Tensor:
     total = tensor.clone()
@@ -159,9 +156,7 @@ class LatentShardedGatedSAE(GatedPaperTrainingSAE):
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
         raise RuntimeError("a latent shard is not saved alone: gather it (gather_sae) first")
 
-    @override
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        raise RuntimeError("a latent shard is not saved alone: gather it (gather_sae) first")
+    save_inference_model = save_model
 
 
 def gather_tensor(local: torch.Tensor, dim: int | None, out: torch.Tensor | None) -> None:
@@ -243,8 +238,7 @@ def gather_optimizer_state(
 def slice_optimizer_state(
     shard_sae: LatentShardedGatedSAE, state_dict: dict[str, Any]
 ) -> dict[str, Any]:
-    """This rank's part of a full-width optimiser ``state_dict`` (``gather_optimizer_state``'s
-    inverse)."""
+    """This rank's part of a full-width optimiser ``state_dict`` (the inverse of gathering)."""
     params, shard = list(shard_sae.named_parameters()), shard_sae.shard
     sliced: dict[int, dict[str, Any]] = {}
     for index, entry in state_dict["state"].items():
@@ -260,28 +254,23 @@ def slice_optimizer_state(
 
 
 class GlobalGradClip:
-    """Clip a latent-sharded SAE's gradients by the whole dictionary's norm, as soon as backward
-    has produced all of them (post-accumulate-grad hooks). SAELens's own clip, which follows,
-    then sees a part of an already clipped gradient and leaves it unchanged."""
+    """Clip a latent-sharded SAE's gradients by the whole dictionary's norm once backward has
+    produced them all; SAELens's own clip (hard-coded 1.0) then leaves them unchanged."""
 
-    def __init__(self, sae: LatentShardedGatedSAE, max_norm: float = SAELENS_MAX_GRAD_NORM):
+    def __init__(self, sae: LatentShardedGatedSAE, max_norm: float = 1.0):
         self.max_norm = max_norm
         self.is_main = dist.get_rank() == 0
         self.parameters = {name: p for name, p in sae.named_parameters() if p.requires_grad}
-        self.pending: set[str] = set()
-        self.clips = 0
-        """Number of clips done (one per backward pass)."""
-        for name, parameter in self.parameters.items():
-            parameter.register_post_accumulate_grad_hook(self._hook_for(name))
+        self.accumulated, self.clips = 0, 0
+        """Gradients accumulated since the last clip; clips done (one per backward pass)."""
+        for parameter in self.parameters.values():
+            parameter.register_post_accumulate_grad_hook(self._accumulated)
 
-    def _hook_for(self, name: str) -> Any:
-        def accumulated(parameter: torch.Tensor) -> None:
-            self.pending.add(name)
-            if len(self.pending) == len(self.parameters):
-                self.pending.clear()
-                self.clip()
-
-        return accumulated
+    def _accumulated(self, parameter: torch.Tensor) -> None:
+        self.accumulated += 1
+        if self.accumulated == len(self.parameters):
+            self.accumulated = 0
+            self.clip()
 
     @torch.no_grad()
     def clip(self) -> None:

@@ -5,8 +5,7 @@ one process: ``train_batch_size_tokens`` is the global batch (each rank's store 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +74,6 @@ class DistributedRunner(GatedRunner):
         """Attach the rank, load the checkpoint to resume (if any), start the collectives."""
         assert isinstance(trainer, DistributedTrainer)
         self.trainer = trainer
-        assert hasattr(self.activations_store, "shard_rank")
         trainer.attach(self.dist_ctx, self.activations_store)
         if self.resume_from is not None:
             trainer.load_trainer_state(self.resume_from)
@@ -108,9 +106,8 @@ def check_distributed_run(
         raise GatedPluginError("latent sharding trains gated_paper SAEs only (no sae_config)")
     if cfg.resampling is not None:
         raise GatedPluginError(
-            "resampling: dead-latent resampling is not supported under torchrun (each rank "
-            "would draw its own inputs); train in one process, or leave the resampling: "
-            "section out"
+            "resampling: dead-latent resampling is not supported under torchrun (each rank would "
+            "draw its own inputs); train in one process, or leave the resampling: section out"
         )
 
 
@@ -137,15 +134,17 @@ def train_distributed(
     model: HookedTransformer | None = None,
     sae_config: TrainingSAEConfig | None = None,
 ) -> TrainResult:
-    """``run.train.train`` for one rank of a torchrun launch (same arguments). The result's SAE
-    is, on rank 0, the whole trained SAE, elsewhere the rank's replica or slice; rank 0 alone
-    evaluates."""
+    """``run.train.train`` for one torchrun rank. The result's SAE is, on rank 0, the whole
+    trained SAE (rank 0 alone evaluates), elsewhere the rank's replica or slice."""
     ctx = context_from_environment(cfg.device)
     check_distributed_run(cfg, ctx, sae_config)
     if resume_from is not None:
         check_resume(cfg, resume_from)
     output = Path(cfg.output_path)
-    with _output_folder(ctx, output) as folder:
+    if not ctx.is_main:  # rank 0 owns (creates and locks) the output folder, as one process
+        check_no_finished_sae(output)
+    owned = own_output_folder(output) if ctx.is_main else nullcontext(OutputFolder(output, False))
+    with owned as folder:
         with process_group(ctx, cfg.distributed.timeout_s), quiet_unless_main(ctx):
             runner, model = _prepare_runner(cfg, ctx, resume_from, model, sae_config)
             runner.checkpoint_files = {TRAIN_CONFIG_FILENAME: run_config_text(cfg)}
@@ -159,18 +158,6 @@ def train_distributed(
     return TrainResult(trained_sae=trained, output_path=output, report=report)
 
 
-@contextmanager
-def _output_folder(ctx: DistributedContext, output: Path) -> Iterator[OutputFolder]:
-    """Rank 0 owns (creates and locks) the output folder; the others only refuse a finished
-    SAE."""
-    if ctx.is_main:
-        with own_output_folder(output) as folder:
-            yield folder
-        return
-    check_no_finished_sae(output)
-    yield OutputFolder(output, created=False)
-
-
 def _prepare_runner(
     cfg: TrainRunConfig,
     ctx: DistributedContext,
@@ -178,8 +165,7 @@ def _prepare_runner(
     model: HookedTransformer | None,
     sae_config: TrainingSAEConfig | None,
 ) -> tuple[DistributedRunner, HookedTransformer]:
-    """This rank's runner: ``prepare_runner`` with a ``DistributedRunner`` (and, for latent
-    sharding, this rank's slice of the SAE)."""
+    """``prepare_runner`` with a ``DistributedRunner`` (holding this rank's latents if sharded)."""
 
     def make_runner(
         runner_cfg: LanguageModelSAERunnerConfig[Any], model: HookedTransformer, dataset: Any
@@ -206,8 +192,7 @@ def _prepare_runner(
 
 
 def _run(runner: DistributedRunner, ctx: DistributedContext, cfg: TrainRunConfig) -> Any:
-    """``runner.run()``; a failed collective (a peer died or timed out) becomes an error that
-    names this rank and the last complete checkpoint."""
+    """``runner.run()``; a failed collective becomes an error naming the last checkpoint."""
     try:
         trained = runner.run()
     except RuntimeError as exc:

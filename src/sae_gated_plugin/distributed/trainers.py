@@ -1,5 +1,4 @@
-"""SAELens's trainer across ranks, as ``GuardedTrainer`` subclasses SAELens's trainer is
-re-typed to (``run.saelens_bridge.adopt``).
+"""SAELens's trainer across ranks, as ``GuardedTrainer`` subclasses (``adopt`` re-types it).
 
 * ``DataParallelTrainer``: each rank trains a full replica on its part of the global batch;
   ``DistributedDataParallel`` averages the gradients during backward, before SAELens clips and
@@ -7,8 +6,8 @@ re-typed to (``run.saelens_bridge.adopt``).
 * ``LatentShardedTrainer``: each rank trains its slice of the latents (``latent_sharding``) on
   the whole gathered batch, clipped by the whole dictionary's norm; checkpoints are gathered.
 
-Every step the ranks agree on whether to stop (Ctrl-C / SIGTERM on any rank), so they stop at
-the same step and save one checkpoint together. Rank 0 alone writes files and shows progress.
+Each step the ranks agree whether to stop (Ctrl-C / SIGTERM on any rank), to save one checkpoint
+together. Rank 0 alone writes files and shows progress.
 """
 
 from __future__ import annotations
@@ -119,12 +118,7 @@ class DistributedTrainer(GuardedTrainer):
             dist.broadcast_object_list(box, src=0)
             scaler.whitening = box[0]
 
-    def save_checkpoint(
-        self,
-        checkpoint_name: str,
-        base_path: Path | str | None = None,
-        wandb_aliases: list[str] | None = None,
-    ) -> None:
+    def save_checkpoint(self, checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
         """One checkpoint for the whole run, written by rank 0 (collective)."""
         if self.data_store is not None:
             positions: list[Any] = [None] * dist.get_world_size()
@@ -132,15 +126,12 @@ class DistributedTrainer(GuardedTrainer):
             self.data_store.rank_positions = positions
         with self.state_for_saving():
             if self.dist_ctx.is_main:
-                super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
-        self.after_saving()
+                super().save_checkpoint(checkpoint_name, *args, **kwargs)
 
     def state_for_saving(self) -> AbstractContextManager[None]:
-        """Within it, rank 0's trainer holds what a checkpoint must contain (collective)."""
+        """Within it, rank 0's trainer holds what a checkpoint must contain; after it, every
+        rank is back in line with what rank 0 saved (collective)."""
         return nullcontext()
-
-    def after_saving(self) -> None:
-        """Bring every rank back in line with what rank 0 saved (collective)."""
 
 
 class _TrainingPass(torch.nn.Module):
@@ -185,11 +176,13 @@ class DataParallelTrainer(DistributedTrainer):
         self._global_log = {"metrics/l0": global_counts.sum().item() / n_global}
         self._agreed_stop = stop_votes > 0
 
-    @torch.no_grad()
-    def after_saving(self) -> None:
-        """Rank 0's weights to every rank (saving may have folded decoder norms into them)."""
-        for parameter in self.sae.parameters():
-            dist.broadcast(parameter.data, src=0)
+    @contextmanager
+    def state_for_saving(self) -> Iterator[None]:
+        """After the save, rank 0's weights to every rank (saving may fold decoder norms in)."""
+        yield
+        with torch.no_grad():
+            for parameter in self.sae.parameters():
+                dist.broadcast(parameter.data, src=0)
 
 
 class LatentShardedTrainer(DistributedTrainer):
@@ -265,31 +258,27 @@ class LatentShardedTrainer(DistributedTrainer):
 
     @contextmanager
     def state_for_saving(self) -> Iterator[None]:
-        """Gather weights, optimiser state and firing statistics; on rank 0, the trainer holds
-        the gathered versions while SAELens's checkpoint code writes them."""
+        """Rank 0's trainer holds the gathered weights, optimiser state and firing statistics;
+        then every rank's slice from the saved SAE (saving may fold decoder norms into it)."""
         full_sae = self.gather_sae()
         optimizer_state = gather_optimizer_state(self.sae, self.optimizer.state_dict())
         freq = self._gather_latent_vector(self.act_freq_scores)
         since_fired = self._gather_latent_vector(self.n_forward_passes_since_fired)
-        if full_sae is None:
-            yield
-            return
-        swapped = {
-            "sae": full_sae,
-            "optimizer": SimpleNamespace(state_dict=lambda: optimizer_state),
-            "act_freq_scores": freq,
-            "n_forward_passes_since_fired": since_fired,
-        }
+        swapped: dict[str, Any] = {}
+        if full_sae is not None:
+            swapped = {
+                "sae": full_sae,
+                "optimizer": SimpleNamespace(state_dict=lambda: optimizer_state),
+                "act_freq_scores": freq,
+                "n_forward_passes_since_fired": since_fired,
+            }
         held = {name: self.__dict__[name] for name in swapped}
         self.__dict__.update(swapped)
         try:
             yield
         finally:
             self.__dict__.update(held)
-
-    def after_saving(self) -> None:
-        """Every rank's slice from the saved SAE (saving may fold decoder norms into it)."""
-        scatter_sae(self.full_sae if self.dist_ctx.is_main else None, self.sae)
+        scatter_sae(full_sae, self.sae)
 
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:
         """SAELens's ``load_trainer_state`` for a full-width checkpoint, keeping this rank's
