@@ -26,8 +26,7 @@ class DistributedContext:
     rank: int
     world_size: int
     local_rank: int
-    device: str
-    """``cpu`` or ``cuda:<local_rank>``."""
+    device: str  # cpu or cuda:<local_rank>
 
     @property
     def backend(self) -> str:

@@ -22,8 +22,7 @@ from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.io import read_json
 from sae_gated_plugin.run.saelens_bridge import retype_store
 
-SHARDS_FILENAME = "data_shards.json"
-"""Per-rank data positions of a distributed checkpoint."""
+SHARDS_FILENAME = "data_shards.json"  # per-rank data positions of a distributed checkpoint
 
 
 def shard_dataset(dataset: Any, rank: int, world_size: int) -> Any:

@@ -26,10 +26,8 @@ from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 from sae_gated_plugin.errors import GatedPluginError
 
-LATENT_DIMS: dict[str, int | None] = {
-    "W_enc": 1, "b_gate": 0, "r_mag": 0, "b_mag": 0, "W_dec": 0, "b_dec": None
-}  # fmt: skip
-"""The latent dimension of each ``gated_paper`` parameter (None: replicated on every rank)."""
+# The latent dimension of each gated_paper parameter (None: replicated on every rank).
+LATENT_DIMS: dict[str, int | None] = dict(W_enc=1, b_gate=0, r_mag=0, b_mag=0, W_dec=0, b_dec=None)
 
 
 def _summed(tensor: torch.Tensor) -> torch.Tensor:
@@ -167,34 +165,28 @@ def gather_tensor(local: torch.Tensor, dim: int | None, out: torch.Tensor | None
             dist.send(local.contiguous(), dst=0)
         return
     assert out is not None
-    if dim is None:
-        out.copy_(local)
-        return
-    width = local.shape[dim]
-    out.narrow(dim, 0, width).copy_(local)
+    parts = [out] if dim is None else out.split(local.shape[dim], dim)
+    parts[0].copy_(local)
     buffer = torch.empty_like(local, memory_format=torch.contiguous_format)
-    for source in range(1, dist.get_world_size()):
+    for source, part in enumerate(parts[1:], start=1):
         dist.recv(buffer, src=source)
-        out.narrow(dim, source * width, width).copy_(buffer)
+        part.copy_(buffer)
 
 
 def scatter_tensor(full: torch.Tensor | None, local: torch.Tensor, dim: int | None) -> None:
     """Overwrite every rank's ``local`` with its part of rank 0's ``full``. Collective."""
-    is_main = dist.get_rank() == 0
-    if is_main:
+    if dist.get_rank() == 0:
         assert full is not None
-        local.copy_(full if dim is None else full.narrow(dim, 0, local.shape[dim]))
-    if dim is None:
-        dist.broadcast(local, src=0)
-    elif is_main:
-        assert full is not None
-        for target in range(1, dist.get_world_size()):
-            part = full.narrow(dim, target * local.shape[dim], local.shape[dim])
+        parts = [full] if dim is None else full.split(local.shape[dim], dim)
+        local.copy_(parts[0])
+        for target, part in enumerate(parts[1:], start=1):
             dist.send(part.contiguous().to(local.device), dst=target)
-    else:
+    elif dim is not None:
         buffer = torch.empty_like(local, memory_format=torch.contiguous_format)
         dist.recv(buffer, src=0)
         local.copy_(buffer)
+    if dim is None:
+        dist.broadcast(local, src=0)
 
 
 @torch.no_grad()

@@ -250,11 +250,9 @@ class LatentShardedTrainer(DistributedTrainer):
 
     def gather_log_feature_sparsity(self) -> torch.Tensor | None:
         """``log_feature_sparsity`` of the whole dictionary on rank 0 (collective)."""
-        gathered = self._gather_latent_vector(self.act_freq_scores)
-        if gathered is None:
-            return None
+        freq = self._gather_latent_vector(self.act_freq_scores)
         # As SAETrainer.log_feature_sparsity, for the whole dictionary.
-        return torch.log10(gathered / self.n_frac_active_samples + 1e-10)
+        return None if freq is None else torch.log10(freq / self.n_frac_active_samples + 1e-10)
 
     @contextmanager
     def state_for_saving(self) -> Iterator[None]:
