@@ -1,28 +1,12 @@
 """Latent sharding: a ``gated_paper`` SAE too wide for one device, split across ranks by latent.
 
-Rank r of W owns latents [r * d_sae / W, (r + 1) * d_sae / W): its columns of ``W_enc``
-(W_gate), its entries of ``b_gate``, ``r_mag`` and ``b_mag`` and its rows of ``W_dec``.
-``b_dec`` is replicated. Every rank sees the whole batch, so the encoder products are local;
-each sum over latents (the reconstruction, the sparsity penalty, the auxiliary reconstruction)
-is a local part added across ranks. The loss every rank computes is then the unsharded
-model's, and so are the gradients, given two autograd operations (Megatron-LM's "g" and "f"):
-
-* ``sum_over_shards``: forward all-reduces the parts; backward passes the gradient through
-  unchanged, since every rank computes the same loss from the sum.
-  ``torch.distributed.nn.functional.all_reduce`` is not used: its backward also all-reduces,
-  which is the gradient of the sum of the W ranks' losses, W times the loss here.
-* ``copy_to_shards`` on ``b_dec`` where it centres the encoder input: forward is the identity;
-  backward all-reduces, since each rank's encoder sees only its own latents' share of
-  ``b_dec``'s gradient.
-
-The sparse step (``arch/sparse.py``) runs on shards too: its decodes and penalty are this
-rank's parts, added by ``sum_over_shards``, and the open fraction that picks dense or sparse
-is counted over all ranks, so that every rank takes the same path (and the same collectives).
-
-The unit-norm constraint is per decoder row, so each rank keeps its own rows at unit norm.
-Checkpoints and the final SAE are ordinary full-width SAELens files: ``gather_*`` collects the
-shards on rank 0 (host memory, one shard at a time on the device), ``scatter_*`` and
-``slice_*`` split full tensors back into shards.
+Rank r of W owns latents [r * d_sae / W, (r + 1) * d_sae / W): its columns of ``W_enc``, its
+entries of ``b_gate``, ``r_mag``, ``b_mag`` and its rows of ``W_dec``; ``b_dec`` is replicated.
+Every rank sees the whole batch, so encoder products are local and each sum over latents is a
+local part added across ranks (``sum_over_shards``). The loss is then the unsharded model's on
+every rank, and so are the gradients. The sparse step (``arch/sparse.py``) adds its parts the
+same way. Checkpoints are ordinary full-width files: ``gather_*`` collects the shards on rank
+0's host, ``scatter_*`` and ``slice_*`` split full tensors back into shards.
 """
 
 from __future__ import annotations
@@ -42,66 +26,48 @@ from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
 from sae_gated_plugin.errors import GatedPluginError
 
-LATENT_DIMS: dict[str, int | None] = {
-    "W_enc": 1,
-    "b_gate": 0,
-    "r_mag": 0,
-    "b_mag": 0,
-    "W_dec": 0,
-    "b_dec": None,
-}
-"""The latent dimension of each ``gated_paper`` parameter (None: replicated on every rank)."""
-
-SAELENS_MAX_GRAD_NORM = 1.0
-"""The gradient-norm clip SAELens's trainer applies (hard-coded there)."""
+# The latent dimension of each gated_paper parameter (None: replicated on every rank).
+LATENT_DIMS: dict[str, int | None] = dict(W_enc=1, b_gate=0, r_mag=0, b_mag=0, W_dec=0, b_dec=None)
 
 
-class _SumOverShards(torch.autograd.Function):
-    """All-reduce (sum) forward, identity backward: the result feeds a loss every rank shares."""
+def _summed(tensor: torch.Tensor) -> torch.Tensor:
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
+class _AllReduceOneWay(torch.autograd.Function):
+    """Sum over ranks in the forward pass only (identity backward) or in the backward only."""
 
     @staticmethod
-    def forward(ctx: Any, partial: torch.Tensor) -> torch.Tensor:
-        total = partial.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+    def forward(ctx: Any, tensor: torch.Tensor, in_forward: bool) -> torch.Tensor:
+        ctx.in_forward = in_forward
+        return _summed(tensor) if in_forward else tensor.view_as(tensor)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-class _CopyToShards(torch.autograd.Function):
-    """Identity forward, all-reduce (sum) backward: a replicated tensor used by each shard."""
-
-    @staticmethod
-    def forward(ctx: Any, replicated: torch.Tensor) -> torch.Tensor:
-        return replicated.view_as(replicated)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return (grad if ctx.in_forward else _summed(grad)), None
 
 
 def sum_over_shards(partial: torch.Tensor) -> torch.Tensor:
-    """The sum of every rank's ``partial``, differentiable for a loss all ranks compute."""
-    return _SumOverShards.apply(partial)
+    """The sum of every rank's ``partial``, for a loss all ranks compute. Its backward passes
+    the gradient through: ``torch.distributed.nn``'s all_reduce would sum it, W times too big."""
+    return _AllReduceOneWay.apply(partial, True)
 
 
 def copy_to_shards(replicated: torch.Tensor) -> torch.Tensor:
-    """``replicated`` itself, whose gradient adds up every rank's contribution."""
-    return _CopyToShards.apply(replicated)
+    """``replicated`` itself, whose gradient adds up every rank's contribution (each rank's
+    encoder sees only its own latents' share)."""
+    return _AllReduceOneWay.apply(replicated, False)
 
 
 @dataclass(frozen=True)
 class LatentShard:
-    """Which latents one rank owns."""
+    """Which latents one rank owns, of a dictionary of ``d_sae``."""
 
     rank: int
     world_size: int
     d_sae: int
-    """Latents of the whole dictionary."""
 
     def __post_init__(self) -> None:
         if self.d_sae % self.world_size:
@@ -120,28 +86,36 @@ class LatentShard:
         """Index of this rank's first latent."""
         return self.rank * self.width
 
+    def index(self, name: str) -> tuple[slice, ...]:
+        """This rank's part of parameter ``name``'s full-width tensor, as an index."""
+        dim = LATENT_DIMS[name]
+        if dim is None:
+            return (slice(None),)
+        return (slice(None),) * dim + (slice(self.start, self.start + self.width),)
+
     def take(self, full: torch.Tensor, name: str) -> torch.Tensor:
         """This rank's part of the full-width tensor of parameter ``name`` (a view)."""
+        return full[self.index(name)]
+
+    def full_shape(self, local: torch.Tensor, name: str) -> tuple[int, ...]:
+        """The full-width shape of this rank's tensor ``local`` of parameter ``name``."""
         dim = LATENT_DIMS[name]
-        return full if dim is None else full.narrow(dim, self.start, self.width)
+        return tuple(self.d_sae if i == dim else n for i, n in enumerate(local.shape))
 
 
 class LatentShardedGatedSAE(GatedPaperTrainingSAE):
-    """One rank's slice of a ``gated_paper`` training SAE. Its ``cfg.d_sae`` is the slice's
-    width; ``shard`` says where the slice sits in the whole dictionary. Forward passes are
-    collective: every rank must run them, on the same input."""
+    """One rank's slice of a ``gated_paper`` training SAE (``cfg.d_sae`` is the slice's width).
+    Forward passes are collective: every rank must run them, on the same input."""
 
     shard: LatentShard
     holds_all_latents = False
 
     @classmethod
     def for_rank(cls, cfg: GatedPaperTrainingSAEConfig, shard: LatentShard) -> Any:
-        """This rank's slice of an SAE configured by ``cfg`` (the whole dictionary's config),
-        freshly initialised."""
+        """This rank's freshly initialised slice of the SAE ``cfg`` configures."""
         if cfg.d_sae != shard.d_sae:
             raise ValueError(f"cfg.d_sae {cfg.d_sae} != shard.d_sae {shard.d_sae}")
-        # (d_sae is a field of SAELens's base config class, which mypy does not see here)
-        changes: dict[str, Any] = {"d_sae": shard.width}
+        changes: dict[str, Any] = {"d_sae": shard.width}  # (a base-class field mypy misses)
         sae = cls(dataclasses.replace(cfg, **changes))
         sae.shard = shard
         return sae
@@ -168,82 +142,51 @@ class LatentShardedGatedSAE(GatedPaperTrainingSAE):
             for name, parameter in self.named_parameters():
                 if name not in weights.keys():  # noqa: SIM118  (safe_open has no __contains__)
                     raise GatedPluginError(f"{path}: no tensor {name!r}")
-                full_shape = _full_shape(parameter, name, self.shard.d_sae)
-                stored = weights.get_slice(name)
+                stored, full_shape = weights.get_slice(name), self.shard.full_shape(parameter, name)
                 if tuple(stored.get_shape()) != full_shape:
                     raise GatedPluginError(
                         f"{path}: {name} has shape {tuple(stored.get_shape())}, this run's "
                         f"dictionary needs {full_shape}"
                     )
-                parameter.copy_(_read_slice(stored, LATENT_DIMS[name], self.shard))
+                parameter.copy_(stored[self.shard.index(name)])
 
     @override
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
         raise RuntimeError("a latent shard is not saved alone: gather it (gather_sae) first")
 
-    @override
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        raise RuntimeError("a latent shard is not saved alone: gather it (gather_sae) first")
-
-
-def _full_shape(local: torch.Tensor, name: str, d_sae: int) -> tuple[int, ...]:
-    dim = LATENT_DIMS[name]
-    shape = list(local.shape)
-    if dim is not None:
-        shape[dim] = d_sae
-    return tuple(shape)
-
-
-def _read_slice(stored: Any, dim: int | None, shard: LatentShard) -> torch.Tensor:
-    stop = shard.start + shard.width
-    if dim is None:
-        return stored[:]
-    if dim == 0:
-        return stored[shard.start : stop]
-    return stored[:, shard.start : stop]
+    save_inference_model = save_model
 
 
 def gather_tensor(local: torch.Tensor, dim: int | None, out: torch.Tensor | None) -> None:
-    """Collect every rank's ``local`` into rank 0's ``out`` (full width along ``dim``; a
-    replicated tensor when ``dim`` is None: rank 0's copy). Collective; ``out`` is ignored on
-    other ranks. Only one shard at a time is on rank 0's device."""
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    if rank != 0:
+    """Collect every rank's ``local`` into rank 0's ``out`` (full width along ``dim``; rank 0's
+    copy when ``dim`` is None). Collective; only one shard at a time is on rank 0's device."""
+    if dist.get_rank() != 0:
         if dim is not None:
             dist.send(local.contiguous(), dst=0)
         return
     assert out is not None
-    if dim is None:
-        out.copy_(local)
-        return
-    width = local.shape[dim]
-    out.narrow(dim, 0, width).copy_(local)
+    parts = [out] if dim is None else out.split(local.shape[dim], dim)
+    parts[0].copy_(local)
     buffer = torch.empty_like(local, memory_format=torch.contiguous_format)
-    for source in range(1, world_size):
+    for source, part in enumerate(parts[1:], start=1):
         dist.recv(buffer, src=source)
-        out.narrow(dim, source * width, width).copy_(buffer)
+        part.copy_(buffer)
 
 
 def scatter_tensor(full: torch.Tensor | None, local: torch.Tensor, dim: int | None) -> None:
     """Overwrite every rank's ``local`` with its part of rank 0's ``full``. Collective."""
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    if dim is None:
-        if rank == 0:
-            assert full is not None
-            local.copy_(full)
-        dist.broadcast(local, src=0)
-        return
-    width = local.shape[dim]
-    if rank == 0:
+    if dist.get_rank() == 0:
         assert full is not None
-        local.copy_(full.narrow(dim, 0, width))
-        for target in range(1, world_size):
-            part = full.narrow(dim, target * width, width).contiguous().to(local.device)
-            dist.send(part, dst=target)
-        return
-    buffer = torch.empty_like(local, memory_format=torch.contiguous_format)
-    dist.recv(buffer, src=0)
-    local.copy_(buffer)
+        parts = [full] if dim is None else full.split(local.shape[dim], dim)
+        local.copy_(parts[0])
+        for target, part in enumerate(parts[1:], start=1):
+            dist.send(part.contiguous().to(local.device), dst=target)
+    elif dim is not None:
+        buffer = torch.empty_like(local, memory_format=torch.contiguous_format)
+        dist.recv(buffer, src=0)
+        local.copy_(buffer)
+    if dim is None:
+        dist.broadcast(local, src=0)
 
 
 @torch.no_grad()
@@ -265,42 +208,36 @@ def scatter_sae(full_sae: GatedPaperTrainingSAE | None, shard_sae: LatentSharded
 def gather_optimizer_state(
     shard_sae: LatentShardedGatedSAE, state_dict: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The full-width version of a shard's optimiser ``state_dict`` (Adam's ``exp_avg`` and
-    ``exp_avg_sq`` gathered like their parameters), on rank 0's host; None elsewhere."""
-    is_main = dist.get_rank() == 0
-    names = [name for name, _ in shard_sae.named_parameters()]
-    params = dict(shard_sae.named_parameters())
+    """The full-width version of a shard's optimiser ``state_dict`` (Adam's moments gathered
+    like their parameters) on rank 0's host; None elsewhere. Collective."""
+    is_main, params = dist.get_rank() == 0, list(shard_sae.named_parameters())
     gathered: dict[int, dict[str, Any]] = {}
     for index in sorted(state_dict["state"]):
-        name = names[index]
-        entry: dict[str, Any] = {}
+        name, parameter = params[index]
+        gathered[index] = {}
         for key, value in state_dict["state"][index].items():
-            if isinstance(value, torch.Tensor) and value.shape == params[name].shape:
-                full_shape = _full_shape(value, name, shard_sae.shard.d_sae)
+            if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
+                full_shape = shard_sae.shard.full_shape(value, name)
                 out = torch.empty(full_shape, dtype=value.dtype) if is_main else None
                 gather_tensor(value, LATENT_DIMS[name], out)
-                entry[key] = out
-            else:
-                entry[key] = value.cpu() if isinstance(value, torch.Tensor) else value
-        gathered[index] = entry
-    if not is_main:
-        return None
-    return {"state": gathered, "param_groups": state_dict["param_groups"]}
+                value = out
+            elif isinstance(value, torch.Tensor):
+                value = value.cpu()
+            gathered[index][key] = value
+    return {"state": gathered, "param_groups": state_dict["param_groups"]} if is_main else None
 
 
 def slice_optimizer_state(
     shard_sae: LatentShardedGatedSAE, state_dict: dict[str, Any]
 ) -> dict[str, Any]:
-    """This rank's part of a full-width optimiser ``state_dict`` (the inverse of
-    ``gather_optimizer_state``)."""
-    names = [name for name, _ in shard_sae.named_parameters()]
-    params = dict(shard_sae.named_parameters())
+    """This rank's part of a full-width optimiser ``state_dict`` (the inverse of gathering)."""
+    params, shard = list(shard_sae.named_parameters()), shard_sae.shard
     sliced: dict[int, dict[str, Any]] = {}
     for index, entry in state_dict["state"].items():
-        name = names[int(index)]
-        full_shape = _full_shape(params[name], name, shard_sae.shard.d_sae)
+        name, parameter = params[int(index)]
+        full_shape = shard.full_shape(parameter, name)
         sliced[index] = {
-            key: shard_sae.shard.take(value, name).clone()
+            key: shard.take(value, name).clone()
             if isinstance(value, torch.Tensor) and tuple(value.shape) == full_shape
             else value
             for key, value in entry.items()
@@ -309,43 +246,32 @@ def slice_optimizer_state(
 
 
 class GlobalGradClip:
-    """Clip the gradients of a latent-sharded SAE by the whole dictionary's gradient norm, as
-    ``clip_grad_norm_`` would for the unsharded SAE, as soon as backward has produced all of
-    them (a post-accumulate-grad hook per parameter). SAELens's own clip, which follows, sees
-    a rank's part of an already clipped gradient and leaves it unchanged (to its 1e-6)."""
+    """Clip a latent-sharded SAE's gradients by the whole dictionary's norm once backward has
+    produced them all; SAELens's own clip (hard-coded 1.0) then leaves them unchanged."""
 
-    def __init__(self, sae: LatentShardedGatedSAE, max_norm: float = SAELENS_MAX_GRAD_NORM):
+    def __init__(self, sae: LatentShardedGatedSAE, max_norm: float = 1.0):
         self.max_norm = max_norm
         self.is_main = dist.get_rank() == 0
         self.parameters = {name: p for name, p in sae.named_parameters() if p.requires_grad}
-        self.pending: set[str] = set()
-        self.clips = 0
-        """Number of clips done (one per backward pass)."""
-        for name, parameter in self.parameters.items():
-            parameter.register_post_accumulate_grad_hook(self._hook_for(name))
+        self.accumulated, self.clips = 0, 0
+        """Gradients accumulated since the last clip; clips done (one per backward pass)."""
+        for parameter in self.parameters.values():
+            parameter.register_post_accumulate_grad_hook(self._accumulated)
 
-    def _hook_for(self, name: str) -> Any:
-        def accumulated(parameter: torch.Tensor) -> None:
-            self.pending.add(name)
-            if len(self.pending) == len(self.parameters):
-                self.pending.clear()
-                self.clip()
-
-        return accumulated
+    def _accumulated(self, parameter: torch.Tensor) -> None:
+        self.accumulated += 1
+        if self.accumulated == len(self.parameters):
+            self.accumulated = 0
+            self.clip()
 
     @torch.no_grad()
     def clip(self) -> None:
         """Scale every rank's gradients by min(1, max_norm / (global norm + 1e-6))."""
-        squares = []
-        for name, parameter in self.parameters.items():
-            assert parameter.grad is not None
-            # A replicated parameter's gradient is the same on every rank: count it once.
-            if LATENT_DIMS[name] is not None or self.is_main:
-                squares.append(parameter.grad.float().pow(2).sum())
-        total = torch.stack(squares).sum()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        coefficient = (self.max_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
-        for parameter in self.parameters.values():
-            assert parameter.grad is not None
-            parameter.grad.mul_(coefficient.to(parameter.grad.dtype))
+        grads = {name: p.grad for name, p in self.parameters.items() if p.grad is not None}
+        assert len(grads) == len(self.parameters)
+        # A replicated parameter's gradient is the same on every rank: count it once.
+        counted = [g for n, g in grads.items() if LATENT_DIMS[n] is not None or self.is_main]
+        total = torch.stack([g.float().pow(2).sum() for g in counted]).sum()
+        dist.all_reduce(total)
+        torch.nn.utils.clip_grads_with_norm_(self.parameters.values(), self.max_norm, total.sqrt())
         self.clips += 1

@@ -1,17 +1,11 @@
-"""``sae-gated train`` as one rank of a torchrun launch.
-
-``sae-gated train`` calls ``train_distributed`` when torchrun's variables are set. The
-run config means the same as in one process: ``train_batch_size_tokens`` is the global batch of
-one optimiser step (each rank's ActivationsStore supplies 1/world_size of it) and
-``training_tokens``, the schedules, checkpoint names and the progress bar count global tokens.
-So a run gives the same optimisation whatever the number of ranks, and a checkpoint resumes
-with any number of them (see ``data_shards`` for where the data then continues).
+"""``sae-gated train`` as one rank of a torchrun launch. The run config means what it does in
+one process: ``train_batch_size_tokens`` is the global batch (each rank's store supplies
+1/world_size of it), and token counts are global, so a checkpoint resumes on any number of ranks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,17 +51,14 @@ if TYPE_CHECKING:
 
 
 class DistributedRunner(GatedRunner):
-    """``GatedRunner`` for one rank: a sharded data store, a distributed trainer, checkpoints
-    loaded by that trainer, and the final SAE written by rank 0 alone."""
+    """``GatedRunner`` for one rank: a sharded data store, a distributed trainer that loads
+    checkpoints, and the final SAE written by rank 0 alone."""
 
     dist_ctx: DistributedContext
     trainer: DistributedTrainer | None = None
 
     def __init__(
-        self,
-        cfg: LanguageModelSAERunnerConfig[Any],
-        ctx: DistributedContext,
-        **overrides: Any,
+        self, cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedContext, **overrides: Any
     ) -> None:
         super().__init__(cfg, **overrides)
         self.dist_ctx = ctx
@@ -76,18 +67,13 @@ class DistributedRunner(GatedRunner):
         # SAELens's run() would load a checkpoint into its plain trainer, which cannot take a
         # full-width state into a latent shard: prepare_trainer loads it instead.
         self.resume_from, cfg.resume_from_checkpoint = cfg.resume_from_checkpoint, None
-        distribute_store(
-            self.activations_store,
-            ctx.rank,
-            ctx.world_size,
-            cfg.train_batch_size_tokens // ctx.world_size,
-        )
+        batch_size = cfg.train_batch_size_tokens // ctx.world_size
+        distribute_store(self.activations_store, ctx.rank, ctx.world_size, batch_size)
 
     def prepare_trainer(self, trainer: GuardedTrainer) -> None:
         """Attach the rank, load the checkpoint to resume (if any), start the collectives."""
         assert isinstance(trainer, DistributedTrainer)
         self.trainer = trainer
-        assert hasattr(self.activations_store, "shard_rank")
         trainer.attach(self.dist_ctx, self.activations_store)
         if self.resume_from is not None:
             trainer.load_trainer_state(self.resume_from)
@@ -97,10 +83,7 @@ class DistributedRunner(GatedRunner):
         trainer.begin()
 
     def save_final_sae(
-        self,
-        sae: Any,
-        output_path: str,
-        log_feature_sparsity: torch.Tensor | None = None,
+        self, sae: Any, output_path: str, log_feature_sparsity: torch.Tensor | None = None
     ) -> None:
         """Rank 0 writes the final SAE; a latent-sharded one is gathered first (collective)."""
         if isinstance(self.trainer, LatentShardedTrainer):
@@ -123,33 +106,20 @@ def check_distributed_run(
         raise GatedPluginError("latent sharding trains gated_paper SAEs only (no sae_config)")
     if cfg.resampling is not None:
         raise GatedPluginError(
-            "resampling: dead-latent resampling is not supported under torchrun (each rank "
-            "would draw its own inputs); train in one process, or leave the resampling: "
-            "section out"
+            "resampling: dead-latent resampling is not supported under torchrun (each rank would "
+            "draw its own inputs); train in one process, or leave the resampling: section out"
         )
 
 
-def _shard_sae(runner_cfg: LanguageModelSAERunnerConfig[Any], ctx: DistributedContext) -> Any:
-    # Each rank initialises its own latents: seeds differ per rank, so the initial dictionary
-    # depends on the number of ranks (its distribution does not).
-    shard = LatentShard(ctx.rank, ctx.world_size, runner_cfg.sae.d_sae)
-    return LatentShardedGatedSAE.for_rank(runner_cfg.sae, shard).to(ctx.device)
-
-
 COLLECTIVE_FAILURE_MARKERS = (
-    "gloo",
-    "nccl",
-    "connection closed by peer",
-    "timed out",
-    "processgroup",
-)
+    "gloo", "nccl", "connection closed by peer", "timed out", "processgroup"
+)  # fmt: skip
 """Words of the errors torch's process groups raise when a peer dies or does not answer."""
 
 
 def is_collective_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective that failed because of another rank (a peer died or
-    timed out), as opposed to an error of this rank's own computation. Gloo raises plain
-    RuntimeErrors, so besides torch's ``DistError`` the message is what tells."""
+    """Whether ``exc`` is a collective that failed because a peer died or timed out, not an
+    error of this rank's own. Gloo raises plain RuntimeErrors: the message tells."""
     if isinstance(exc, torch.distributed.DistError):
         return True
     if isinstance(exc, (TrainingDivergedError, TrainingInterruptedError, GatedPluginError)):
@@ -158,26 +128,23 @@ def is_collective_failure(exc: BaseException) -> bool:
     return any(marker in text for marker in COLLECTIVE_FAILURE_MARKERS)
 
 
-def _last_checkpoint(folder: Path) -> Path | None:
-    found = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-    return max(found, key=lambda p: int(p.name), default=None)
-
-
 def train_distributed(
     cfg: TrainRunConfig,
     resume_from: Path | None = None,
     model: HookedTransformer | None = None,
     sae_config: TrainingSAEConfig | None = None,
 ) -> TrainResult:
-    """``run.train.train`` for one rank of a torchrun launch (same arguments). The result's
-    SAE is, on rank 0, the whole trained SAE, elsewhere the rank's replica or slice; rank 0
-    alone evaluates."""
+    """``run.train.train`` for one torchrun rank. The result's SAE is, on rank 0, the whole
+    trained SAE (rank 0 alone evaluates), elsewhere the rank's replica or slice."""
     ctx = context_from_environment(cfg.device)
     check_distributed_run(cfg, ctx, sae_config)
     if resume_from is not None:
         check_resume(cfg, resume_from)
     output = Path(cfg.output_path)
-    with _output_folder(ctx, output) as folder:
+    if not ctx.is_main:  # rank 0 owns (creates and locks) the output folder, as one process
+        check_no_finished_sae(output)
+    owned = own_output_folder(output) if ctx.is_main else nullcontext(OutputFolder(output, False))
+    with owned as folder:
         with process_group(ctx, cfg.distributed.timeout_s), quiet_unless_main(ctx):
             runner, model = _prepare_runner(cfg, ctx, resume_from, model, sae_config)
             runner.checkpoint_files = {TRAIN_CONFIG_FILENAME: run_config_text(cfg)}
@@ -191,18 +158,6 @@ def train_distributed(
     return TrainResult(trained_sae=trained, output_path=output, report=report)
 
 
-@contextmanager
-def _output_folder(ctx: DistributedContext, output: Path) -> Iterator[OutputFolder]:
-    """Rank 0 owns (creates and locks) the output folder for the run, as one process does;
-    the other ranks write nothing there and only refuse a finished SAE."""
-    if ctx.is_main:
-        with own_output_folder(output) as folder:
-            yield folder
-        return
-    check_no_finished_sae(output)
-    yield OutputFolder(output, created=False)
-
-
 def _prepare_runner(
     cfg: TrainRunConfig,
     ctx: DistributedContext,
@@ -210,8 +165,7 @@ def _prepare_runner(
     model: HookedTransformer | None,
     sae_config: TrainingSAEConfig | None,
 ) -> tuple[DistributedRunner, HookedTransformer]:
-    """This rank's runner: ``prepare_runner`` with a ``DistributedRunner`` (and, for latent
-    sharding, this rank's slice of the SAE)."""
+    """``prepare_runner`` with a ``DistributedRunner`` (holding this rank's latents if sharded)."""
 
     def make_runner(
         runner_cfg: LanguageModelSAERunnerConfig[Any], model: HookedTransformer, dataset: Any
@@ -220,8 +174,11 @@ def _prepare_runner(
             runner_cfg.logger.log_to_wandb = False
         overrides: dict[str, Any] = {"override_model": model, "override_dataset": dataset}
         if cfg.distributed.latent_sharding:
+            # Each rank draws its own latents: the initial dictionary depends on world_size.
             torch.manual_seed(cfg.seed + ctx.rank)
-            overrides["override_sae"] = _shard_sae(runner_cfg, ctx)
+            shard = LatentShard(ctx.rank, ctx.world_size, runner_cfg.sae.d_sae)
+            sae = LatentShardedGatedSAE.for_rank(runner_cfg.sae, shard)
+            overrides["override_sae"] = sae.to(ctx.device)
             torch.manual_seed(cfg.seed)  # as one process: repeatable shuffling
         return DistributedRunner(runner_cfg, ctx, **overrides)
 
@@ -229,22 +186,21 @@ def _prepare_runner(
         announce(f"training on {ctx.world_size} ranks ({ctx.backend})")
     runner, model = prepare_runner(cfg, ctx.device, resume_from, model, sae_config, make_runner)
     assert isinstance(runner, DistributedRunner)
-    runner.metadata_overrides |= {
-        "world_size": ctx.world_size,
-        "latent_sharding": cfg.distributed.latent_sharding,
-    }
+    sharding = cfg.distributed.latent_sharding
+    runner.metadata_overrides |= {"world_size": ctx.world_size, "latent_sharding": sharding}
     return runner, model
 
 
 def _run(runner: DistributedRunner, ctx: DistributedContext, cfg: TrainRunConfig) -> Any:
-    """``runner.run()``; a failed collective (a peer died or timed out) becomes an error that
-    names this rank and the last complete checkpoint."""
+    """``runner.run()``; a failed collective becomes an error naming the last checkpoint."""
     try:
         trained = runner.run()
     except RuntimeError as exc:
         if not is_collective_failure(exc):
             raise  # a local error of this rank: reported as it is
-        last = _last_checkpoint(cfg.checkpoint_path)
+        folder = cfg.checkpoint_path
+        found = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        last = max(found, key=lambda p: int(p.name), default=None)
         where = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved"
         raise DistributedTrainingError(
             f"rank {ctx.rank} of {ctx.world_size} stopped training ({type(exc).__name__}: "

@@ -1,31 +1,21 @@
-"""SAELens's trainer across ranks: data-parallel, or with the latents sharded.
+"""SAELens's trainer across ranks, as ``GuardedTrainer`` subclasses (``adopt`` re-types it).
 
-Both trainers are ``GuardedTrainer`` subclasses that SAELens's trainer is re-typed to (see
-``run.saelens_bridge.adopt``). What they add, per step:
+* ``DataParallelTrainer``: each rank trains a full replica on its part of the global batch;
+  ``DistributedDataParallel`` averages the gradients during backward, before SAELens clips and
+  steps, so every rank makes the same update. Statistics and losses are summed across ranks.
+* ``LatentShardedTrainer``: each rank trains its slice of the latents (``latent_sharding``) on
+  the whole gathered batch, clipped by the whole dictionary's norm; checkpoints are gathered.
 
-* ``DataParallelTrainer``: each rank trains a full replica on its own shard of the global batch.
-  The SAE's training pass runs through ``DistributedDataParallel``, whose gradient hooks average
-  the gradients across ranks during backward - before SAELens clips them and steps. Every rank
-  then applies the same update to the same weights, so the unit-norm renormalisation after the
-  step is identical everywhere; rank 0's weights are broadcast at the start and after every
-  save (saving folds decoder norms in place). Firing statistics, losses and the token count
-  are summed across ranks each step, so they are the global batch's.
-* ``LatentShardedTrainer``: each rank holds a slice of the latents (``latent_sharding``) and
-  trains it on the whole global batch, gathered from every rank's shard of the data. The
-  gradients are the unsharded model's without averaging; they are clipped by the whole
-  dictionary's norm (``GlobalGradClip``). Checkpoints gather the slices on rank 0.
-
-Each step also agrees on whether to stop (Ctrl-C / SIGTERM on any rank), so all ranks stop at
-the same step boundary and save one checkpoint together. Rank 0 alone writes files, logs and
-shows progress.
+Each step the ranks agree whether to stop (Ctrl-C / SIGTERM on any rank), to save one checkpoint
+together. Rank 0 alone writes files and shows progress.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -36,13 +26,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch.nn.parallel import DistributedDataParallel
 
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
-from sae_gated_plugin.distributed.context import (
-    DistributedContext,
-    all_gather_ints,
-    all_reduce_sum,
-    broadcast_object,
-    broadcast_parameters,
-)
+from sae_gated_plugin.distributed.context import DistributedContext, all_reduce_sum
 from sae_gated_plugin.distributed.data_shards import ShardedActivationsStore
 from sae_gated_plugin.distributed.latent_sharding import (
     GlobalGradClip,
@@ -63,17 +47,17 @@ class DistributedTrainer(GuardedTrainer):
     dist_ctx: DistributedContext
     data_store: ShardedActivationsStore | None = None
     _agreed_stop: bool = False
-    _global_l0: float = 0.0
+    _global_log: dict[str, float]
+    """Log entries over the global batch and the whole dictionary, set by each step."""
 
     def attach(self, ctx: DistributedContext, data_store: ShardedActivationsStore | None) -> None:
         """Give the re-typed trainer its rank and (for checkpoints) its data store."""
         self.dist_ctx, self.data_store = ctx, data_store
-        self._agreed_stop, self._global_l0 = False, 0.0
+        self._agreed_stop, self._global_log = False, {"metrics/l0": 0.0}
 
     def begin(self) -> None:
         """Set up the collective machinery, after any checkpoint has been loaded."""
 
-    # ---- each step ----------------------------------------------------------------------
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
         """One optimiser step on the global batch (this rank's part of it is ``batch``)."""
         output = SAETrainer.step(self, self.global_batch(batch))
@@ -95,22 +79,19 @@ class DistributedTrainer(GuardedTrainer):
 
     def mean_l0(self, step_output: TrainStepOutput) -> float:
         """Mean firing latents per token over the global batch and the whole dictionary."""
-        return self._global_l0
+        return self._global_log["metrics/l0"]
 
     @torch.no_grad()
     def build_train_step_log_dict(
         self, output: TrainStepOutput, n_training_samples: int
     ) -> dict[str, Any]:
-        """SAELens's log entries, with the global L0 (the rest: rank 0's part of the batch)."""
-        log = super().build_train_step_log_dict(output, n_training_samples)
-        log["metrics/l0"] = self._global_l0
-        return log
+        """SAELens's log entries, with the global ones (the rest: rank 0's part of the batch)."""
+        return super().build_train_step_log_dict(output, n_training_samples) | self._global_log
 
     def shows_progress(self) -> bool:
         """Rank 0 alone draws the progress bar."""
         return self.dist_ctx.is_main
 
-    # ---- start --------------------------------------------------------------------------
     def fit(self) -> Any:
         """SAELens's training loop, after the ranks agree on the activation normalisation."""
         self.agree_on_activation_scaling()
@@ -125,52 +106,41 @@ class DistributedTrainer(GuardedTrainer):
         if mode == "expected_average_only_in" and scaler.scaling_factor is None:
             scaler.estimate_scaling_factor(d_in, self.data_provider, n_batches)
             assert scaler.scaling_factor is not None
-            local_norm = d_in**0.5 / scaler.scaling_factor
-            norms = torch.tensor([local_norm], dtype=torch.float64, device=self.dist_ctx.device)
-            mean_norm = all_reduce_sum(norms).item() / self.dist_ctx.world_size
+            norm = torch.tensor([d_in**0.5 / scaler.scaling_factor], dtype=torch.float64)
+            mean_norm = all_reduce_sum(norm.to(self.dist_ctx.device)).item() / dist.get_world_size()
             scaler.scaling_factor = d_in**0.5 / mean_norm
         elif mode == "covariance_whitening" and scaler.whitening is None:
-            whitening = None
+            box: list[Any] = [None]
             if self.dist_ctx.is_main:
                 scaler.estimate_whitening(d_in, self.data_provider, n_batches)
                 assert scaler.whitening is not None
-                whitening = scaler.whitening.to(torch.device("cpu"))
-            scaler.whitening = broadcast_object(whitening)
+                box = [scaler.whitening.cpu()]
+            dist.broadcast_object_list(box, src=0)
+            scaler.whitening = box[0]
 
-    # ---- checkpoints --------------------------------------------------------------------
-    def save_checkpoint(
-        self,
-        checkpoint_name: str,
-        base_path: Path | str | None = None,
-        wandb_aliases: list[str] | None = None,
-    ) -> None:
+    def save_checkpoint(self, checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
         """One checkpoint for the whole run, written by rank 0 (collective)."""
         if self.data_store is not None:
-            self.data_store.rank_positions = all_gather_ints(
-                self.data_store.n_dataset_processed, self.dist_ctx.device
-            )
+            positions: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(positions, self.data_store.n_dataset_processed)
+            self.data_store.rank_positions = positions
         with self.state_for_saving():
             if self.dist_ctx.is_main:
-                super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
-        self.after_saving()
+                super().save_checkpoint(checkpoint_name, *args, **kwargs)
 
     def state_for_saving(self) -> AbstractContextManager[None]:
-        """Within it, rank 0's trainer holds what a checkpoint must contain (collective)."""
+        """Within it, rank 0's trainer holds what a checkpoint must contain; after it, every
+        rank is back in line with what rank 0 saved (collective)."""
         return nullcontext()
-
-    def after_saving(self) -> None:
-        """Bring every rank back in line with what rank 0 saved (collective)."""
 
 
 class _TrainingPass(torch.nn.Module):
     """The SAE's training pass as a module, so that DistributedDataParallel can run it."""
 
-    training_pass: Callable[..., TrainStepOutput]
-
     def __init__(self, sae: GatedPaperTrainingSAE | Any) -> None:
         super().__init__()
         self.sae = sae
-        self.training_pass = sae.training_forward_pass
+        self.training_pass: Callable[..., TrainStepOutput] = sae.training_forward_pass
 
     def forward(self, step_input: TrainStepInput) -> TrainStepOutput:
         return self.training_pass(step_input=step_input)
@@ -183,48 +153,36 @@ class DataParallelTrainer(DistributedTrainer):
         """Run the SAE's training pass through DDP (which broadcasts rank 0's weights)."""
         # device_ids=None: the training pass already receives its inputs on the SAE's device.
         ddp = DistributedDataParallel(_TrainingPass(self.sae), device_ids=None)
-        # Replaces the method on this instance only (as SAELens's compile_sae does); a bound
-        # method, not the module, so that the SAE's state_dict does not grow a DDP entry.
+        # On this instance only, and a bound method so the SAE's state_dict gets no DDP entry.
         self.sae.training_forward_pass = ddp.__call__
 
     @torch.no_grad()
     def synchronise_step(self, output: TrainStepOutput) -> None:
         """Sum firing counts, losses and tokens over ranks; agree on stopping."""
-        ctx = self.dist_ctx
         counts = output.feature_acts.bool().float().sum(0).to(self.act_freq_scores.device)
-        names = list(output.losses)
+        names, n_local, n_latents = list(output.losses), output.sae_in.shape[0], counts.numel()
         losses = torch.stack([output.losses[name].detach().float() for name in names])
-        n_local = output.sae_in.shape[0]
         extras = torch.tensor([n_local, float(self.stop_requested)], device=counts.device)
         totals = all_reduce_sum(torch.cat([counts, losses.to(counts.device), extras]))
-        global_counts, rest = totals[: counts.numel()], totals[counts.numel() :]
+        global_counts, summed_losses = totals[:n_latents], totals[n_latents:-2]
+        n_global, stop_votes = (int(v) for v in totals[-2:].tolist())
         # SAETrainer counted this rank's firings and tokens: make them the global batch's.
         self.act_freq_scores += global_counts - counts
         self.n_forward_passes_since_fired[global_counts > 0] = 0
-        n_global = int(rest[len(names)].item())
         self.n_training_samples += n_global - n_local
-        mean_losses = (rest[: len(names)] / ctx.world_size).to(output.loss.device)
-        output.losses = {name: mean_losses[i] for i, name in enumerate(names)}
+        mean_losses = (summed_losses / dist.get_world_size()).to(output.loss.device)
+        output.losses = dict(zip(names, mean_losses, strict=True))
         output.loss = mean_losses.sum()
-        self._global_l0 = global_counts.sum().item() / n_global
-        self._agreed_stop = bool(rest[len(names) + 1].item() > 0)
+        self._global_log = {"metrics/l0": global_counts.sum().item() / n_global}
+        self._agreed_stop = stop_votes > 0
 
-    def after_saving(self) -> None:
-        """Rank 0's weights to every rank (saving may have folded decoder norms into them)."""
-        broadcast_parameters(self.sae)
-
-
-@dataclass
-class _FullState:
-    """A latent-sharded run's state gathered on rank 0, as one process would hold it."""
-
-    optimizer_state: dict[str, Any]
-    act_freq_scores: torch.Tensor
-    n_forward_passes_since_fired: torch.Tensor
-
-    def state_dict(self) -> dict[str, Any]:
-        """The optimiser state (stands in for the optimiser while a checkpoint is saved)."""
-        return self.optimizer_state
+    @contextmanager
+    def state_for_saving(self) -> Iterator[None]:
+        """After the save, rank 0's weights to every rank (saving may fold decoder norms in)."""
+        yield
+        with torch.no_grad():
+            for parameter in self.sae.parameters():
+                dist.broadcast(parameter.data, src=0)
 
 
 class LatentShardedTrainer(DistributedTrainer):
@@ -232,18 +190,18 @@ class LatentShardedTrainer(DistributedTrainer):
 
     sae: LatentShardedGatedSAE
     grad_clip: GlobalGradClip
-    _full_sae: GatedPaperTrainingSAE | None = None
-    _global_dead: int = 0
+    full_sae: GatedPaperTrainingSAE | None = None
+    """The whole SAE as last gathered on rank 0 (None before any gather, and elsewhere)."""
 
     def begin(self) -> None:
         """Clip gradients by the whole dictionary's norm as soon as backward ends."""
         self.grad_clip = GlobalGradClip(self.sae)
-        self._steps_since_begin = 0
+        self._steps_since_begin, self.full_sae = 0, None
 
     def global_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Every rank's batch, concatenated in rank order (collective)."""
         batch = batch.to(self.sae.device).contiguous()
-        gathered = batch.new_empty((batch.shape[0] * self.dist_ctx.world_size, *batch.shape[1:]))
+        gathered = batch.new_empty((batch.shape[0] * dist.get_world_size(), *batch.shape[1:]))
         dist.all_gather_into_tensor(gathered, batch)
         return gathered
 
@@ -254,26 +212,14 @@ class LatentShardedTrainer(DistributedTrainer):
         if self.grad_clip.clips != self._steps_since_begin:
             raise RuntimeError("a parameter of the latent shard received no gradient")
         active = output.feature_acts.bool().float().sum()
+        local = [active, self.dead_neurons.sum().float().to(active.device)]
         stop = torch.tensor(float(self.stop_requested), device=active.device)
-        local = torch.stack([active, self.dead_neurons.sum().float().to(active.device), stop])
-        totals = all_reduce_sum(local)
-        self._global_l0 = totals[0].item() / output.sae_in.shape[0]
-        self._global_dead = int(totals[1].item())
-        self._agreed_stop = bool(totals[2].item() > 0)
-
-    def attach(self, ctx: DistributedContext, data_store: ShardedActivationsStore | None) -> None:
-        """See ``DistributedTrainer.attach``."""
-        super().attach(ctx, data_store)
-        self._full_sae = None
-
-    @torch.no_grad()
-    def build_train_step_log_dict(
-        self, output: TrainStepOutput, n_training_samples: int
-    ) -> dict[str, Any]:
-        """As ``DistributedTrainer``'s, with the dead latents of the whole dictionary."""
-        log = super().build_train_step_log_dict(output, n_training_samples)
-        log["sparsity/dead_features"] = self._global_dead
-        return log
+        l0, dead, stop_votes = all_reduce_sum(torch.stack([*local, stop])).tolist()
+        self._global_log = {
+            "metrics/l0": l0 / output.sae_in.shape[0],
+            "sparsity/dead_features": int(dead),
+        }
+        self._agreed_stop = stop_votes > 0
 
     def runs_saelens_evals(self) -> bool:
         """SAELens's evals run on rank 0 alone and need the whole SAE there: skipped."""
@@ -283,70 +229,54 @@ class LatentShardedTrainer(DistributedTrainer):
     def set_final_sae_metadata(self) -> None:
         """SAELens's end-of-run L0 and dead-latent count, over the whole dictionary."""
         if self.n_frac_active_samples > 0:
-            local = torch.stack(
-                [self.feature_sparsity.sum().float(), self.dead_neurons.sum().float()]
-            )
-            totals = all_reduce_sum(local.to(self.dist_ctx.device))
-            self.sae.cfg.metadata.l0 = totals[0].item()
-            self.sae.cfg.metadata.num_dead_features = int(totals[1].item())
-
-    # ---- gathering and checkpoints --------------------------------------------------------
-    @property
-    def full_sae(self) -> GatedPaperTrainingSAE | None:
-        """The whole SAE as last gathered on rank 0 (None before any gather, and elsewhere)."""
-        return self._full_sae
+            local = [self.feature_sparsity.sum().float(), self.dead_neurons.sum().float()]
+            l0, dead = all_reduce_sum(torch.stack(local).to(self.dist_ctx.device)).tolist()
+            self.sae.cfg.metadata.l0 = l0
+            self.sae.cfg.metadata.num_dead_features = int(dead)
 
     def gather_sae(self) -> GatedPaperTrainingSAE | None:
         """The whole SAE on rank 0's host (made once, refilled on each call); None on other
         ranks. Collective."""
-        if self.dist_ctx.is_main and self._full_sae is None:
-            self._full_sae = GatedPaperTrainingSAE(self.sae.full_config("cpu"))
-        gather_sae(self.sae, self._full_sae if self.dist_ctx.is_main else None)
-        return self._full_sae if self.dist_ctx.is_main else None
+        if self.dist_ctx.is_main and self.full_sae is None:
+            self.full_sae = GatedPaperTrainingSAE(self.sae.full_config("cpu"))
+        gather_sae(self.sae, self.full_sae if self.dist_ctx.is_main else None)
+        return self.full_sae if self.dist_ctx.is_main else None
 
     def _gather_latent_vector(self, local: torch.Tensor) -> torch.Tensor | None:
-        out = None
-        if self.dist_ctx.is_main:
-            out = torch.empty(self.sae.shard.d_sae, dtype=local.dtype)
+        is_main = self.dist_ctx.is_main
+        out = torch.empty(self.sae.shard.d_sae, dtype=local.dtype) if is_main else None
         gather_tensor(local, 0, out)
         return out
 
     def gather_log_feature_sparsity(self) -> torch.Tensor | None:
         """``log_feature_sparsity`` of the whole dictionary on rank 0 (collective)."""
-        gathered = self._gather_latent_vector(self.act_freq_scores)
-        if gathered is None:
-            return None
+        freq = self._gather_latent_vector(self.act_freq_scores)
         # As SAETrainer.log_feature_sparsity, for the whole dictionary.
-        return torch.log10(gathered / self.n_frac_active_samples + 1e-10)
+        return None if freq is None else torch.log10(freq / self.n_frac_active_samples + 1e-10)
 
     @contextmanager
     def state_for_saving(self) -> Iterator[None]:
-        """Gather weights, optimiser state and firing statistics; on rank 0, the trainer holds
-        the gathered versions while SAELens's checkpoint code writes them."""
+        """Rank 0's trainer holds the gathered weights, optimiser state and firing statistics;
+        then every rank's slice from the saved SAE (saving may fold decoder norms into it)."""
         full_sae = self.gather_sae()
         optimizer_state = gather_optimizer_state(self.sae, self.optimizer.state_dict())
         freq = self._gather_latent_vector(self.act_freq_scores)
         since_fired = self._gather_latent_vector(self.n_forward_passes_since_fired)
-        if full_sae is None:
-            yield
-            return
-        assert optimizer_state is not None and freq is not None and since_fired is not None
-        swapped = {
-            "sae": full_sae,
-            "optimizer": _FullState(optimizer_state, freq, since_fired),
-            "act_freq_scores": freq,
-            "n_forward_passes_since_fired": since_fired,
-        }
+        swapped: dict[str, Any] = {}
+        if full_sae is not None:
+            swapped = {
+                "sae": full_sae,
+                "optimizer": SimpleNamespace(state_dict=lambda: optimizer_state),
+                "act_freq_scores": freq,
+                "n_forward_passes_since_fired": since_fired,
+            }
         held = {name: self.__dict__[name] for name in swapped}
         self.__dict__.update(swapped)
         try:
             yield
         finally:
             self.__dict__.update(held)
-
-    def after_saving(self) -> None:
-        """Every rank's slice from the saved SAE (saving may fold decoder norms into it)."""
-        scatter_sae(self._full_sae if self.dist_ctx.is_main else None, self.sae)
+        scatter_sae(full_sae, self.sae)
 
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:
         """SAELens's ``load_trainer_state`` for a full-width checkpoint, keeping this rank's
@@ -356,18 +286,11 @@ class LatentShardedTrainer(DistributedTrainer):
         state = torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", mmap=True)
         self.optimizer.load_state_dict(slice_optimizer_state(self.sae, state["optimizer"]))
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.n_training_samples = state["n_training_samples"]
-        self.n_training_steps = state["n_training_steps"]
-        shard, device = self.sae.shard, self.cfg.device
-        self.act_freq_scores = self._take(state["act_freq_scores"], shard).to(device)
-        self.n_forward_passes_since_fired = self._take(
-            state["n_forward_passes_since_fired"], shard
-        ).to(device)
-        self.n_frac_active_samples = state["n_frac_active_samples"]
+        for name in ("n_training_samples", "n_training_steps", "n_frac_active_samples"):
+            setattr(self, name, state[name])
         self.started_fine_tuning = state["started_fine_tuning"]
+        for name in ("act_freq_scores", "n_forward_passes_since_fired"):
+            latent_slice = self.sae.shard.take(state[name], "b_gate").clone()
+            setattr(self, name, latent_slice.to(self.cfg.device))
         for name, scheduler_state in state["coefficient_schedulers"].items():
             self.coefficient_schedulers[name].load_state_dict(scheduler_state)
-
-    @staticmethod
-    def _take(full: torch.Tensor, shard: Any) -> torch.Tensor:
-        return full.narrow(0, shard.start, shard.width).clone()
