@@ -578,3 +578,12 @@ def test_stale_files_of_an_sae_are_removed(hub: LocalHub, sae_folder: Path, tmp_
     assert len(hub.commits(repo_id)) == n_commits + 1
     assert {p for p in files if p.startswith("sae/")} == {"sae/cfg.json", f"sae/{WEIGHTS}"}
     assert "| `sae` | `blocks.0.hook_resid_post` | 16 | 64 | n/a |" in files["README.md"].decode()
+
+
+@pytest.mark.parametrize(
+    "text", ["not json", "[]", '{"saes": 3}', '{"saes": [1, "x"]}', '{"saes": [{"x": 1}]}']
+)
+def test_a_garbled_index_counts_as_empty(text: str) -> None:
+    from sae_gated_plugin.hub.card import parse_index
+
+    assert parse_index(text) == {}

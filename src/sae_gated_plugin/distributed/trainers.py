@@ -178,7 +178,7 @@ class DataParallelTrainer(DistributedTrainer):
 
     @contextmanager
     def state_for_saving(self) -> Iterator[None]:
-        """After the save, rank 0's weights to every rank (saving may fold decoder norms in)."""
+        """After the save, rank 0's weights to every rank, so all ranks hold what was saved."""
         yield
         with torch.no_grad():
             for parameter in self.sae.parameters():
@@ -257,7 +257,7 @@ class LatentShardedTrainer(DistributedTrainer):
     @contextmanager
     def state_for_saving(self) -> Iterator[None]:
         """Rank 0's trainer holds the gathered weights, optimiser state and firing statistics;
-        then every rank's slice from the saved SAE (saving may fold decoder norms into it)."""
+        then every rank's slice from the saved SAE, so all ranks hold what was saved."""
         full_sae = self.gather_sae()
         optimizer_state = gather_optimizer_state(self.sae, self.optimizer.state_dict())
         freq = self._gather_latent_vector(self.act_freq_scores)

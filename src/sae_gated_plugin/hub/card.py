@@ -136,7 +136,7 @@ def parse_index(text: str) -> dict[str, SAEEntry]:
     try:  # unknown keys are ignored, so newer indexes still read
         rows = json.loads(text)["saes"]
         entries = [SAEEntry(**{k: v for k, v in row.items() if k in known}) for row in rows]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
     return {entry.sae_id: entry for entry in entries if isinstance(entry.sae_id, str)}
 
