@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 
-def _row_column(row: Any, column: str | None) -> str | None:
+def _column(row: Any, column: str | None) -> str | None:
+    """The column to read from rows like ``row`` (None for plain strings)."""
     if not isinstance(row, Mapping):
         return None
     if column is not None:
@@ -42,21 +43,25 @@ def eval_tokens_from_dataset(
     disable_concat_sequences: bool = False,
     column: str | None = None,
 ) -> torch.Tensor:
-    """The first ``n_sequences`` windows of ``context_size`` tokens (a CPU long tensor), built
-    as SAELens's ``ActivationsStore`` builds them, with SAELens's own options of the same names.
+    """The first ``n_sequences`` windows of ``context_size`` tokens (a CPU long tensor), cut as
+    SAELens's ``ActivationsStore`` cuts them, with its options of the same names.
 
-    Text documents (``dataset``: rows or plain strings, read lazily in order) are tokenized
-    without BOS, joined with ``sequence_separator_token`` and cut by SAELens's
-    ``concat_and_batch_sequences``; with ``prepend_bos`` every window starts with the BOS token.
-    A pre-tokenized column (``tokens``/``input_ids``) gives one window per row, truncated, no BOS
-    added. ``column`` defaults to the first of ``tokens``, ``input_ids``, ``text``, ``problem``.
-    Too few windows, or bad arguments, raise ``GatedPluginError``.
+    Text documents (rows or plain strings, read lazily) are tokenized without BOS, joined with
+    ``sequence_separator_token`` and cut by SAELens's ``concat_and_batch_sequences``; with
+    ``prepend_bos`` every window starts with BOS. A pre-tokenized column (``tokens`` or
+    ``input_ids``) gives one truncated window per row, no BOS added.
     """
     if context_size < 1 or n_sequences < 1:
         raise GatedPluginError(
             f"context_size and n_sequences must be positive, got {context_size}, {n_sequences}"
         )
-    key, values = _column_values(dataset, column)
+    rows = iter(dataset)
+    try:
+        first = next(rows)
+    except StopIteration:
+        raise GatedPluginError("the dataset is empty") from None
+    key = _column(first, column)
+    values = (row if key is None else row[key] for row in itertools.chain([first], rows))
     if key in ("tokens", "input_ids"):
         windows = _pretokenized_windows(values, context_size)
     else:
@@ -69,23 +74,15 @@ def eval_tokens_from_dataset(
             sequence_separator_token=sequence_separator_token,
             disable_concat_sequences=disable_concat_sequences,
         )
-    return _first_windows(windows, n_sequences, context_size)
-
-
-def _column_values(dataset: Iterable[Any], column: str | None) -> tuple[str | None, Iterator[Any]]:
-    """The column to read (None for plain strings) and its values, read lazily in order."""
-    rows = iter(dataset)
-    try:
-        first = next(rows)
-    except StopIteration:
-        raise GatedPluginError("the dataset is empty") from None
-    key = _row_column(first, column)
-
-    def values() -> Iterator[Any]:
-        for row in itertools.chain([first], rows):
-            yield row[key] if key is not None else row
-
-    return key, values()
+    collected = [
+        w.to(dtype=torch.long, device="cpu") for w in itertools.islice(windows, n_sequences)
+    ]
+    if len(collected) < n_sequences:
+        raise GatedPluginError(
+            f"the dataset gives only {len(collected)} windows of {context_size} tokens, "
+            f"{n_sequences} requested"
+        )
+    return torch.stack(collected)
 
 
 def _pretokenized_windows(values: Iterator[Any], context_size: int) -> Iterator[torch.Tensor]:
@@ -140,19 +137,3 @@ def _text_windows(
         ),
         disable_concat_sequences=disable_concat_sequences,
     )
-
-
-def _first_windows(
-    windows: Iterator[torch.Tensor], n_sequences: int, context_size: int
-) -> torch.Tensor:
-    collected: list[torch.Tensor] = []
-    for window in windows:
-        collected.append(window.to(dtype=torch.long, device="cpu"))
-        if len(collected) == n_sequences:
-            break
-    if len(collected) < n_sequences:
-        raise GatedPluginError(
-            f"the dataset gives only {len(collected)} windows of {context_size} tokens, "
-            f"{n_sequences} requested"
-        )
-    return torch.stack(collected)
