@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
+_Hooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
+
 
 def excluded_token_ids(model: HookedTransformer, setting: bool | list[int]) -> list[int]:
     """The token ids an ``exclude_special_tokens`` setting excludes, as SAELens decides them."""
@@ -220,10 +222,9 @@ def evaluate_sae(
     scale = 1.0 if norm_scaling_factor is None else float(norm_scaling_factor)
 
     ce_sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    starts = range(0, n_sequences, batch_size)
     progress = tqdm(
-        starts, desc=f"Evaluating SAE at {hook_name}", unit="batch", disable=not show_progress,
-        leave=False,
+        range(0, n_sequences, batch_size), desc=f"Evaluating SAE at {hook_name}", unit="batch",
+        disable=not show_progress, leave=False,
     )  # fmt: skip
     with torch.no_grad(), _hook_z_reshaping_off(sae):
         for start in progress:
@@ -233,7 +234,7 @@ def evaluate_sae(
                 _splice_sae, hook_name=hook_name, sae=sae, accumulator=accumulator,
                 mask=mask, head_index=head_index, scale=scale,
             )  # fmt: skip
-            runs: dict[str, list[tuple[str, Callable[..., Any]]]] = {"sae": [(hook_name, sae_hook)]}
+            runs: dict[str, _Hooks] = {"sae": [(hook_name, sae_hook)]}
             if reference_ce is None:
                 zero_hook = partial(_splice_zeros, mask=mask, head_index=head_index)
                 runs = {"clean": [], **runs, "zero": [(hook_name, zero_hook)]}
@@ -248,6 +249,14 @@ def evaluate_sae(
     ce = {key: total / (n_sequences * (context_size - 1)) for key, total in ce_sums.items()}
     if reference_ce is not None:
         ce["clean"], ce["zero"] = reference_ce
+    return _report(
+        accumulator, ce, n_sequences=n_sequences, context_size=context_size,
+        hook_name=hook_name, spliced_positions=description,
+    )  # fmt: skip
+
+
+def _report(accumulator: MetricAccumulator, ce: dict[str, float], **fields: Any) -> EvalReport:
+    """The report from the metric sums and the mean CE of the clean, SAE and zero runs."""
     denominator = ce["zero"] - ce["clean"]
     return EvalReport(
         **accumulator.finalize(),
@@ -256,8 +265,5 @@ def evaluate_sae(
         ce_loss_zero_ablation=ce["zero"],
         delta_ce_loss=ce["sae"] - ce["clean"],
         loss_recovered=(ce["zero"] - ce["sae"]) / denominator if denominator != 0 else math.nan,
-        n_sequences=n_sequences,
-        context_size=context_size,
-        hook_name=hook_name,
-        spliced_positions=description,
+        **fields,
     )
