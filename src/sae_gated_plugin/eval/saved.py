@@ -1,9 +1,5 @@
-"""``sae-gated eval SAE_PATH``: evaluate any saved SAELens SAE on held-out text.
-
-Model, hook, window length and spliced positions default to what the SAE's own metadata says
-it was trained on, so an SAE is evaluated where it was trained
-(see :func:`sae_gated_plugin.eval.splice.evaluate_sae`).
-"""
+"""``sae-gated eval SAE_PATH``: evaluate any saved SAELens SAE on held-out text, by default
+with the model, hook, window length and positions its metadata says it was trained on."""
 
 from __future__ import annotations
 
@@ -40,10 +36,9 @@ def evaluate_saved_sae(
     output: Path | None = None,
     overwrite: bool = False,
 ) -> EvalReport:
-    """Evaluate the SAE in ``sae_path``; writes the report JSON (default next to the SAE).
+    """Evaluate the SAE in ``sae_path`` and write the report (default next to the SAE).
 
-    An existing report at the output path (such as the one training wrote) is kept unless
-    ``overwrite``; everything that needs no model is checked before the model loads.
+    An existing report is kept unless ``overwrite``; all but the model is checked before it loads.
     """
     if n_sequences <= 0 or batch_size <= 0:
         raise GatedPluginError("--n-sequences and --batch-size must be positive")
@@ -60,25 +55,22 @@ def evaluate_saved_sae(
     if not dataset:
         raise GatedPluginError(f"{sae_path}/cfg.json names no dataset_path; pass --dataset")
     text = load_text_dataset(dataset, split)
-    if text is None:
-        text = load_hub_text_dataset(dataset, split)
+    text = load_hub_text_dataset(dataset, split) if text is None else text
     announce(f"loading {model_name}...")
     model = load_language_model(model_name, device)
-    context_size = int(metadata.get("context_size") or 128)
     tokens = eval_tokens_from_dataset(
         model,
         text,
-        context_size=context_size,
+        context_size=int(metadata.get("context_size") or 128),
         n_sequences=n_sequences,
         prepend_bos=bool(metadata.get("prepend_bos", True)),
     )
-    seqpos_slice = tuple(metadata.get("seqpos_slice") or (None,))
     report = evaluate_sae(
         sae,
         model,
         tokens,
         hook_name=metadata.get("hook_name"),
-        seqpos_slice=seqpos_slice,
+        seqpos_slice=tuple(metadata.get("seqpos_slice") or (None,)),
         exclude_token_ids=excluded_token_ids(model, metadata.get("exclude_special_tokens", False)),
         batch_size=batch_size,
     )
@@ -97,7 +89,6 @@ def _check_report_path(output: Path, overwrite: bool) -> None:
 
 
 def _load_sae(sae_path: Path, architecture: str, device: str) -> SAE[Any]:
-    """Load the SAE with SAELens; an architecture SAELens does not know is a clear error."""
     register()
     if architecture not in SAE_CLASS_REGISTRY:
         raise GatedPluginError(

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 
-def _row_column(row: Any, column: str | None) -> str | None:
+def _column(row: Any, column: str | None) -> str | None:
+    """The column to read from rows like ``row`` (None for plain strings)."""
     if not isinstance(row, Mapping):
         return None
     if column is not None:
@@ -42,50 +43,53 @@ def eval_tokens_from_dataset(
     disable_concat_sequences: bool = False,
     column: str | None = None,
 ) -> torch.Tensor:
-    """The first ``n_sequences`` windows of ``context_size`` tokens (a CPU long tensor), built
-    as SAELens's ``ActivationsStore`` builds them, with SAELens's own options of the same names.
+    """The first ``n_sequences`` windows of ``context_size`` tokens (a CPU long tensor), cut as
+    SAELens's ``ActivationsStore`` cuts them, with its options of the same names.
 
-    Text documents (``dataset``: rows or plain strings, read lazily in order) are tokenized
-    without BOS, joined with ``sequence_separator_token`` and cut by SAELens's
-    ``concat_and_batch_sequences``; with ``prepend_bos`` every window starts with the BOS token.
-    A pre-tokenized column (``tokens``/``input_ids``) gives one window per row, truncated, no BOS
-    added. ``column`` defaults to the first of ``tokens``, ``input_ids``, ``text``, ``problem``.
-    Too few windows, or bad arguments, raise ``GatedPluginError``.
+    Text documents (rows or plain strings, read lazily) are tokenized without BOS, joined with
+    ``sequence_separator_token`` and cut by SAELens's ``concat_and_batch_sequences``; with
+    ``prepend_bos`` every window starts with BOS. A pre-tokenized column (``tokens`` or
+    ``input_ids``) gives one truncated window per row, no BOS added.
     """
     if context_size < 1 or n_sequences < 1:
         raise GatedPluginError(
             f"context_size and n_sequences must be positive, got {context_size}, {n_sequences}"
         )
-    key, values = _column_values(dataset, column)
-    if key in ("tokens", "input_ids"):
-        windows = _pretokenized_windows(values, context_size)
-    else:
-        windows = _text_windows(
-            model,
-            values,
-            key,
-            context_size=context_size,
-            prepend_bos=prepend_bos,
-            sequence_separator_token=sequence_separator_token,
-            disable_concat_sequences=disable_concat_sequences,
-        )
-    return _first_windows(windows, n_sequences, context_size)
-
-
-def _column_values(dataset: Iterable[Any], column: str | None) -> tuple[str | None, Iterator[Any]]:
-    """The column to read (None for plain strings) and its values, read lazily in order."""
     rows = iter(dataset)
     try:
         first = next(rows)
     except StopIteration:
         raise GatedPluginError("the dataset is empty") from None
-    key = _row_column(first, column)
-
-    def values() -> Iterator[Any]:
-        for row in itertools.chain([first], rows):
-            yield row[key] if key is not None else row
-
-    return key, values()
+    key = _column(first, column)
+    values = (row if key is None else row[key] for row in itertools.chain([first], rows))
+    if key in ("tokens", "input_ids"):
+        windows = _pretokenized_windows(values, context_size)
+    else:
+        tokenizer = getattr(model, "tokenizer", None)
+        bos_id = None if tokenizer is None else tokenizer.bos_token_id
+        if prepend_bos and bos_id is None:
+            raise GatedPluginError("prepend_bos=True but the model's tokenizer has no BOS token")
+        windows = concat_and_batch_sequences(
+            tokens_iterator=_document_tokens(model, values, key),
+            context_size=context_size,
+            begin_batch_token_id=bos_id if prepend_bos else None,
+            begin_sequence_token_id=None,
+            sequence_separator_token_id=(
+                None
+                if tokenizer is None
+                else get_special_token_from_cfg(sequence_separator_token, tokenizer)
+            ),
+            disable_concat_sequences=disable_concat_sequences,
+        )
+    collected = [
+        w.to(dtype=torch.long, device="cpu") for w in itertools.islice(windows, n_sequences)
+    ]
+    if len(collected) < n_sequences:
+        raise GatedPluginError(
+            f"the dataset gives only {len(collected)} windows of {context_size} tokens, "
+            f"{n_sequences} requested"
+        )
+    return torch.stack(collected)
 
 
 def _pretokenized_windows(values: Iterator[Any], context_size: int) -> Iterator[torch.Tensor]:
@@ -100,59 +104,12 @@ def _pretokenized_windows(values: Iterator[Any], context_size: int) -> Iterator[
         yield row_tokens[:context_size]
 
 
-def _text_windows(
-    model: HookedTransformer,
-    values: Iterator[Any],
-    key: str | None,
-    *,
-    context_size: int,
-    prepend_bos: bool,
-    sequence_separator_token: int | Literal["bos", "eos", "sep"] | None,
-    disable_concat_sequences: bool,
+def _document_tokens(
+    model: HookedTransformer, values: Iterator[Any], key: str | None
 ) -> Iterator[torch.Tensor]:
-    """Documents tokenized without BOS, concatenated and cut by SAELens's own batching."""
-    tokenizer = getattr(model, "tokenizer", None)
-
-    def document_tokens() -> Iterator[torch.Tensor]:
-        for value in values:
-            if not isinstance(value, str):
-                raise GatedPluginError(
-                    f"expected text in column {key!r}, got {type(value).__name__}"
-                )
-            yield (
-                model.to_tokens(value, prepend_bos=False, truncate=False, move_to_device=False)
-                .squeeze(0)
-                .cpu()
-            )
-
-    bos_id = None if tokenizer is None else tokenizer.bos_token_id
-    if prepend_bos and bos_id is None:
-        raise GatedPluginError("prepend_bos=True but the model's tokenizer has no BOS token")
-    return concat_and_batch_sequences(
-        tokens_iterator=document_tokens(),
-        context_size=context_size,
-        begin_batch_token_id=bos_id if prepend_bos else None,
-        begin_sequence_token_id=None,
-        sequence_separator_token_id=(
-            get_special_token_from_cfg(sequence_separator_token, tokenizer)
-            if tokenizer is not None
-            else None
-        ),
-        disable_concat_sequences=disable_concat_sequences,
-    )
-
-
-def _first_windows(
-    windows: Iterator[torch.Tensor], n_sequences: int, context_size: int
-) -> torch.Tensor:
-    collected: list[torch.Tensor] = []
-    for window in windows:
-        collected.append(window.to(dtype=torch.long, device="cpu"))
-        if len(collected) == n_sequences:
-            break
-    if len(collected) < n_sequences:
-        raise GatedPluginError(
-            f"the dataset gives only {len(collected)} windows of {context_size} tokens, "
-            f"{n_sequences} requested"
-        )
-    return torch.stack(collected)
+    """Each text document's tokens without BOS, as ``ActivationsStore`` tokenizes them."""
+    for value in values:
+        if not isinstance(value, str):
+            raise GatedPluginError(f"expected text in column {key!r}, got {type(value).__name__}")
+        tokens = model.to_tokens(value, prepend_bos=False, truncate=False, move_to_device=False)
+        yield tokens.squeeze(0).cpu()
