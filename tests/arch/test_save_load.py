@@ -140,6 +140,8 @@ def test_free_decoder_rows_are_saved_as_they_are(tmp_path: Path) -> None:
         sparsity_penalty="decoder_norm_weighted",
         aux_decoder="trainable",
     )
+    with torch.no_grad():
+        sae.W_dec.mul_(1 + 0.01 * torch.rand(D_SAE, 1))  # free rows drift in training
     before = sae.W_dec.detach().clone()
     sae.save_inference_model(tmp_path)
     saved = load_file(tmp_path / "sae_weights.safetensors")
