@@ -1,7 +1,5 @@
-"""SAELens config classes of the ``gated_paper`` architecture (inference and training).
-
-Each is checked against the pydantic schema (:mod:`.schema`) when constructed, however it was
-made (cfg.json, runner dicts), and takes its training defaults from there.
+"""SAELens config classes of ``gated_paper``, checked against the pydantic schema (:mod:`.schema`)
+however they are made (cfg.json, runner dicts); training defaults come from the schema too.
 """
 
 from __future__ import annotations

@@ -55,15 +55,10 @@ class GatedPaperSAE(GatedSAE):
         # Every SAELens load path calls this before load_state_dict: a corrupted download then
         # raises CorruptArtifactError naming the parameter. The loaders cast the weights to the
         # requested dtype, so a dtype difference is not corruption: compare in the config's.
-        cfg = {
-            "architecture": self.cfg.architecture(),
-            "d_in": self.cfg.d_in,
-            "d_sae": self.cfg.d_sae,
-            "dtype": self.cfg.dtype,
-        }
-        dtype = self.dtype
+        cfg = {name: getattr(self.cfg, name) for name in ("d_in", "d_sae", "dtype")}
+        cfg["architecture"] = self.cfg.architecture()
         as_loaded = {
-            name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+            name: tensor.to(self.dtype) if tensor.is_floating_point() else tensor
             for name, tensor in state_dict.items()
         }
         check_weights(cfg, as_loaded, Path(WEIGHTS_FILENAME))
@@ -132,8 +127,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     # ---- the paper's loss
     def sparsity_penalty(self, gate_acts: torch.Tensor) -> torch.Tensor:
-        """||ReLU(pi_gate)||_1 per input, averaged (each latent weighted by its decoder row's
-        norm with ``sparsity_penalty="decoder_norm_weighted"``)."""
+        """||ReLU(pi_gate)||_1 per input, averaged (weighted by decoder row norms if configured)."""
         if self.cfg.sparsity_penalty == "decoder_norm_weighted":
             gate_acts = gate_acts * self.decoder_weight().norm(dim=-1)
         return self.latent_sum(gate_acts.sum(dim=-1).mean())
@@ -181,9 +175,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         sae_in = self.normalised_input(step_input.sae_in)
         encoder_pre = self.encoder_product(sae_in)
         sparse = sparse_training_forward_pass(self, step_input, sae_in, encoder_pre)
-        return (
-            sparse if sparse is not None else self.reference_pass(step_input, sae_in, encoder_pre)
-        )
+        return self.reference_pass(step_input, sae_in, encoder_pre) if sparse is None else sparse
 
     # ---- SAELens's hooks
     @override
@@ -194,8 +186,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         sae_out = self.latent_sum(feature_acts @ self.decoder_weight()) + self.b_dec
-        sae_out = self.hook_sae_recons(sae_out)
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        sae_out = self.run_time_activation_norm_fn_out(self.hook_sae_recons(sae_out))
         return self.reshape_fn_out(sae_out, self.d_head)
 
     @override
@@ -219,18 +210,14 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
             return
         # SAELens folds the factor into W_dec, breaking unit rows. Dividing the biases by s
         # instead scales both pre-activations by 1/s: same gate signs, magnitudes / s.
-        self.b_gate.data /= scaling_factor
-        self.b_mag.data /= scaling_factor
-        self.b_dec.data /= scaling_factor
+        for bias in (self.b_gate, self.b_mag, self.b_dec):
+            bias.data /= scaling_factor
         self.cfg.normalize_activations = "none"
 
     @override
     @torch.no_grad()
     def fold_activation_whitening(
-        self,
-        mean: torch.Tensor,
-        whitening_matrix: torch.Tensor,
-        unwhitening_matrix: torch.Tensor,
+        self, mean: torch.Tensor, whitening_matrix: torch.Tensor, unwhitening_matrix: torch.Tensor
     ) -> None:
         super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)
         if self.holds_unit_decoder:

@@ -1,11 +1,9 @@
-"""The sparse training step of ``gated_paper``: the reference pass's loss and gradients from
-one dense encoder product ``E = x_c @ W_gate`` and the open latents only.
+"""The sparse training step of ``gated_paper``: the reference pass's loss and gradients from one
+dense encoder product ``E = x_c @ W_gate`` and the open latents (``pi_gate > 0``) only.
 
-Every gradient with respect to the pre-activations lives where the gate is open
-(``pi_gate > 0``, a few percent of a batch's (row, latent) pairs once training settles): the
-gate's Heaviside has zero gradient. So the decodes and both weight gradients are
-``F.embedding_bag`` calls over the open pairs, and the pre-activation gradients a sampled
-dense-dense product. A step runs sparse below ``kernels.density_threshold`` open.
+Every pre-activation gradient lives at the open pairs (the gate's Heaviside has zero gradient),
+a few percent of a batch once training settles: decodes and weight gradients are
+``F.embedding_bag`` calls over them, the pre-activation gradients a sampled dense-dense product.
 """
 
 from __future__ import annotations
