@@ -1,6 +1,4 @@
-"""The Gated SAE itself: schema and SAELens config classes, the SAE (loss and decoder
-constraint), its autograd ops, checks on saved files, and registration with SAELens.
+"""The Gated SAE: schema, SAELens configs, the SAE and its ops, file checks, registration.
 
-Nothing is imported here, so that importing a light module of this package (the schema)
-does not pull in torch or SAELens.
+Nothing is imported here, so the light modules (the schema) load without torch or SAELens.
 """

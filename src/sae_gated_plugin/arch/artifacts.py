@@ -1,8 +1,5 @@
-"""Checks on a saved or downloaded SAE folder before anything is loaded from it.
-
-Only JSON and safetensors are read (never pickle). A ``gated_paper`` config is validated with
-the pydantic schema and its weights against it: names, shapes, dtype and finite values. Every
-problem raises ``CorruptArtifactError`` naming the file and what is wrong with it.
+"""Checks on a saved or downloaded SAE folder before anything is loaded from it: JSON and
+safetensors only (never pickle); every problem raises ``CorruptArtifactError`` naming the file.
 """
 
 from __future__ import annotations
@@ -19,14 +16,11 @@ from sae_gated_plugin.io import read_json
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
-TRAIN_CONFIG_FILENAME = "train_config.yaml"
-"""The ``sae-gated train`` config a run saves beside its SAE."""
-EVAL_FILENAME = "evaluation.json"
-"""The evaluation report a run (or ``sae-gated eval``) saves beside its SAE."""
+TRAIN_CONFIG_FILENAME = "train_config.yaml"  # the `sae-gated train` config, beside its SAE
+EVAL_FILENAME = "evaluation.json"  # the evaluation report, beside its SAE
 GATED_ARCHITECTURES = (ARCHITECTURE, "gated")
+# cfg.json metadata key recording what an SAE was trained as and the form it is saved in.
 PLUGIN_METADATA_KEY = "sae_gated_plugin"
-"""cfg.json ``metadata`` key under which the plugin records what an SAE was trained as and
-the form it is saved in (portable ``gated``, a conversion)."""
 
 
 def gated_parameter_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
@@ -102,10 +96,7 @@ def check_weights(cfg: dict[str, Any], weights: dict[str, Any], path: Path) -> N
 
 
 def validate_sae_folder(folder: Path) -> dict[str, Any]:
-    """Validate ``cfg.json`` and the weights (and sparsity, if present) of an SAE folder.
-
-    Returns the parsed config.
-    """
+    """Validate ``cfg.json``, the weights and any sparsity of an SAE folder; return the cfg."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CorruptArtifactError(f"{folder}: no such SAE folder")

@@ -1,9 +1,5 @@
-"""SAELens config classes of the ``gated_paper`` architecture (inference and training).
-
-The SAELens config objects are plain dataclasses (SAELens builds them from cfg.json and runner
-dicts); every one of them is checked against the pydantic schema (:mod:`.schema`) when it is
-constructed, so a bad value fails early with a message that names the field, however the
-config was made. Training defaults are read from the schema: each is declared once.
+"""SAELens config classes of ``gated_paper``, checked against the pydantic schema (:mod:`.schema`)
+however they are made (cfg.json, runner dicts); training defaults come from the schema too.
 """
 
 from __future__ import annotations
@@ -33,10 +29,8 @@ def _default(name: str) -> Any:
 
 
 def validate_config_fields(config: Any, schema: type[BaseModel]) -> None:
-    """Check a config dataclass against ``schema`` and write back pydantic's coerced values.
-
-    Raises pydantic's ``ValidationError`` (a ``ValueError``) naming each offending field.
-    """
+    """Check a config dataclass against ``schema`` (``ValidationError`` names each bad field)
+    and write back pydantic's coerced values."""
     names = [f.name for f in fields(config) if f.name in schema.model_fields]
     validated = schema.model_validate({name: getattr(config, name) for name in names})
     for name in names:
@@ -59,10 +53,7 @@ class GatedPaperSAEConfig(GatedSAEConfig):
 
 @dataclass(kw_only=True)
 class GatedPaperTrainingSAEConfig(GatedTrainingSAEConfig):
-    """Training config of a ``gated_paper`` SAE: the paper's recipe by default, ablations by switch.
-
-    See ``GatedPaperTrainingSAESchema`` for what each field means.
-    """
+    """Training config of a ``gated_paper`` SAE (fields: ``GatedPaperTrainingSAESchema``)."""
 
     decoder_init_norm: float | None = _default("decoder_init_norm")
     encoder_init_scale: float = _default("encoder_init_scale")

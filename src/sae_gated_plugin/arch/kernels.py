@@ -1,9 +1,5 @@
-"""Device-specific speed-ups of the training step, apart from the maths they compute.
-
-Each function here returns what a one-line torch expression would (the tests compare them);
-they exist because that expression is slow on some device: the centred encoder product's
-backward, fresh zeroed memory and ``nonzero`` on CPU, half-precision sampled products, and
-the calibrated open fraction below which the sparse step is the faster one.
+"""Device-specific speed-ups of the training step: each returns what a one-line torch
+expression would (the tests compare them), faster where that expression is slow.
 """
 
 from __future__ import annotations
@@ -20,19 +16,11 @@ import torch
 from sae_gated_plugin.errors import GatedPluginError
 
 THRESHOLD_ENV = "SAE_GATED_PLUGIN_SPARSE_THRESHOLD"
-"""Environment variable overriding ``DENSITY_THRESHOLDS``: a fraction of open (row, latent)
-pairs below which the sparse step runs. ``0`` always runs the dense path, ``inf`` the sparse one
-whenever it applies."""
+"""Overrides ``DENSITY_THRESHOLDS``: ``0`` always runs dense, ``inf`` sparse whenever it applies."""
 
-# Fraction of open (row, latent) pairs below which the sparse step beats the dense one.
-# cpu: calibrated on this project's 2-core AMD EPYC (torch 2.13, d_in 576, batch 4096,
-#   d_sae 4608 and 16384), with a margin below the measured crossover, by
-#   python benchmarks/step_speed.py --calibrate
-# cuda: measured on an NVIDIA H100 80GB (torch 2.11+cu130, d_in 576, batch 4096) with
-#   python benchmarks/step_speed.py --calibrate --device cuda --d-sae 16384 65536
-#   sparse/dense time at 1% / 2% / 5% open: 0.51 / 0.72 / 1.33 (d_sae 16384) and
-#   0.54 / 0.79 / 1.55 (d_sae 65536): the crossover is near 3%; 0.025 keeps a margin.
-#   Other devices run dense unless THRESHOLD_ENV is set.
+# Fraction of open (row, latent) pairs below which the sparse step beats the dense one, with a
+# margin below the crossover `python benchmarks/step_speed.py --calibrate [--device cuda]`
+# measures. Other devices run dense unless THRESHOLD_ENV is set.
 DENSITY_THRESHOLDS: dict[str, float] = {"cpu": 0.10, "cuda": 0.025}
 
 BLOCK_LATENTS = 4096  # latents per upcast block where sampled_addmm lacks the dtype
@@ -41,10 +29,7 @@ HUGE_PAGES = sys.platform == "linux" and hasattr(mmap, "MADV_HUGEPAGE")
 
 
 def density_threshold(device: torch.device) -> float:
-    """The open-pair fraction below which a training step on ``device`` runs sparse.
-
-    ``SAE_GATED_PLUGIN_SPARSE_THRESHOLD`` overrides the calibrated ``DENSITY_THRESHOLDS``.
-    """
+    """The open-pair fraction below which a training step on ``device`` runs sparse."""
     raw = os.environ.get(THRESHOLD_ENV, "").strip()
     if not raw:
         return DENSITY_THRESHOLDS.get(device.type, 0.0)
@@ -61,12 +46,8 @@ def density_threshold(device: torch.device) -> float:
 
 
 class _CentredMatmul(torch.autograd.Function):
-    """``(x - b) @ W`` whose backward never forms ``dL/dx`` unless ``x`` needs it.
-
-    Autograd of the plain expression computes the full ``grad @ W.T`` (a batch x d_in x d_sae
-    matmul) only to sum it over the batch for ``b``. Here ``db = -(grad.sum(0)) @ W.T``, which
-    is the same number at a fraction of the cost.
-    """
+    """``(x - b) @ W`` whose backward forms ``dL/dx`` only if ``x`` needs it: plain autograd
+    computes the full ``grad @ W.T`` just to sum it for ``b``; ``db = -(grad.sum(0)) @ W.T``."""
 
     @staticmethod
     def forward(
@@ -102,10 +83,8 @@ def centred_matmul(
 def fresh_zeros_like(tensor: torch.Tensor) -> torch.Tensor:
     """``torch.zeros_like(tensor)``; for a large CPU tensor on Linux, straight from the kernel.
 
-    glibc serves allocations over 32 MiB with a fresh mmap, so ``torch.zeros`` page-faults
-    every 4 KiB page and then writes zeros over memory the kernel has already zeroed. An
-    anonymous mapping advised for transparent huge pages skips both: about 10% of a sparse step
-    at d_sae 4608 on this project's CPU. The tensor owns the mapping (freed with it).
+    ``torch.zeros`` page-faults every 4 KiB page of glibc's fresh mmap, then writes zeros over
+    memory the kernel already zeroed; an anonymous huge-page mapping skips both (freed with it).
     """
     n_bytes = tensor.numel() * tensor.element_size()
     if tensor.device.type != "cpu" or n_bytes < FRESH_MAPPING_BYTES or not HUGE_PAGES:
@@ -123,9 +102,8 @@ def at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def nonzero_flat(mask: torch.Tensor) -> torch.Tensor:
     """Ascending flat indices of the True entries of a contiguous bool tensor.
 
-    On CPU, ``nonzero`` costs about 1 ns per entry. At a few percent open, most groups of 8
-    entries are all False: find the non-zero 8-byte words first, then the entries inside them
-    (about 2.5x faster at 1% open).
+    On CPU, when most groups of 8 entries are all False, finding the non-zero 8-byte words
+    first, then the entries inside them, is several times faster than ``nonzero``.
     """
     flat = mask.view(-1)
     if flat.device.type != "cpu" or flat.numel() % 8 or sys.byteorder != "little":

@@ -1,7 +1,7 @@
 """Registration of ``gated_paper`` in SAELens's two registries (inference and training).
 
-``register`` is the target of the ``sae_lens.architectures`` entry point: zero arguments,
-idempotent, and it never touches an id it does not own (SAELens's built-in ``gated`` stays).
+``register`` is the ``sae_lens.architectures`` entry point: zero arguments, idempotent, and it
+never touches an id it does not own (SAELens's built-in ``gated`` stays).
 """
 
 from __future__ import annotations
@@ -26,27 +26,20 @@ def _register_once(registry: dict[str, Any], register_fn: Any, classes: tuple[ty
         )
 
 
+# The modules defining the classes (_sae_gated_plugin_autoload watches them load).
 CLASS_MODULES = ("sae_gated_plugin.arch.config", "sae_gated_plugin.arch.sae")
-"""The modules defining the classes (``_sae_gated_plugin_autoload`` watches them load)."""
 _deferred = False
 
 
 def _class_modules_initializing(finished: str | None = None) -> bool:
-    """Whether a module defining the classes is half-imported (its ``import sae_lens`` fired
-    the autoload, which called :func:`register` before the classes exist); ``finished`` is a
-    module whose code has just run to its end."""
-    for name in CLASS_MODULES:
-        module = sys.modules.get(name)
-        if name == finished:
-            continue
-        if module is not None and getattr(module.__spec__, "_initializing", False):
-            return True
-    return False
+    """Whether a class module other than ``finished`` is half-imported (its ``import sae_lens``
+    fired the autoload, which called :func:`register` before the classes exist)."""
+    modules = (sys.modules.get(name) for name in CLASS_MODULES if name != finished)
+    return any(getattr(m and m.__spec__, "_initializing", False) for m in modules)
 
 
 def finish_deferred_registration(finished: str) -> None:
-    """Finish a registration :func:`register` had to defer. The import hook
-    (``_sae_gated_plugin_autoload``) calls this when a class module ``finished`` loading."""
+    """Finish a deferred registration (the import hook calls it when a class module loaded)."""
     global _deferred
     if _deferred and not _class_modules_initializing(finished):
         _deferred = False
@@ -54,10 +47,8 @@ def finish_deferred_registration(finished: str) -> None:
 
 
 def register() -> None:
-    """Register ``gated_paper`` with SAELens (inference first, as the training config needs it).
-
-    Called from inside ``import sae_lens`` when a class module's own import of SAELens fired
-    the autoload, it waits for that module: the import hook then finishes it."""
+    """Register ``gated_paper`` with SAELens, or defer it while a class module is importing
+    (its own ``import sae_lens`` fired the autoload; the import hook then finishes it)."""
     global _deferred
     if _class_modules_initializing():
         _deferred = True

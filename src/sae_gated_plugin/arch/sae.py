@@ -1,9 +1,8 @@
 """The ``gated_paper`` SAE: the Gated SAE exactly as arXiv:2404.16014 defines it.
 
-Parameters and file format are SAELens's ``gated`` ones (``W_enc`` = W_gate, ``b_gate``,
-``r_mag``, ``b_mag``, ``W_dec``, ``b_dec``), so conversion either way is a rename of the
-architecture. What differs is the training pass (see ``GatedPaperTrainingSAE``) and that the
-encoder does one matmul for both paths: x_c W_mag = (x_c W_gate) * exp(r_mag).
+Parameters and file format are SAELens's ``gated`` ones, so conversion either way is a rename;
+what differs is the training pass and that one encoder product serves both paths:
+x_c W_mag = (x_c W_gate) * exp(r_mag).
 """
 
 from __future__ import annotations
@@ -24,14 +23,11 @@ from sae_gated_plugin.arch.unit_norm import hold_unit_decoder_rows, tangent_grad
 
 
 class GatedPreActivations(NamedTuple):
-    """The two pre-activations of a gated encoder and the features they make."""
+    """The two pre-activations of a gated encoder and the features they make (after hooks)."""
 
-    pi_gate: torch.Tensor
-    """Gate pre-activation x_c W_gate + b_gate; a latent fires where it is > 0."""
-    magnitude: torch.Tensor
-    """Magnitude pre-activation x_c W_mag + b_mag (after ``hook_sae_acts_pre``)."""
-    feature_acts: torch.Tensor
-    """f = 1[pi_gate > 0] * ReLU(magnitude) (after ``hook_sae_acts_post``)."""
+    pi_gate: torch.Tensor  # x_c W_gate + b_gate; a latent fires where it is > 0
+    magnitude: torch.Tensor  # x_c W_mag + b_mag
+    feature_acts: torch.Tensor  # f = 1[pi_gate > 0] * ReLU(magnitude)
 
 
 def _gated_features(
@@ -49,9 +45,6 @@ class GatedPaperSAE(GatedSAE):
 
     cfg: GatedPaperSAEConfig
 
-    def __init__(self, cfg: GatedPaperSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
-
     @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         sae_in = self.process_sae_in(x)
@@ -59,20 +52,13 @@ class GatedPaperSAE(GatedSAE):
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        # Every SAELens load path (from_pretrained, load_from_disk) calls this before
-        # load_state_dict: check names, shapes and finite values here, so a corrupted download
-        # raises CorruptArtifactError naming the parameter instead of a bare torch error.
-        # SAELens's loaders cast the weights to the requested dtype (which may differ from the
-        # file's), so a dtype difference is not corruption: compare in the config's dtype.
-        cfg = {
-            "architecture": self.cfg.architecture(),
-            "d_in": self.cfg.d_in,
-            "d_sae": self.cfg.d_sae,
-            "dtype": self.cfg.dtype,
-        }
-        dtype = self.dtype
+        # Every SAELens load path calls this before load_state_dict: a corrupted download then
+        # raises CorruptArtifactError naming the parameter. The loaders cast the weights to the
+        # requested dtype, so a dtype difference is not corruption: compare in the config's.
+        cfg = {name: getattr(self.cfg, name) for name in ("d_in", "d_sae", "dtype")}
+        cfg["architecture"] = self.cfg.architecture()
         as_loaded = {
-            name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+            name: tensor.to(self.dtype) if tensor.is_floating_point() else tensor
             for name, tensor in state_dict.items()
         }
         check_weights(cfg, as_loaded, Path(WEIGHTS_FILENAME))
@@ -80,18 +66,13 @@ class GatedPaperSAE(GatedSAE):
 
 
 class GatedPaperTrainingSAE(GatedTrainingSAE):
-    """Training Gated SAE with the paper's loss (``reference_pass``) and decoder constraint.
-
-    ``aux_decoder``, ``sparsity_penalty`` and ``decoder_norm`` switch each of the paper's
-    choices to SAELens's built-in behaviour, for ablations. With ``decoder_norm="unit"`` the
-    decoder rows are held at unit norm (``arch/unit_norm.py``).
-    """
+    """Training Gated SAE with the paper's loss (``reference_pass``) and decoder constraint;
+    config switches turn each of the paper's choices into SAELens's built-in one, for ablations."""
 
     cfg: GatedPaperTrainingSAEConfig
 
+    # False for a latent shard, whose latent_sum and encoder_centring add every rank's part.
     holds_all_latents: bool = True
-    """False for a latent shard (distributed/latent_sharding.py), whose sums over latents span
-    ranks: ``latent_sum`` and ``encoder_centring`` then add the parts."""
 
     def __init__(self, cfg: GatedPaperTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -114,7 +95,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         """Rescale every decoder row (one per latent) to unit norm, in place."""
         self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    # ---- seams: the sparse pass and latent shards use these -------------------------------
+    # ---- seams: the sparse pass and latent shards use these
     def decoder_weight(self) -> torch.Tensor:
         """``W_dec`` as the loss sees it: with the tangent-space gradient when held unit."""
         if self.holds_unit_decoder and torch.is_grad_enabled() and self.W_dec.requires_grad:
@@ -122,13 +103,11 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         return self.W_dec
 
     def encoder_centring(self) -> torch.Tensor:
-        """The bias subtracted from the input before encoding (``b_dec``; a latent shard's
-        encoder sees only its own latents' share of its gradient)."""
+        """The bias subtracted from the input before encoding (``b_dec`` here)."""
         return self.b_dec
 
     def latent_sum(self, partial: torch.Tensor) -> torch.Tensor:
-        """A sum over latents, given this module's part of it (all of it here; a latent shard
-        adds the parts of every rank)."""
+        """A sum over latents, given this module's part of it (all of it here)."""
         return partial
 
     def normalised_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,10 +125,9 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         """Gate and magnitude pre-activations and features for input ``x``."""
         return _gated_features(self, self.encoder_product(self.normalised_input(x)))
 
-    # ---- the paper's loss -------------------------------------------------------------------
+    # ---- the paper's loss
     def sparsity_penalty(self, gate_acts: torch.Tensor) -> torch.Tensor:
-        """||ReLU(pi_gate)||_1 per input, averaged (each latent weighted by its decoder row's
-        norm with ``sparsity_penalty="decoder_norm_weighted"``)."""
+        """||ReLU(pi_gate)||_1 per input, averaged (weighted by decoder row norms if configured)."""
         if self.cfg.sparsity_penalty == "decoder_norm_weighted":
             gate_acts = gate_acts * self.decoder_weight().norm(dim=-1)
         return self.latent_sum(gate_acts.sum(dim=-1).mean())
@@ -194,16 +172,12 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        # One encoder product for both paths and the auxiliary terms; the sparse pass computes
-        # the same loss and gradients from the open latents when few are open.
         sae_in = self.normalised_input(step_input.sae_in)
         encoder_pre = self.encoder_product(sae_in)
         sparse = sparse_training_forward_pass(self, step_input, sae_in, encoder_pre)
-        return (
-            sparse if sparse is not None else self.reference_pass(step_input, sae_in, encoder_pre)
-        )
+        return self.reference_pass(step_input, sae_in, encoder_pre) if sparse is None else sparse
 
-    # ---- SAELens's hooks --------------------------------------------------------------------
+    # ---- SAELens's hooks
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         acts = self.pre_activations(x)
@@ -212,8 +186,7 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         sae_out = self.latent_sum(feature_acts @ self.decoder_weight()) + self.b_dec
-        sae_out = self.hook_sae_recons(sae_out)
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        sae_out = self.run_time_activation_norm_fn_out(self.hook_sae_recons(sae_out))
         return self.reshape_fn_out(sae_out, self.d_head)
 
     @override
@@ -226,12 +199,8 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
     ) -> dict[str, torch.Tensor]:
         # The auxiliary reconstruction lives where pi_gate does: in the normalised input space.
         sae_in = self.normalised_input(step_input.sae_in)
-        gate_acts = torch.relu(_gated_features(self, self.encoder_product(sae_in)).pi_gate)
-        aux_error = self.auxiliary_reconstruction(gate_acts) - sae_in
-        return {
-            "l1_loss": step_input.coefficients["l1"] * self.sparsity_penalty(gate_acts),
-            "auxiliary_reconstruction_loss": aux_error.pow(2).sum(dim=-1).mean(),
-        }
+        losses = self.reference_pass(step_input, sae_in, self.encoder_product(sae_in)).losses
+        return {name: losses[name] for name in ("l1_loss", "auxiliary_reconstruction_loss")}
 
     @override
     @torch.no_grad()
@@ -239,21 +208,16 @@ class GatedPaperTrainingSAE(GatedTrainingSAE):
         if not self.holds_unit_decoder:
             super().fold_activation_norm_scaling_factor(scaling_factor)
             return
-        # SAELens folds the factor into W_dec, which would break unit-norm rows. Fold it into
-        # the features instead: dividing b_gate, b_mag and b_dec by s scales both
-        # pre-activations by 1/s (same gate signs, magnitudes / s) and W_dec stays unit norm.
-        self.b_gate.data /= scaling_factor
-        self.b_mag.data /= scaling_factor
-        self.b_dec.data /= scaling_factor
+        # SAELens folds the factor into W_dec, breaking unit rows. Dividing the biases by s
+        # instead scales both pre-activations by 1/s: same gate signs, magnitudes / s.
+        for bias in (self.b_gate, self.b_mag, self.b_dec):
+            bias.data /= scaling_factor
         self.cfg.normalize_activations = "none"
 
     @override
     @torch.no_grad()
     def fold_activation_whitening(
-        self,
-        mean: torch.Tensor,
-        whitening_matrix: torch.Tensor,
-        unwhitening_matrix: torch.Tensor,
+        self, mean: torch.Tensor, whitening_matrix: torch.Tensor, unwhitening_matrix: torch.Tensor
     ) -> None:
         super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)
         if self.holds_unit_decoder:

@@ -1,9 +1,7 @@
 """The pydantic schema of the ``gated_paper`` architecture: every field, its default, its check.
 
-Import-light on purpose (pydantic only, no torch or SAELens): the ``sae-gated`` CLI validates
-configs and prints the schema without loading the heavy libraries. The SAELens config classes
-in :mod:`sae_gated_plugin.arch.config` take their defaults from here, so each default is
-declared once.
+Import-light on purpose (pydantic only): the CLI validates configs and prints the schema without
+torch or SAELens. The SAELens config classes (:mod:`.config`) take their defaults from here.
 """
 
 from __future__ import annotations

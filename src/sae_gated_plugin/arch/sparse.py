@@ -1,17 +1,9 @@
-"""The sparse training step of ``gated_paper``: one dense encoder product, the rest on the open
-latents, with the loss and gradients of the reference pass (``GatedPaperTrainingSAE``).
+"""The sparse training step of ``gated_paper``: the reference pass's loss and gradients from one
+dense encoder product ``E = x_c @ W_gate`` and the open latents (``pi_gate > 0``) only.
 
-Past its first steps a Gated SAE has an open gate (``pi_gate > 0``) at a few percent of a
-batch's (row, latent) pairs, and every gradient with respect to the pre-activations lives
-there: the gate's Heaviside has zero gradient, the magnitude path's lives where the gate is open
-and the magnitude is > 0, the L1 and auxiliary terms' where the gate is open. So only
-``E = x_c @ W_gate`` is dense. From it this module finds the open pairs (row-major for the
-decodes, latent-major for the weight gradients), decodes ``f @ W_dec`` and
-``ReLU(pi_gate) @ W_dec`` with ``F.embedding_bag``, and in the backward pass forms the
-pre-activation gradients at the open pairs only (a sampled dense-dense product) and both weight
-gradients with ``F.embedding_bag``. A step runs sparse when the fraction of open pairs is below
-``kernels.density_threshold``; tests/arch/test_sparse_step.py compares it with the reference
-pass for every combination of the ablation switches.
+Every pre-activation gradient lives at the open pairs (the gate's Heaviside has zero gradient),
+a few percent of a batch once training settles: decodes and weight gradients are
+``F.embedding_bag`` calls over them, the pre-activation gradients a sampled dense-dense product.
 """
 
 from __future__ import annotations
@@ -33,30 +25,23 @@ from sae_gated_plugin.arch.kernels import (
     sampled_dots,
 )
 
-PROBE_ROWS = 256
-"""Rows of the batch whose open fraction decides dense or sparse (the batch is shuffled)."""
+PROBE_ROWS = 256  # rows whose open fraction decides dense or sparse (the batch is shuffled)
 
 
 @dataclass(frozen=True)
 class OpenPairs:
-    """The open (row, latent) pairs of a batch, where ``pi_gate = E + b_gate > 0``."""
+    """The open (row, latent) pairs of a batch, where ``pi_gate = E + b_gate > 0``, in row-major
+    order (for the decodes) and, suffixed ``_t``, latent-major order (for the weight gradients).
+    ``*_starts`` are each bag's first offset (``latent_starts`` also ends with the total)."""
 
-    flat: torch.Tensor
-    """Row-major flat index ``row * d_sae + latent`` of each pair."""
+    flat: torch.Tensor  # row * d_sae + latent
     cols: torch.Tensor
-    """Latent of each pair, row-major order."""
     row_starts: torch.Tensor
-    """Offset of each row's first pair in row-major order (``F.embedding_bag`` offsets)."""
-    pre: torch.Tensor
-    """Encoder product ``E`` at each pair, row-major order."""
+    pre: torch.Tensor  # E at each pair
     rows_t: torch.Tensor
-    """Row of each pair, latent-major order."""
     cols_t: torch.Tensor
-    """Latent of each pair, latent-major order."""
     latent_starts: torch.Tensor
-    """Offset of each latent's first pair in latent-major order, plus the total (d_sae + 1)."""
     pre_t: torch.Tensor
-    """Encoder product ``E`` at each pair, latent-major order."""
 
 
 @torch.no_grad()
@@ -77,29 +62,18 @@ def find_open_pairs(pre: torch.Tensor, b_gate: torch.Tensor) -> OpenPairs:
         flat_t, torch.arange(n_latents + 1, device=pre.device) * n_rows
     )
     pre_flat = pre.view(-1)
-    return OpenPairs(
-        flat=flat,
-        cols=flat.remainder(n_latents),
-        row_starts=row_starts,
-        pre=at(pre_flat, flat),
-        rows_t=rows_t,
-        cols_t=cols_t,
-        latent_starts=latent_starts,
-        pre_t=at(pre_flat, rows_t * n_latents + cols_t),
-    )
+    pre_t = at(pre_flat, rows_t * n_latents + cols_t)
+    row_major = (flat, flat.remainder(n_latents), row_starts, at(pre_flat, flat))
+    return OpenPairs(*row_major, rows_t, cols_t, latent_starts, pre_t)
 
 
 class _Options(NamedTuple):
-    centred: bool
-    """Input centred by ``b_dec`` (``apply_b_dec_to_input``)."""
-    aux_trainable: bool
-    """Auxiliary decoder trainable (else stop-gradient ``W_dec`` and ``b_dec``)."""
-    weighted_penalty: bool
-    """L1 weighted by decoder row norms."""
+    centred: bool  # apply_b_dec_to_input
+    aux_trainable: bool  # else stop-gradient W_dec and b_dec in the auxiliary decode
+    weighted_penalty: bool  # L1 weighted by decoder row norms
+    # Return this module's parts of the sums over latents, without b_dec: a latent shard adds
+    # them across ranks outside, where autograd gives b_dec its decode gradient.
     parts: bool
-    """Return this module's parts of the sums over latents, without ``b_dec``: a latent shard
-    (``distributed/latent_sharding.py``) adds them across ranks outside, where autograd then gives
-    ``b_dec`` its decode gradient; the ``b_dec`` input is then only the encoder's centring."""
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -125,29 +99,18 @@ def _weighted_rows(
 
 
 class _SparseGatedStep(torch.autograd.Function):
-    """Reconstruction, auxiliary reconstruction and sparsity penalty from the open pairs.
+    """``f @ W_dec + b_dec``, ``ReLU(pi_gate) @ W_dec + b_dec`` and the per-row mean of the
+    (weighted) gate activations, from the open pairs (``options.parts``: without ``b_dec``).
 
-    Inputs after the non-tensor ones: ``sae_in`` (normalised, uncentred; no gradient),
-    ``W_enc``, ``b_gate``, ``r_mag``, ``b_mag``, ``W_dec`` (as the loss sees it:
-    ``decoder_weight()``), ``b_dec``. Outputs: ``f @ W_dec + b_dec``,
-    ``ReLU(pi_gate) @ W_dec + b_dec`` and the per-row mean of the (weighted) gate activations
-    (with ``options.parts``: the module's parts of these sums, without ``b_dec``).
+    Tensors: ``sae_in`` (normalised, uncentred; no gradient), ``W_enc``, ``b_gate``, ``r_mag``,
+    ``b_mag``, ``W_dec`` (``decoder_weight()``), ``b_dec`` (or the encoder's centring).
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        pairs: OpenPairs,
-        features: torch.Tensor,
-        options: _Options,
-        sae_in: torch.Tensor,
-        w_enc: torch.Tensor,
-        b_gate: torch.Tensor,
-        r_mag: torch.Tensor,
-        b_mag: torch.Tensor,
-        w_dec: torch.Tensor,
-        b_dec: torch.Tensor,
+        ctx: Any, pairs: OpenPairs, features: torch.Tensor, options: _Options, *args: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sae_in, w_enc, b_gate, r_mag, b_mag, w_dec, b_dec = args
         n_rows = sae_in.shape[0]
         gates = pairs.pre + at(b_gate, pairs.cols)
         recon = _weighted_rows(pairs, w_dec, features, latent_major=False)
@@ -180,18 +143,14 @@ class _SparseGatedStep(torch.autograd.Function):
         gates = pairs.pre_t + at(b_gate, cols)
         norms = w_dec.norm(dim=-1) if options.weighted_penalty else None
 
-        d_magnitude = torch.where(
-            magnitude > 0,
-            sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_recon).to(acc),
-            0,
-        )
+        recon_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_recon).to(acc)
+        d_magnitude = torch.where(magnitude > 0, recon_dots, 0)
         penalty_weight = d_penalty.to(acc) / n_rows
-        per_pair_penalty = penalty_weight
-        if norms is not None:
-            per_pair_penalty = penalty_weight * at(norms.to(acc), cols)
-        d_gate = (
-            sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_aux).to(acc) + per_pair_penalty
+        per_pair_penalty = (
+            penalty_weight if norms is None else penalty_weight * at(norms.to(acc), cols)
         )
+        aux_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_aux).to(acc)
+        d_gate = aux_dots + per_pair_penalty
         scale_acc = scale.to(acc)
         d_pre = d_magnitude * scale_t.to(acc) + d_gate
 
@@ -217,28 +176,13 @@ class _SparseGatedStep(torch.autograd.Function):
         if options.centred:  # x_c = sae_in - b_dec: minus W_enc times the column sums of d_pre
             centring = w_enc @ (grad_b_mag * scale_acc + grad_b_gate).to(w_enc.dtype)
             grad_b_dec = -centring if grad_b_dec is None else grad_b_dec.sub_(centring)
-        dtype = w_dec.dtype
-        return (
-            None,
-            None,
-            None,
-            None,
-            grad_w_enc,
-            grad_b_gate.to(dtype),
-            grad_r_mag.to(dtype),
-            grad_b_mag.to(dtype),
-            grad_w_dec,
-            grad_b_dec,
-        )
+        latent_grads = (g.to(w_dec.dtype) for g in (grad_b_gate, grad_r_mag, grad_b_mag))
+        return (None, None, None, None, grad_w_enc, *latent_grads, grad_w_dec, grad_b_dec)
 
 
 def sparse_step_applies(sae: Any, sae_in: torch.Tensor) -> bool:
-    """Whether the sparse step computes what the dense path does for this SAE and input.
-
-    Only for a ``gated_paper`` SAE; not when the input needs a gradient, under autocast, with
-    hooks on the pre-activation or feature hook points (the sparse step has no dense tensors to
-    run them on), or with an activation function other than SAELens's ReLU.
-    """
+    """Whether the sparse step computes what the dense path does for this SAE and input (not
+    with hooks on the pre-activations or features: it has no dense tensors to run them on)."""
     hooked = any(
         hook._forward_hooks or hook._forward_pre_hooks or hook._backward_hooks
         for hook in (sae.hook_sae_acts_pre, sae.hook_sae_acts_post)
@@ -260,11 +204,8 @@ def open_fraction(
     rows: int = PROBE_ROWS,
     latent_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Fraction of open (row, latent) pairs among the first ``rows`` rows of the batch.
-
-    ``latent_sum`` adds the open and total counts over every part of the latents (a latent
-    shard's ``latent_sum``), so that all ranks take the same decision.
-    """
+    """Fraction of open (row, latent) pairs among the first ``rows`` rows of the batch;
+    ``latent_sum`` adds the counts over a latent shard's ranks, so all take the same decision."""
     probe = pre[:rows]
     opened = torch.count_nonzero(probe > b_gate.detach().neg())
     counts = torch.stack([opened, torch.full_like(opened, probe.numel())])
@@ -280,12 +221,9 @@ def sparse_training_forward_pass(
     """The training step of ``sae`` (a ``GatedPaperTrainingSAE``) from the open latents only,
     or None when its reference pass should run (too many open, or the step does not apply).
 
-    ``sae_in`` is the normalised, uncentred input and ``encoder_pre`` its ``x_c @ W_enc``, as
-    the reference pass computes them; ``encoder_pre``'s storage is reused for the returned
-    ``hidden_pre``. The returned ``feature_acts`` and ``hidden_pre`` carry no gradient
-    (SAELens's trainer only counts firing latents in them). For a latent shard
-    (``sae.holds_all_latents`` False) the open fraction, decodes and penalty are summed over
-    every part with ``sae.latent_sum``, so all parts take the same path and the same loss.
+    Arguments as the reference pass's; ``encoder_pre``'s storage is reused for ``hidden_pre``.
+    The returned ``feature_acts`` and ``hidden_pre`` carry no gradient (SAELens's trainer only
+    counts firing latents). A latent shard sums fraction, decodes and penalty with ``latent_sum``.
     """
     cfg = sae.cfg
     threshold = density_threshold(sae_in.device)
@@ -310,18 +248,8 @@ def sparse_training_forward_pass(
         parts=shard,
     )
     centring = sae.encoder_centring() if shard and cfg.apply_b_dec_to_input else sae.b_dec
-    recon, aux_recon, penalty = _SparseGatedStep.apply(
-        pairs,
-        features,
-        options,
-        sae_in,
-        sae.W_enc,
-        sae.b_gate,
-        sae.r_mag,
-        sae.b_mag,
-        sae.decoder_weight(),
-        centring,
-    )
+    params = (sae.W_enc, sae.b_gate, sae.r_mag, sae.b_mag, sae.decoder_weight(), centring)
+    recon, aux_recon, penalty = _SparseGatedStep.apply(pairs, features, options, sae_in, *params)
     if shard:
         aux_b_dec = sae.b_dec if options.aux_trainable else sae.b_dec.detach()
         recon = sae.latent_sum(recon) + sae.b_dec

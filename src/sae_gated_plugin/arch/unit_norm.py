@@ -1,16 +1,8 @@
-"""Decoder rows at unit norm: the paper's constraint (Appendix D), held one way.
-
-As dictionary_learning's ConstrainedAdam does it, in two parts:
-
-* the gradient of ``W_dec`` is projected onto each row's tangent space before the step
-  (:func:`tangent_gradient`, applied by the training pass), so a step changes a row's norm only
-  to second order;
-* after every optimiser step that updates the ``W_dec`` of an SAE that asked for it
-  (:func:`hold_unit_decoder_rows`), its rows are put back at unit norm: a post-step hook on
-  every torch optimiser, since SAELens's trainer builds its own optimiser and has no hook.
-
-Rows start at unit norm (``initialize_weights``), so they are unit after every step whoever
-trains the SAE, and a save writes them as they are.
+"""Decoder rows at unit norm, the paper's constraint (Appendix D), as dictionary_learning's
+ConstrainedAdam holds it: the ``W_dec`` gradient is projected onto each row's tangent space
+(:func:`tangent_gradient`), and after every optimiser step that updates a registered SAE's
+``W_dec`` its rows are renormalised (a post-step hook on every torch optimiser, since SAELens's
+trainer builds its own optimiser and has no hook).
 """
 
 from __future__ import annotations
@@ -23,12 +15,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 class _TangentGradient(torch.autograd.Function):
-    """Identity whose backward removes each row's gradient component parallel to that row.
-
-    For decoder rows held at unit norm this is the projection of dictionary_learning's
-    ConstrainedAdam: a step along the projected gradient does not change a row's norm to first
-    order, so renormalising after the step only corrects second-order drift.
-    """
+    """Identity whose backward removes each row's gradient component parallel to that row: a
+    step then changes a unit row's norm only to second order, which renormalising corrects."""
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor) -> torch.Tensor:
