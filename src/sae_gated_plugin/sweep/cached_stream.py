@@ -1,13 +1,10 @@
-"""The sweep's ``cached`` stream: the run's activations cached once with ``sae-gated cache``
-(SAELens's ``CacheActivationsRunner``), loaded into memory, and every SAE trained from them in
-its own seeded shuffle, in epochs when ``cache_tokens`` < ``training_tokens``. The language
-model runs once for the whole sweep.
-"""
+"""The sweep's ``cached`` stream: activations cached once (``sae-gated cache``), held in memory,
+and every SAE trained from them in its own seeded shuffle (in epochs if fewer than it needs)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
@@ -18,7 +15,15 @@ from sae_gated_plugin.eval.splice import excluded_token_ids
 from sae_gated_plugin.run.cache import cache_activations
 from sae_gated_plugin.run.config import check_cache_matches
 from sae_gated_plugin.sweep.config import GridPoint
-from sae_gated_plugin.sweep.points import SweepContext, coefficient_field, make_trainer, new_sae
+from sae_gated_plugin.sweep.points import (
+    Finished,
+    SweepContext,
+    coefficient_field,
+    lm_result_line,
+    lm_summary,
+    make_trainer,
+    new_sae,
+)
 
 
 class CachedActivations:
@@ -55,8 +60,8 @@ class CachedActivations:
 
 
 def train_cached(
-    ctx: SweepContext, todo: list[tuple[int, GridPoint]], total: int, write: Callable[..., None]
-) -> None:
+    ctx: SweepContext, todo: list[tuple[int, GridPoint]], total: int
+) -> Iterator[Finished]:
     """Train and evaluate each point from the in-memory cache, one after the other."""
     activations = load_cache(ctx)
     ctx.echo(
@@ -74,7 +79,15 @@ def train_cached(
         trained = time.perf_counter()
         report = ctx.evaluation.evaluate(trainer.sae)
         seconds = (trained - started, time.perf_counter() - trained)
-        write(point, trainer, report, seconds, activations.n_tokens, index, total, label)
+        record = lm_result_line(
+            point,
+            trainer,
+            report,
+            config=ctx.config,
+            seconds=seconds,
+            cached_tokens=activations.n_tokens,
+        )
+        yield point, record, f"[{index}/{total}] {label}: {lm_summary(record)}"
 
 
 def load_cache(ctx: SweepContext) -> CachedActivations:

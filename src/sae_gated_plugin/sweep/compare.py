@@ -1,21 +1,8 @@
-"""``sae-gated compare SWEEP.jsonl``: a sweep's results as the tables SAEs are compared by.
+"""``sae-gated compare SWEEP.jsonl``: a sweep's results as Markdown tables (pure Python).
 
-Two Markdown tables from the same lines as ``sae-gated plot`` (``selection.group_lines``). With
-``--y loss_recovered`` (the default for language-model sweeps):
-
-- every point: coefficient, lr, seeds, L0, loss recovered, gamma, explained variance and dead
-  latents (means over seeds, with their standard deviation where seeds repeat);
-- L0 at equal loss recovered (left out when every line is one point): for each level, each
-  line's L0 where its frontier first reaches it (linear in log L0 between the two points around
-  it; blank where the line does not reach it or starts above it), and its ratio to a reference
-  line's L0 at the same level - the paper's headline comparison ("about half the L0 of
-  standard at equal fidelity").
-
-With any other ``--y`` (``mcc``, the default for synthetic sweeps, ``f1``, ``shrinkage``, ...):
-every point with the ground-truth metrics, and each line's metric at equal L0 (by default half,
-once and twice the true L0), interpolated linearly in log L0, with its ratio to the reference.
-
-Pure Python: no matplotlib, torch or SAELens.
+First every point (means over seeds, ± their std); then, per line, L0 at equal loss recovered
+(the paper's "half the L0 at equal fidelity") or, for another ``--y``, that metric at equal L0,
+each with its ratio to a reference line. Both interpolate linearly in log L0.
 """
 
 from __future__ import annotations
@@ -36,29 +23,24 @@ DEFAULT_LEVELS = (0.90, 0.93, 0.95, 0.97)
 TRUE_L0_MULTIPLES = (0.5, 1.0, 2.0)
 """Multiples of the true L0 at which ``compare --y METRIC`` reads each line by default."""
 LM_COLUMNS = (
-    ("L0", "l0", 1, False),
-    ("loss recovered", "loss_recovered", 4, False),
-    ("gamma", "relative_reconstruction_bias", 3, False),
-    ("explained variance", "explained_variance", 3, False),
-    ("dead", "dead_fraction", 1, True),
+    ("L0", "l0", 1),
+    ("loss recovered", "loss_recovered", 4),
+    ("gamma", "relative_reconstruction_bias", 3),
+    ("explained variance", "explained_variance", 3),
+    ("dead", "dead_fraction", 1),
 )
+"""``(header, key, digits)`` of the points table; ``dead_fraction`` is shown in percent."""
 SYNTHETIC_COLUMNS = (
-    ("L0", "l0", 2, False),
-    ("MCC", "mcc", 3, False),
-    ("F1", "f1", 3, False),
-    ("precision", "precision", 3, False),
-    ("recall", "recall", 3, False),
-    ("uniqueness", "uniqueness", 3, False),
-    ("shrinkage", "shrinkage", 3, False),
-    ("explained variance", "explained_variance", 3, False),
-    ("dead", "dead_fraction", 1, True),
+    ("L0", "l0", 2),
+    *((name, name.lower(), 3) for name in ("MCC", "F1", "precision", "recall", "uniqueness")),
+    ("shrinkage", "shrinkage", 3),
+    ("explained variance", "explained_variance", 3),
+    ("dead", "dead_fraction", 1),
 )
 
 
 def l0_at_loss_recovered(points: Sequence[dict[str, Any]], level: float) -> float | None:
-    """The L0 at which a line (points sorted by L0) first reaches loss recovered ``level``,
-    interpolated linearly in log L0 between the two points around it; None when no two
-    consecutive points bracket it."""
+    """The L0 at which a line (sorted by L0) first reaches loss recovered ``level``, or None."""
     for low, high in itertools.pairwise(points):
         y0, y1 = low["loss_recovered"], high["loss_recovered"]
         if not (math.isfinite(y0) and math.isfinite(y1)) or low["l0"] <= 0 or high["l0"] <= 0:
@@ -70,8 +52,7 @@ def l0_at_loss_recovered(points: Sequence[dict[str, Any]], level: float) -> floa
 
 
 def metric_at_l0(points: Sequence[dict[str, Any]], y: str, l0: float) -> float | None:
-    """A line's ``y`` at L0 ``l0``, interpolated linearly in log L0 between the two points
-    (sorted by L0) around it; None when no two consecutive points bracket it."""
+    """A line's (sorted by L0) ``y`` at L0 ``l0``, or None when no two points bracket it."""
     for low, high in itertools.pairwise(points):
         x0, x1 = low["l0"], high["l0"]
         if x0 <= 0 or not (math.isfinite(low[y]) and math.isfinite(high[y])):
@@ -82,7 +63,8 @@ def metric_at_l0(points: Sequence[dict[str, Any]], y: str, l0: float) -> float |
     return None
 
 
-def _with_std(point: dict[str, Any], key: str, digits: int, percent: bool = False) -> str:
+def _with_std(point: dict[str, Any], key: str, digits: int) -> str:
+    percent = key == "dead_fraction"
     scale = 100.0 if percent else 1.0
     value = point[key] * scale
     if not math.isfinite(value):
@@ -94,17 +76,16 @@ def _with_std(point: dict[str, Any], key: str, digits: int, percent: bool = Fals
 
 
 def points_table(
-    lines: dict[str, list[dict[str, Any]]], columns: Sequence[tuple[str, str, int, bool]]
+    lines: dict[str, list[dict[str, Any]]], columns: Sequence[tuple[str, str, int]]
 ) -> str:
-    """Markdown table of every point of every line, one column per ``(header, key, digits,
-    percent)``."""
+    """Markdown table of every point of every line, one column per ``(header, key, digits)``."""
     rows = [
         "| line | coefficient | lr | seeds | " + " | ".join(c[0] for c in columns) + " |",
         "|---|---|---|---|" + "---|" * len(columns),
     ]
     for label, points in lines.items():
         for p in points:
-            cells = [_with_std(p, key, digits, percent) for _, key, digits, percent in columns]
+            cells = [_with_std(p, key, digits) for _, key, digits in columns]
             rows.append(
                 f"| {label} | {compact_float(p['coefficient'])} | {compact_float(p['lr'])} "
                 f"| {p['n_seeds']} | " + " | ".join(cells) + " |"
@@ -119,8 +100,7 @@ def _ratio_table(
     read: Callable[[list[dict[str, Any]], int], float | None],
     digits: int,
 ) -> str:
-    """Markdown table: per line, ``read(points, column)`` for each column and its ratio to
-    ``reference``'s value in that column."""
+    """Markdown table: per line, ``read(points, column)`` and its ratio to ``reference``'s."""
     rows = ["| line | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
     refs = [read(lines[reference], column) for column in range(len(headers))]
     for label, points in lines.items():
@@ -148,8 +128,7 @@ def equal_l0_table(
 def equal_fidelity_table(
     lines: dict[str, list[dict[str, Any]]], reference: str, levels: Sequence[float]
 ) -> str:
-    """Markdown table: each line's L0 at each loss-recovered level and its ratio to
-    ``reference``'s L0 there."""
+    """Markdown table: each line's L0 at each loss-recovered level and its ratio to the ref's."""
     headers = [f"L0 at {level:g} (x {reference})" for level in levels]
     return _ratio_table(
         lines, reference, headers, lambda p, i: l0_at_loss_recovered(p, levels[i]), 1
@@ -166,12 +145,9 @@ def compare_sweep(
     levels: Sequence[float] | None = None,
     y: str | None = None,
 ) -> str:
-    """Both tables for the (selected) lines of a sweep's results file, as Markdown.
-    ``select`` and ``points`` as in ``selection.select_records``, ``envelope`` as in
-    ``selection.group_lines``; ``reference`` is a line label (default: the first ``standard`` line,
-    else the first line); ``y`` one of ``selection.Y_METRICS`` (default ``selection.default_y``);
-    ``levels`` are loss-recovered levels for ``y`` = loss_recovered, else L0 values (default
-    ``DEFAULT_LEVELS``, or ``TRUE_L0_MULTIPLES`` of the true L0)."""
+    """Both tables for the selected lines of a results file (arguments as in ``selection``).
+    ``reference``: default the first ``standard`` line, else the first; ``levels``: loss recovered
+    for ``y`` = loss_recovered, else L0 values (default ``TRUE_L0_MULTIPLES`` of the true L0)."""
     records = read_selected(results, select, points, "compare")
     y = y or default_y(records)
     check_y(records, y)
@@ -185,14 +161,12 @@ def compare_sweep(
             f"--reference {reference!r}: not a line of these results; lines: "
             + ", ".join(repr(label) for label in lines)
         )
-    columns = LM_COLUMNS if y == "loss_recovered" else SYNTHETIC_COLUMNS
+    table = points_table(lines, LM_COLUMNS if y == "loss_recovered" else SYNTHETIC_COLUMNS)
     if all(len(line) < 2 for line in lines.values()):
-        return points_table(lines, columns) + "\n"  # no line to read a level from
+        return table + "\n"  # no line to read a level from
     if y == "loss_recovered":
-        second = equal_fidelity_table(lines, reference, levels)
-    else:
-        second = equal_l0_table(lines, reference, levels, y)
-    return points_table(lines, columns) + "\n\n" + second + "\n"
+        return table + "\n\n" + equal_fidelity_table(lines, reference, levels) + "\n"
+    return table + "\n\n" + equal_l0_table(lines, reference, levels, y) + "\n"
 
 
 def _levels(

@@ -1,9 +1,6 @@
 """The ``sae-gated sweep`` config: a base run and grids of SAEs to train from one activation stream.
 
-YAML or JSON, checked by pydantic: unknown fields and wrong types are errors naming the field.
-A sweep is the union of its ``grids`` (each one a cartesian product of architectures,
-coefficients, variants, learning rates, seeds and resampling on/off); a point listed by two
-grids is trained once.
+A sweep is the union of its ``grids`` (cartesian products); a point in two grids is trained once.
 """
 
 from __future__ import annotations
@@ -39,26 +36,19 @@ class GridSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, description="Name of the block (select it with --grid).")
-    architectures: list[str] = Field(
-        min_length=1, description="SAELens-registered architectures, e.g. gated_paper, standard."
-    )
+    architectures: list[str] = Field(min_length=1, description="SAELens architectures.")
     coefficients: dict[str, list[float]] = Field(
-        description="Sparsity coefficients per architecture: l1_coefficient (gated_paper, "
-        "gated, standard), k (topk) or l0_coefficient (jumprelu)."
+        description="Sparsity coefficients per architecture (l1_coefficient, k or l0_coefficient)."
     )
     variants: list[str] = Field(
         default_factory=lambda: ["paper"],
         min_length=1,
         description="Names from the sweep's `variants` ('paper'/'default': no changes).",
     )
-    lrs: list[float] | None = Field(
-        default=None, min_length=1, description="Learning rates; default the run's lr."
-    )
+    lrs: list[float] | None = Field(default=None, min_length=1, description="Default: run.lr.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds.")
     resampling: list[bool] = Field(
-        default_factory=lambda: [False],
-        min_length=1,
-        description="Train without (false) and/or with (true) the run's dead-latent resampling.",
+        default_factory=lambda: [False], min_length=1, description="Without/with run.resampling."
     )
 
     @model_validator(mode="after")
@@ -82,30 +72,18 @@ class SweepConfig(BaseModel):
     output: str = Field(description="JSON-lines file of results, one line per trained SAE.")
     stream: Stream = Field(
         default="cached",
-        description="'cached': activations cached once (`sae-gated cache`) and read in epochs; "
-        "'multi': SAELens's MultiSAETrainingRunner, one LM pass per batch for every SAE "
-        "sharing a learning rate; 'synthetic': SAELens's synthetic model with known features "
-        "(the `synthetic:` section), each SAE scored against them.",
+        description="'cached': activations cached once and read in epochs; 'multi': SAELens's "
+        "multi-SAE runner per lr; 'synthetic': SAELens's synthetic model with known features.",
     )
     cache_path: str | None = Field(
-        default=None,
-        description="Folder of the cached activations (made if missing); default "
-        "<output>.activations.",
+        default=None, description="Cached activations folder; default <output>.activations."
     )
     cache_tokens: int | None = Field(
-        default=None,
-        gt=0,
-        description="Activations to cache; each SAE trains run.training_tokens over them in "
-        "epochs. Default run.training_tokens (one epoch).",
+        default=None, gt=0, description="Activations to cache; default run.training_tokens."
     )
-    run: TrainRunConfig = Field(
-        description="The base run (`sae-gated train` fields): model, hook, data, window, tokens "
-        "per SAE, optimiser, d_sae, evaluation, resampling settings. output_path is unused."
-    )
+    run: TrainRunConfig = Field(description="The base run (`sae-gated train` fields).")
     synthetic: SyntheticSettings | None = Field(
-        default=None,
-        description="The synthetic model of stream 'synthetic' (the run's model, hook, data "
-        "and evaluation fields are unused then).",
+        default=None, description="The synthetic model of stream 'synthetic'."
     )
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -141,10 +119,8 @@ class SweepConfig(BaseModel):
         return Path(self.cache_path) if self.cache_path else Path(self.output + ".activations")
 
     def settings_id(self) -> str:
-        """A short hash of the run settings the config sets explicitly, its stream and its
-        cache size; a results file only resumes runs made with the same one. (Only what the
-        config says counts, so a plugin upgrade that adds a field or changes a default of one
-        the config leaves out does not orphan a results file.)"""
+        """Hash of the explicitly set run settings, stream and cache size; a results file only
+        resumes runs with the same one (defaults are left out so upgrades don't orphan files)."""
         unused = {"output_path", "device", "wandb", "n_checkpoints"}
         shared = self.run.model_dump(mode="json", exclude=unused, exclude_unset=True)
         shared.get("eval", {}).pop("batch_size", None)
@@ -174,14 +150,12 @@ class GridPoint:
 
     def label(self, coefficient_name: str) -> str:
         """E.g. ``gated_paper l1=2 lr=3e-4 seed=0``."""
-        short = {"l1_coefficient": "l1", "l0_coefficient": "l0"}.get(
-            coefficient_name, coefficient_name
-        )
+        short = {"l1_coefficient": "l1", "l0_coefficient": "l0"}.get(coefficient_name)
         parts = [self.architecture]
         if self.variant not in DEFAULT_VARIANTS:
             parts.append(f"[{self.variant}]")
-        parts += [f"{short}={self.coefficient:g}", f"lr={compact_float(self.lr)}"]
-        parts.append(f"seed={self.seed}")
+        parts += [f"{short or coefficient_name}={self.coefficient:g}"]
+        parts += [f"lr={compact_float(self.lr)}", f"seed={self.seed}"]
         if self.resampling:
             parts.append("+resampling")
         return " ".join(parts)

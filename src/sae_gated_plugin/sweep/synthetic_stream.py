@@ -1,16 +1,10 @@
-"""The ``synthetic`` stream: grid points trained and scored against known features.
-
-The activations come from SAELens's synthetic model (``sae_lens.synthetic``, SynthSAEBench):
-known feature directions fired with Zipfian probabilities, optionally in a hierarchy and with
-correlations. Each SAE is trained by the same trainer as the other streams (divergence stop,
-optional resampling) and evaluated with ``eval_sae_on_synthetic_data`` on fresh samples drawn
-from one fixed seed, so every SAE of a sweep is scored on the same inputs.
-"""
+"""The ``synthetic`` stream: SAEs trained on SAELens's synthetic model (known features) and each
+scored against them on the same fresh samples (one fixed seed)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,6 +16,7 @@ from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.sweep.config import GridPoint, SweepConfig
 from sae_gated_plugin.sweep.points import (
     Echo,
+    Finished,
     coefficient_field,
     make_trainer,
     new_sae,
@@ -83,10 +78,9 @@ def train_synthetic(
     config: SweepConfig,
     todo: list[tuple[int, GridPoint]],
     total: int,
-    write: Callable[[GridPoint, dict[str, Any], str], None],
     device: str,
     echo: Echo,
-) -> None:
+) -> Iterator[Finished]:
     """Train and score each point on the sweep's synthetic model, one after the other."""
     assert config.synthetic is not None
     synthetic = load_synthetic_model(config.synthetic, device)
@@ -113,4 +107,5 @@ def train_synthetic(
             activation_scaler=trainer.activation_scaler,
         )
         seconds = (trained - started, time.perf_counter() - trained)
-        write(point, result_line(point, trainer, result, config=config, seconds=seconds), label)
+        record = result_line(point, trainer, result, config=config, seconds=seconds)
+        yield point, record, f"{label}: {summary(record)}"
