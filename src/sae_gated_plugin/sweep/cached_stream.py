@@ -19,8 +19,7 @@ from sae_gated_plugin.sweep.points import (
     Finished,
     SweepContext,
     coefficient_field,
-    lm_result_line,
-    lm_summary,
+    lm_finished,
     make_trainer,
     new_sae,
 )
@@ -39,11 +38,7 @@ class CachedActivations:
             exclude = torch.tensor(list(exclude_token_ids), dtype=token_ids.dtype)
             acts = acts[~torch.isin(token_ids, exclude)]
         self.activations = acts.contiguous()
-
-    @property
-    def n_tokens(self) -> int:
-        """Activations held."""
-        return int(self.activations.shape[0])
+        self.n_tokens = int(acts.shape[0])
 
     def batches(self, seed: int, batch_size: int) -> Iterator[torch.Tensor]:
         """Batches in a fresh seeded shuffle each epoch, forever (the trainer stops)."""
@@ -69,8 +64,8 @@ def train_cached(
         f"tokens per SAE = {ctx.config.run.training_tokens / activations.n_tokens:.2f} epochs"
     )
     for index, point in todo:
-        label = point.label(coefficient_field(point.architecture))
-        ctx.echo(f"[{index}/{total}] {label}")
+        label = f"[{index}/{total}] {point.label(coefficient_field(point.architecture))}"
+        ctx.echo(label)
         started = time.perf_counter()
         sae = new_sae(point, ctx.config, ctx.d_in, ctx.device)
         data = activations.batches(point.seed, ctx.config.run.train_batch_size_tokens)
@@ -79,29 +74,18 @@ def train_cached(
         trained = time.perf_counter()
         report = ctx.evaluation.evaluate(trainer.sae)
         seconds = (trained - started, time.perf_counter() - trained)
-        record = lm_result_line(
-            point,
-            trainer,
-            report,
-            config=ctx.config,
-            seconds=seconds,
-            cached_tokens=activations.n_tokens,
-        )
-        yield point, record, f"[{index}/{total}] {label}: {lm_summary(record)}"
+        yield lm_finished(point, trainer, report, ctx.config, seconds, activations.n_tokens, label)
 
 
 def load_cache(ctx: SweepContext) -> CachedActivations:
     """The sweep's cached activations, made first (``sae-gated cache``) if missing."""
     config = ctx.config
-    path = config.activations_path
+    path = Path(config.cache_path or config.output + ".activations")
+    cached = {"use_cached_activations": True, "cached_activations_path": str(path)}
     cache_cfg = config.run.model_copy(
         update={
             "training_tokens": config.cache_tokens or config.run.training_tokens,
-            "saelens": {
-                **config.run.saelens,
-                "use_cached_activations": True,
-                "cached_activations_path": str(path),
-            },
+            "saelens": {**config.run.saelens, **cached},
         }
     )
     if (path / "dataset_info.json").is_file():

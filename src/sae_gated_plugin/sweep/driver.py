@@ -45,7 +45,7 @@ def run_sweep(
     points = expand(config, only)
     output = Path(config.output)
     settings_id = config.settings_id()
-    with open_results(output) as results:
+    with open_results(output) as append:
         done = {line_key(r): r for r in read_results(output)}
         other = sorted({r.get("settings_id") for r in done.values()} - {settings_id}, key=str)
         if other:
@@ -58,7 +58,7 @@ def run_sweep(
         if todo:
             stream = _stream(config, todo, len(points), model, train_dataset, eval_dataset, echo)
             for point, record, message in stream:
-                results.append(record)
+                append(record)
                 done[point.key()] = record
                 echo(message)
     return [done[p.key()] for p in points]
@@ -78,8 +78,7 @@ def _stream(
     device = resolve_device(base.device)
     if config.stream == "synthetic":
         return train_synthetic(config, todo, total, device, echo)
-    if model is None:
-        model = load_language_model(base.model_name, device)
+    model = load_language_model(base.model_name, device) if model is None else model
     d_in = activation_width(model, base.hook_name)
     tokens = held_out_tokens(base, model, eval_dataset)
     if train_dataset is None:

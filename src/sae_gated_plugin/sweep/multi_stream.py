@@ -17,8 +17,7 @@ from sae_gated_plugin.sweep.points import (
     Finished,
     SweepContext,
     coefficient_field,
-    lm_result_line,
-    lm_summary,
+    lm_finished,
     new_sae,
 )
 
@@ -50,18 +49,10 @@ def train_multi(
                 },
             )
         runner.run()
-        trainers = runner.sae_trainers
         train_seconds = (time.perf_counter() - started) / len(names)
         for name, (index, point) in names.items():
-            evaluated = time.perf_counter()
-            report = ctx.evaluation.evaluate(trainers[name].sae)
+            trainer, evaluated = runner.sae_trainers[name], time.perf_counter()
+            report = ctx.evaluation.evaluate(trainer.sae)
             seconds = (train_seconds, time.perf_counter() - evaluated)
-            record = lm_result_line(
-                point,
-                trainers[name],
-                report,
-                config=ctx.config,
-                seconds=seconds,
-                cached_tokens=None,
-            )
-            yield point, record, f"[{index}/{total}] {labels[name]}: {lm_summary(record)}"
+            label = f"[{index}/{total}] {labels[name]}"
+            yield lm_finished(point, trainer, report, ctx.config, seconds, None, label)

@@ -41,7 +41,6 @@ WARM_UP_FIELDS = {"l1_coefficient": "l1_warm_up_steps", "l0_coefficient": "l0_wa
 
 def _training_config_class(architecture: str) -> type[TrainingSAEConfig]:
     register()  # gated_paper, whether or not SAELens's import already registered it
-
     try:
         return get_sae_training_class(architecture)[1]
     except KeyError:
@@ -136,20 +135,20 @@ def point_record(
     }
 
 
-def lm_result_line(
+def lm_finished(
     point: GridPoint,
     trainer: GuardedTrainer,
     report: Any,
-    *,
     config: SweepConfig,
     seconds: tuple[float, float],
     cached_tokens: int | None,
-) -> dict[str, Any]:
-    """The JSON line of one finished language-model grid point."""
+    label: str,
+) -> Finished:
+    """A finished language-model point: its JSON line and progress message."""
     losses = trainer.losses or []
     tail = losses[-max(1, len(losses) // 10) :]
     tokens = int(trainer.n_training_samples)
-    return {
+    record = {
         **point_record(point, trainer, config, seconds),
         "tokens_trained": tokens,
         "epochs": tokens / cached_tokens if cached_tokens else None,
@@ -157,15 +156,12 @@ def lm_result_line(
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "hook_name": config.run.hook_name,
     }
-
-
-def lm_summary(record: dict[str, Any]) -> str:
-    """One line of a finished language-model point's results for the progress log."""
-    return (
-        f"L0 {record['l0']:.1f}, loss recovered {record['loss_recovered']:.3f}, gamma "
-        f"{record['relative_reconstruction_bias']:.3f}, dead {record['dead_fraction']:.1%} "
+    message = (
+        f"{label}: L0 {report.l0:.1f}, loss recovered {report.loss_recovered:.3f}, gamma "
+        f"{report.relative_reconstruction_bias:.3f}, dead {report.dead_fraction:.1%} "
         f"({record['seconds']:.0f} s)"
     )
+    return point, record, message
 
 
 @dataclasses.dataclass

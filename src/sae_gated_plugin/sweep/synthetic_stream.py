@@ -38,17 +38,17 @@ def load_synthetic_model(settings: SyntheticSettings, device: str) -> SyntheticM
         ) from None
 
 
-def result_line(
+def finished(
     point: GridPoint,
     trainer: Any,
     result: Any,
-    *,
     config: SweepConfig,
     seconds: tuple[float, float],
-) -> dict[str, Any]:
-    """The JSON line of one finished synthetic grid point."""
+    label: str,
+) -> Finished:
+    """A finished synthetic point: its JSON line and progress message."""
     assert config.synthetic is not None
-    return {
+    record = {
         **point_record(point, trainer, config, seconds),
         "true_l0": result.true_l0,
         "l0": result.sae_l0,
@@ -63,15 +63,12 @@ def result_line(
         "samples_trained": int(trainer.n_training_samples),
         "eval_samples": config.synthetic.eval_samples,
     }
-
-
-def summary(record: dict[str, Any]) -> str:
-    """One line of a finished point's results for the progress log."""
-    return (
-        f"L0 {record['l0']:.2f} (true {record['true_l0']:.2f}), MCC {record['mcc']:.3f}, "
-        f"F1 {record['f1']:.3f}, shrinkage {record['shrinkage']:.3f}, dead "
+    message = (
+        f"{label}: L0 {result.sae_l0:.2f} (true {result.true_l0:.2f}), MCC {result.mcc:.3f}, "
+        f"F1 {result.classification.f1_score:.3f}, shrinkage {result.shrinkage:.3f}, dead "
         f"{record['dead_fraction']:.1%} ({record['seconds']:.0f} s)"
     )
+    return point, record, message
 
 
 def train_synthetic(
@@ -107,5 +104,4 @@ def train_synthetic(
             activation_scaler=trainer.activation_scaler,
         )
         seconds = (trained - started, time.perf_counter() - trained)
-        record = result_line(point, trainer, result, config=config, seconds=seconds)
-        yield point, record, f"{label}: {summary(record)}"
+        yield finished(point, trainer, result, config, seconds, label)
