@@ -1,13 +1,10 @@
-"""The sweep's ``cached`` stream: the run's activations cached once with ``sae-gated cache``
-(SAELens's ``CacheActivationsRunner``), loaded into memory, and every SAE trained from them in
-its own seeded shuffle, in epochs when ``cache_tokens`` < ``training_tokens``. The language
-model runs once for the whole sweep.
-"""
+"""The sweep's ``cached`` stream: activations cached once (``sae-gated cache``), held in memory,
+and every SAE trained from them in its own seeded shuffle (in epochs if fewer than it needs)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
@@ -18,7 +15,14 @@ from sae_gated_plugin.eval.splice import excluded_token_ids
 from sae_gated_plugin.run.cache import cache_activations
 from sae_gated_plugin.run.config import check_cache_matches
 from sae_gated_plugin.sweep.config import GridPoint
-from sae_gated_plugin.sweep.points import SweepContext, coefficient_field, make_trainer, new_sae
+from sae_gated_plugin.sweep.points import (
+    Finished,
+    SweepContext,
+    coefficient_field,
+    lm_finished,
+    make_trainer,
+    new_sae,
+)
 
 
 class CachedActivations:
@@ -34,11 +38,7 @@ class CachedActivations:
             exclude = torch.tensor(list(exclude_token_ids), dtype=token_ids.dtype)
             acts = acts[~torch.isin(token_ids, exclude)]
         self.activations = acts.contiguous()
-
-    @property
-    def n_tokens(self) -> int:
-        """Activations held."""
-        return int(self.activations.shape[0])
+        self.n_tokens = int(acts.shape[0])
 
     def batches(self, seed: int, batch_size: int) -> Iterator[torch.Tensor]:
         """Batches in a fresh seeded shuffle each epoch, forever (the trainer stops)."""
@@ -55,8 +55,8 @@ class CachedActivations:
 
 
 def train_cached(
-    ctx: SweepContext, todo: list[tuple[int, GridPoint]], total: int, write: Callable[..., None]
-) -> None:
+    ctx: SweepContext, todo: list[tuple[int, GridPoint]], total: int
+) -> Iterator[Finished]:
     """Train and evaluate each point from the in-memory cache, one after the other."""
     activations = load_cache(ctx)
     ctx.echo(
@@ -64,8 +64,8 @@ def train_cached(
         f"tokens per SAE = {ctx.config.run.training_tokens / activations.n_tokens:.2f} epochs"
     )
     for index, point in todo:
-        label = point.label(coefficient_field(point.architecture))
-        ctx.echo(f"[{index}/{total}] {label}")
+        label = f"[{index}/{total}] {point.label(coefficient_field(point.architecture))}"
+        ctx.echo(label)
         started = time.perf_counter()
         sae = new_sae(point, ctx.config, ctx.d_in, ctx.device)
         data = activations.batches(point.seed, ctx.config.run.train_batch_size_tokens)
@@ -74,21 +74,18 @@ def train_cached(
         trained = time.perf_counter()
         report = ctx.evaluation.evaluate(trainer.sae)
         seconds = (trained - started, time.perf_counter() - trained)
-        write(point, trainer, report, seconds, activations.n_tokens, index, total, label)
+        yield lm_finished(point, trainer, report, ctx.config, seconds, activations.n_tokens, label)
 
 
 def load_cache(ctx: SweepContext) -> CachedActivations:
     """The sweep's cached activations, made first (``sae-gated cache``) if missing."""
     config = ctx.config
-    path = config.activations_path
+    path = Path(config.cache_path or config.output + ".activations")
+    cached = {"use_cached_activations": True, "cached_activations_path": str(path)}
     cache_cfg = config.run.model_copy(
         update={
             "training_tokens": config.cache_tokens or config.run.training_tokens,
-            "saelens": {
-                **config.run.saelens,
-                "use_cached_activations": True,
-                "cached_activations_path": str(path),
-            },
+            "saelens": {**config.run.saelens, **cached},
         }
     )
     if (path / "dataset_info.json").is_file():

@@ -1,21 +1,8 @@
-"""``sae-gated compare SWEEP.jsonl``: a sweep's results as the tables SAEs are compared by.
+"""``sae-gated compare SWEEP.jsonl``: a sweep's results as Markdown tables (pure Python).
 
-Two Markdown tables from the same lines as ``sae-gated plot`` (``selection.group_lines``). With
-``--y loss_recovered`` (the default for language-model sweeps):
-
-- every point: coefficient, lr, seeds, L0, loss recovered, gamma, explained variance and dead
-  latents (means over seeds, with their standard deviation where seeds repeat);
-- L0 at equal loss recovered (left out when every line is one point): for each level, each
-  line's L0 where its frontier first reaches it (linear in log L0 between the two points around
-  it; blank where the line does not reach it or starts above it), and its ratio to a reference
-  line's L0 at the same level - the paper's headline comparison ("about half the L0 of
-  standard at equal fidelity").
-
-With any other ``--y`` (``mcc``, the default for synthetic sweeps, ``f1``, ``shrinkage``, ...):
-every point with the ground-truth metrics, and each line's metric at equal L0 (by default half,
-once and twice the true L0), interpolated linearly in log L0, with its ratio to the reference.
-
-Pure Python: no matplotlib, torch or SAELens.
+First every point (means over seeds, ± their std); then, per line, L0 at equal loss recovered
+(the paper's "half the L0 at equal fidelity") or, for another ``--y``, that metric at equal L0,
+each with its ratio to a reference line. Both interpolate linearly in log L0.
 """
 
 from __future__ import annotations
@@ -23,137 +10,101 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.sweep.results import compact_float
-from sae_gated_plugin.sweep.selection import check_y, default_y, group_lines, read_selected
+from sae_gated_plugin.sweep.selection import group_lines, read_selected
 
 DEFAULT_LEVELS = (0.90, 0.93, 0.95, 0.97)
 """Loss-recovered levels at which ``compare`` reads each line's L0 by default."""
 TRUE_L0_MULTIPLES = (0.5, 1.0, 2.0)
 """Multiples of the true L0 at which ``compare --y METRIC`` reads each line by default."""
 LM_COLUMNS = (
-    ("L0", "l0", 1, False),
-    ("loss recovered", "loss_recovered", 4, False),
-    ("gamma", "relative_reconstruction_bias", 3, False),
-    ("explained variance", "explained_variance", 3, False),
-    ("dead", "dead_fraction", 1, True),
+    ("L0", "l0", 1),
+    ("loss recovered", "loss_recovered", 4),
+    ("gamma", "relative_reconstruction_bias", 3),
+    ("explained variance", "explained_variance", 3),
+    ("dead", "dead_fraction", 1),
 )
+"""``(header, key, digits)`` of the points table; ``dead_fraction`` is shown in percent."""
 SYNTHETIC_COLUMNS = (
-    ("L0", "l0", 2, False),
-    ("MCC", "mcc", 3, False),
-    ("F1", "f1", 3, False),
-    ("precision", "precision", 3, False),
-    ("recall", "recall", 3, False),
-    ("uniqueness", "uniqueness", 3, False),
-    ("shrinkage", "shrinkage", 3, False),
-    ("explained variance", "explained_variance", 3, False),
-    ("dead", "dead_fraction", 1, True),
+    ("L0", "l0", 2),
+    *((name, name.lower(), 3) for name in ("MCC", "F1", "precision", "recall", "uniqueness")),
+    ("shrinkage", "shrinkage", 3),
+    ("explained variance", "explained_variance", 3),
+    ("dead", "dead_fraction", 1),
 )
 
 
 def l0_at_loss_recovered(points: Sequence[dict[str, Any]], level: float) -> float | None:
-    """The L0 at which a line (points sorted by L0) first reaches loss recovered ``level``,
-    interpolated linearly in log L0 between the two points around it; None when no two
-    consecutive points bracket it."""
+    """The L0 at which a line (sorted by L0) first reaches loss recovered ``level``, or None."""
     for low, high in itertools.pairwise(points):
         y0, y1 = low["loss_recovered"], high["loss_recovered"]
-        if not (math.isfinite(y0) and math.isfinite(y1)) or low["l0"] <= 0 or high["l0"] <= 0:
-            continue
-        if y0 <= level <= y1 and y1 > y0:
+        bad = not (math.isfinite(y0) and math.isfinite(y1)) or low["l0"] <= 0 or high["l0"] <= 0
+        if not bad and y0 <= level <= y1 and y1 > y0:
             t = (level - y0) / (y1 - y0)
             return math.exp(math.log(low["l0"]) + t * (math.log(high["l0"]) - math.log(low["l0"])))
     return None
 
 
 def metric_at_l0(points: Sequence[dict[str, Any]], y: str, l0: float) -> float | None:
-    """A line's ``y`` at L0 ``l0``, interpolated linearly in log L0 between the two points
-    (sorted by L0) around it; None when no two consecutive points bracket it."""
+    """A line's (sorted by L0) ``y`` at L0 ``l0``, or None when no two points bracket it."""
     for low, high in itertools.pairwise(points):
         x0, x1 = low["l0"], high["l0"]
-        if x0 <= 0 or not (math.isfinite(low[y]) and math.isfinite(high[y])):
-            continue
-        if x0 <= l0 <= x1 and x1 > x0:
+        bad = x0 <= 0 or not (math.isfinite(low[y]) and math.isfinite(high[y]))
+        if not bad and x0 <= l0 <= x1 and x1 > x0:
             t = (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
             return low[y] + t * (high[y] - low[y])
     return None
 
 
-def _with_std(point: dict[str, Any], key: str, digits: int, percent: bool = False) -> str:
-    scale = 100.0 if percent else 1.0
+def _with_std(point: dict[str, Any], key: str, digits: int) -> str:
+    scale = 100.0 if key == "dead_fraction" else 1.0  # a percentage
     value = point[key] * scale
     if not math.isfinite(value):
         return "-"
     text = f"{value:.{digits}f}"
     if point["n_seeds"] > 1:
         text += f" ± {point[key + '_std'] * scale:.{digits}f}"
-    return text + ("%" if percent else "")
+    return text + ("%" if scale == 100.0 else "")
+
+
+def _markdown(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    table = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(table + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def points_table(
-    lines: dict[str, list[dict[str, Any]]], columns: Sequence[tuple[str, str, int, bool]]
+    lines: dict[str, list[dict[str, Any]]], columns: Sequence[tuple[str, str, int]]
 ) -> str:
-    """Markdown table of every point of every line, one column per ``(header, key, digits,
-    percent)``."""
-    rows = [
-        "| line | coefficient | lr | seeds | " + " | ".join(c[0] for c in columns) + " |",
-        "|---|---|---|---|" + "---|" * len(columns),
-    ]
-    for label, points in lines.items():
-        for p in points:
-            cells = [_with_std(p, key, digits, percent) for _, key, digits, percent in columns]
-            rows.append(
-                f"| {label} | {compact_float(p['coefficient'])} | {compact_float(p['lr'])} "
-                f"| {p['n_seeds']} | " + " | ".join(cells) + " |"
-            )
-    return "\n".join(rows)
+    """Markdown table of every point of every line, one column per ``(header, key, digits)``."""
+    rows = (
+        [label, compact_float(p["coefficient"]), compact_float(p["lr"]), str(p["n_seeds"])]
+        + [_with_std(p, key, digits) for _, key, digits in columns]
+        for label, points in lines.items()
+        for p in points
+    )
+    return _markdown(["line", "coefficient", "lr", "seeds", *(c[0] for c in columns)], rows)
 
 
 def _ratio_table(
-    lines: dict[str, list[dict[str, Any]]],
-    reference: str,
-    headers: Sequence[str],
-    read: Callable[[list[dict[str, Any]], int], float | None],
-    digits: int,
+    values: dict[str, list[float | None]], reference: str, headers: Sequence[str], digits: int
 ) -> str:
-    """Markdown table: per line, ``read(points, column)`` for each column and its ratio to
-    ``reference``'s value in that column."""
-    rows = ["| line | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
-    refs = [read(lines[reference], column) for column in range(len(headers))]
-    for label, points in lines.items():
-        cells = []
-        for column, ref in enumerate(refs):
-            value = read(points, column)
-            if value is None:
-                cells.append("-")
-            elif not ref or label == reference:
-                cells.append(f"{value:.{digits}f}")
-            else:
-                cells.append(f"{value:.{digits}f} ({value / ref:.2f}x)")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    """Markdown table: per line, its values and their ratios to ``reference``'s."""
 
+    def cell(value: float | None, ref: float | None, label: str) -> str:
+        if value is None:
+            return "-"
+        if not ref or label == reference:
+            return f"{value:.{digits}f}"
+        return f"{value:.{digits}f} ({value / ref:.2f}x)"
 
-def equal_l0_table(
-    lines: dict[str, list[dict[str, Any]]], reference: str, levels: Sequence[float], y: str
-) -> str:
-    """Markdown table: each line's ``y`` at each L0 level and its ratio to ``reference``'s."""
-    headers = [f"{y} at L0 {level:.3g} (x {reference})" for level in levels]
-    return _ratio_table(lines, reference, headers, lambda p, i: metric_at_l0(p, y, levels[i]), 3)
-
-
-def equal_fidelity_table(
-    lines: dict[str, list[dict[str, Any]]], reference: str, levels: Sequence[float]
-) -> str:
-    """Markdown table: each line's L0 at each loss-recovered level and its ratio to
-    ``reference``'s L0 there."""
-    headers = [f"L0 at {level:g} (x {reference})" for level in levels]
-    return _ratio_table(
-        lines, reference, headers, lambda p, i: l0_at_loss_recovered(p, levels[i]), 1
-    )
+    refs = values[reference]
+    rows = ([k, *map(cell, row, refs, [k] * len(row))] for k, row in values.items())
+    return _markdown(["line", *headers], rows)
 
 
 def compare_sweep(
@@ -166,15 +117,10 @@ def compare_sweep(
     levels: Sequence[float] | None = None,
     y: str | None = None,
 ) -> str:
-    """Both tables for the (selected) lines of a sweep's results file, as Markdown.
-    ``select`` and ``points`` as in ``selection.select_records``, ``envelope`` as in
-    ``selection.group_lines``; ``reference`` is a line label (default: the first ``standard`` line,
-    else the first line); ``y`` one of ``selection.Y_METRICS`` (default ``selection.default_y``);
-    ``levels`` are loss-recovered levels for ``y`` = loss_recovered, else L0 values (default
-    ``DEFAULT_LEVELS``, or ``TRUE_L0_MULTIPLES`` of the true L0)."""
-    records = read_selected(results, select, points, "compare")
-    y = y or default_y(records)
-    check_y(records, y)
+    """Both tables for the selected lines of a results file (arguments as in ``selection``).
+    ``reference``: default the first ``standard`` line, else the first; ``levels``: loss recovered
+    for ``y`` = loss_recovered, else L0 values (default ``TRUE_L0_MULTIPLES`` of the true L0)."""
+    records, y = read_selected(results, select, points, "compare", y)
     levels = _levels(records, y, levels)
     lines = group_lines(records, envelope, y)
     if reference is None:
@@ -185,14 +131,17 @@ def compare_sweep(
             f"--reference {reference!r}: not a line of these results; lines: "
             + ", ".join(repr(label) for label in lines)
         )
-    columns = LM_COLUMNS if y == "loss_recovered" else SYNTHETIC_COLUMNS
+    table = points_table(lines, LM_COLUMNS if y == "loss_recovered" else SYNTHETIC_COLUMNS)
     if all(len(line) < 2 for line in lines.values()):
-        return points_table(lines, columns) + "\n"  # no line to read a level from
-    if y == "loss_recovered":
-        second = equal_fidelity_table(lines, reference, levels)
-    else:
-        second = equal_l0_table(lines, reference, levels, y)
-    return points_table(lines, columns) + "\n\n" + second + "\n"
+        return table + "\n"  # no line to read a level from
+    if y == "loss_recovered":  # each line's L0 at equal loss recovered
+        headers = [f"L0 at {level:g} (x {reference})" for level in levels]
+        values = {k: [l0_at_loss_recovered(p, lv) for lv in levels] for k, p in lines.items()}
+    else:  # each line's y at equal L0
+        headers = [f"{y} at L0 {level:.3g} (x {reference})" for level in levels]
+        values = {k: [metric_at_l0(p, y, lv) for lv in levels] for k, p in lines.items()}
+    digits = 1 if y == "loss_recovered" else 3
+    return table + "\n\n" + _ratio_table(values, reference, headers, digits) + "\n"
 
 
 def _levels(

@@ -1,9 +1,6 @@
 """The ``sae-gated sweep`` config: a base run and grids of SAEs to train from one activation stream.
 
-YAML or JSON, checked by pydantic: unknown fields and wrong types are errors naming the field.
-A sweep is the union of its ``grids`` (each one a cartesian product of architectures,
-coefficients, variants, learning rates, seeds and resampling on/off); a point listed by two
-grids is trained once.
+A sweep is the union of its ``grids`` (cartesian products); a point in two grids is trained once.
 """
 
 from __future__ import annotations
@@ -17,48 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.run.config import (
-    TrainRunConfig,
-    apply_overrides,
-    read_config_file,
-    validated,
-)
+from sae_gated_plugin.run.config import TrainRunConfig, apply_overrides, read_config_file, validated
 from sae_gated_plugin.sweep.results import DEFAULT_VARIANTS, compact_float, line_key
-from sae_gated_plugin.sweep.synthetic_config import SyntheticSettings
+from sae_gated_plugin.sweep.synthetic_config import Strict, SyntheticSettings
 
 PAPER_ARCHITECTURE = "gated_paper"
 Stream = Literal["cached", "multi", "synthetic"]
 
 
-class GridSpec(BaseModel):
+class GridSpec(Strict):
     """One cartesian block of the sweep."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str = Field(min_length=1, description="Name of the block (select it with --grid).")
-    architectures: list[str] = Field(
-        min_length=1, description="SAELens-registered architectures, e.g. gated_paper, standard."
-    )
+    architectures: list[str] = Field(min_length=1, description="SAELens architectures.")
     coefficients: dict[str, list[float]] = Field(
-        description="Sparsity coefficients per architecture: l1_coefficient (gated_paper, "
-        "gated, standard), k (topk) or l0_coefficient (jumprelu)."
+        description="Sparsity coefficients per architecture (l1_coefficient, k or l0_coefficient)."
     )
     variants: list[str] = Field(
-        default_factory=lambda: ["paper"],
-        min_length=1,
-        description="Names from the sweep's `variants` ('paper'/'default': no changes).",
+        default_factory=lambda: ["paper"], min_length=1, description="Names from `variants`."
     )
-    lrs: list[float] | None = Field(
-        default=None, min_length=1, description="Learning rates; default the run's lr."
-    )
+    lrs: list[float] | None = Field(default=None, min_length=1, description="Default: run.lr.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds.")
     resampling: list[bool] = Field(
-        default_factory=lambda: [False],
-        min_length=1,
-        description="Train without (false) and/or with (true) the run's dead-latent resampling.",
+        default_factory=lambda: [False], min_length=1, description="Without/with run.resampling."
     )
 
     @model_validator(mode="after")
@@ -74,42 +55,27 @@ class GridSpec(BaseModel):
         return self
 
 
-class SweepConfig(BaseModel):
+class SweepConfig(Strict):
     """Everything ``sae-gated sweep`` needs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     output: str = Field(description="JSON-lines file of results, one line per trained SAE.")
     stream: Stream = Field(
         default="cached",
-        description="'cached': activations cached once (`sae-gated cache`) and read in epochs; "
-        "'multi': SAELens's MultiSAETrainingRunner, one LM pass per batch for every SAE "
-        "sharing a learning rate; 'synthetic': SAELens's synthetic model with known features "
-        "(the `synthetic:` section), each SAE scored against them.",
+        description="'cached': activations cached once and read in epochs; 'multi': SAELens's "
+        "multi-SAE runner per lr; 'synthetic': SAELens's synthetic model with known features.",
     )
     cache_path: str | None = Field(
-        default=None,
-        description="Folder of the cached activations (made if missing); default "
-        "<output>.activations.",
+        default=None, description="Cached activations folder; default <output>.activations."
     )
     cache_tokens: int | None = Field(
-        default=None,
-        gt=0,
-        description="Activations to cache; each SAE trains run.training_tokens over them in "
-        "epochs. Default run.training_tokens (one epoch).",
+        default=None, gt=0, description="Activations to cache; default run.training_tokens."
     )
-    run: TrainRunConfig = Field(
-        description="The base run (`sae-gated train` fields): model, hook, data, window, tokens "
-        "per SAE, optimiser, d_sae, evaluation, resampling settings. output_path is unused."
-    )
+    run: TrainRunConfig = Field(description="The base run (`sae-gated train` fields).")
     synthetic: SyntheticSettings | None = Field(
-        default=None,
-        description="The synthetic model of stream 'synthetic' (the run's model, hook, data "
-        "and evaluation fields are unused then).",
+        default=None, description="The synthetic model of stream 'synthetic'."
     )
     variants: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="Named SAE-config overrides, e.g. trainable_aux: {aux_decoder: trainable}.",
+        default_factory=dict, description="Named SAE-config overrides ('paper'/'default': none)."
     )
     grids: list[GridSpec] = Field(min_length=1, description="The blocks of the sweep.")
 
@@ -135,16 +101,9 @@ class SweepConfig(BaseModel):
             raise ValueError("a synthetic: section goes with stream 'synthetic', and only with it")
         return self
 
-    @property
-    def activations_path(self) -> Path:
-        """Where the activations are cached."""
-        return Path(self.cache_path) if self.cache_path else Path(self.output + ".activations")
-
     def settings_id(self) -> str:
-        """A short hash of the run settings the config sets explicitly, its stream and its
-        cache size; a results file only resumes runs made with the same one. (Only what the
-        config says counts, so a plugin upgrade that adds a field or changes a default of one
-        the config leaves out does not orphan a results file.)"""
+        """Hash of the explicitly set run settings, stream and cache size; a results file only
+        resumes runs with the same one (defaults are left out so upgrades don't orphan files)."""
         unused = {"output_path", "device", "wandb", "n_checkpoints"}
         shared = self.run.model_dump(mode="json", exclude=unused, exclude_unset=True)
         shared.get("eval", {}).pop("batch_size", None)
@@ -152,8 +111,7 @@ class SweepConfig(BaseModel):
         shared["cache_tokens"] = self.cache_tokens if self.stream == "cached" else None
         if self.synthetic is not None:
             shared["synthetic"] = self.synthetic.model_dump(mode="json", exclude_unset=True)
-        text = json.dumps(shared, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -174,22 +132,11 @@ class GridPoint:
 
     def label(self, coefficient_name: str) -> str:
         """E.g. ``gated_paper l1=2 lr=3e-4 seed=0``."""
-        short = {"l1_coefficient": "l1", "l0_coefficient": "l0"}.get(
-            coefficient_name, coefficient_name
-        )
-        parts = [self.architecture]
-        if self.variant not in DEFAULT_VARIANTS:
-            parts.append(f"[{self.variant}]")
-        parts += [f"{short}={self.coefficient:g}", f"lr={compact_float(self.lr)}"]
-        parts.append(f"seed={self.seed}")
-        if self.resampling:
-            parts.append("+resampling")
-        return " ".join(parts)
-
-
-def default_variant(architecture: str) -> str:
-    """The variant name of an architecture's own defaults."""
-    return "paper" if architecture == PAPER_ARCHITECTURE else "default"
+        short = {"l1_coefficient": "l1", "l0_coefficient": "l0"}.get(coefficient_name)
+        variant = [] if self.variant in DEFAULT_VARIANTS else [f"[{self.variant}]"]
+        parts = [self.architecture, *variant, f"{short or coefficient_name}={self.coefficient:g}"]
+        parts += [f"lr={compact_float(self.lr)}", f"seed={self.seed}"]
+        return " ".join(parts + (["+resampling"] if self.resampling else []))
 
 
 def expand(config: SweepConfig, only: Sequence[str] = ()) -> list[GridPoint]:
@@ -204,7 +151,8 @@ def expand(config: SweepConfig, only: Sequence[str] = ()) -> list[GridPoint]:
         if only and grid.name not in only:
             continue
         for architecture, variant in itertools.product(grid.architectures, grid.variants):
-            name = default_variant(architecture) if variant in DEFAULT_VARIANTS else variant
+            if variant in DEFAULT_VARIANTS:  # named after the architecture's own defaults
+                variant = "paper" if architecture == PAPER_ARCHITECTURE else "default"
             axes = itertools.product(
                 grid.coefficients[architecture],
                 grid.lrs or [config.run.lr],
@@ -212,7 +160,7 @@ def expand(config: SweepConfig, only: Sequence[str] = ()) -> list[GridPoint]:
                 grid.resampling,
             )
             for coefficient, lr, seed, resampling in axes:
-                point = GridPoint(architecture, name, coefficient, lr, seed, resampling)
+                point = GridPoint(architecture, variant, coefficient, lr, seed, resampling)
                 known = points.get(point.key())
                 grids = (known.grids if known else ()) + (grid.name,)
                 points[point.key()] = dataclasses.replace(point, grids=grids)

@@ -1,16 +1,12 @@
-"""The held-out evaluation a sweep gives every SAE: the same windows, positions and metrics.
+"""The held-out evaluation (``eval.splice.evaluate_sae``) a sweep gives every SAE.
 
-Each SAE is scored by ``eval.splice.evaluate_sae`` (the code behind ``sae-gated eval``). Two costs
-that do not depend on the SAE are paid once per sweep instead of once per SAE:
-
-* the clean and zero-ablated cross-entropies (``evaluate_sae(reference_ce=...)``);
-* the language model up to the hook: for a residual-stream hook, the activations there are
-  cached once and each SAE's run starts at the next block (TransformerLens's
-  ``start_at_layer``). The model is clean up to the hook, so this is the same computation.
+Paid once per sweep: the clean and zero-ablated losses, and, for a residual-stream hook, the
+model up to the hook (clean there, so each SAE's run can resume from cached activations).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,16 +27,12 @@ _RESID_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
 def resume_layer(hook_name: str) -> int | None:
     """The block a forward pass resumes at after ``hook_name``; None for other hooks."""
     match = _RESID_HOOK.fullmatch(hook_name)
-    if match is None:
-        return None
-    layer = int(match.group(1))
-    return layer + 1 if match.group(2) == "post" else layer
+    return None if match is None else int(match.group(1)) + (match.group(2) == "post")
 
 
 class ResumeAtHook:
-    """A stand-in for the model in ``evaluate_sae``: ``run_with_hooks`` on one of the cached
-    windows starts from the cached activations at the hook, applies the hook functions given
-    for that hook point, and runs the rest of the model. Everything else is the model's."""
+    """The model for ``evaluate_sae``, but ``run_with_hooks`` on a cached window resumes from the
+    cached activations at the hook (after its hook functions)."""
 
     def __init__(self, model: HookedTransformer, tokens: torch.Tensor, hook_name: str) -> None:
         layer = resume_layer(hook_name)
@@ -49,7 +41,6 @@ class ResumeAtHook:
         self._model = model
         self._hook_name = hook_name
         self._layer = layer
-        self._rows: dict[bytes, int] = {}
         cached = []
         with torch.no_grad():
             for start in range(0, tokens.shape[0], 16):
@@ -59,8 +50,8 @@ class ResumeAtHook:
                 )
                 cached.append(cache[hook_name])
         self._activations = torch.cat(cached)
-        for row, window in enumerate(tokens):
-            self._rows.setdefault(window.numpy().tobytes(), row)
+        # A window's first row (reversed, so earlier rows overwrite later duplicates).
+        self._rows = {w.numpy().tobytes(): row for row, w in reversed(list(enumerate(tokens)))}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -103,10 +94,14 @@ class HeldOutEvaluation:
         batch_size: int,
     ) -> None:
         self.tokens = tokens
-        self.hook_name = hook_name
-        self.seqpos_slice = seqpos_slice
-        self.exclude_token_ids = list(exclude_token_ids)
-        self.batch_size = batch_size
+        self._evaluate = functools.partial(
+            evaluate_sae,
+            hook_name=hook_name,
+            seqpos_slice=seqpos_slice,
+            exclude_token_ids=list(exclude_token_ids),
+            batch_size=batch_size,
+            show_progress=False,
+        )
         self.model: Any = (
             ResumeAtHook(model, tokens, hook_name) if resume_layer(hook_name) is not None else model
         )
@@ -117,17 +112,7 @@ class HeldOutEvaluation:
         was_training = getattr(sae, "training", False)
         sae.eval()
         try:
-            report = evaluate_sae(
-                sae,
-                self.model,
-                self.tokens,
-                hook_name=self.hook_name,
-                seqpos_slice=self.seqpos_slice,
-                exclude_token_ids=self.exclude_token_ids,
-                batch_size=self.batch_size,
-                show_progress=False,
-                reference_ce=self.reference_ce,
-            )
+            report = self._evaluate(sae, self.model, self.tokens, reference_ce=self.reference_ce)
         finally:
             sae.train(was_training)
         if self.reference_ce is None:

@@ -1,31 +1,30 @@
-"""The sweep's ``multi`` stream: SAELens's ``MultiSAETrainingRunner`` trains every SAE of a
-learning rate in lockstep from one language-model pass per batch.
-
-Its config has one optimiser setting, so the grid is trained in one group per learning rate;
-a group's results are written when the whole group has finished (a resumed sweep retrains an
-unfinished group). Each per-SAE trainer becomes a ``GuardedTrainer`` (divergence stop,
-resampling; see ``run.saelens_bridge.GuardedMultiRunner``).
+"""The sweep's ``multi`` stream: SAELens's multi-SAE runner trains the SAEs of one learning rate
+(its config has one optimiser) in lockstep from one language-model pass per batch; a group's
+results are written when all of it has finished (a resumed sweep retrains an unfinished group).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
 
 from sae_gated_plugin.run.saelens_bridge import GuardedMultiRunner, multi_runner_config
 from sae_gated_plugin.sources import dataset_load_errors
 from sae_gated_plugin.sweep.config import GridPoint
-from sae_gated_plugin.sweep.points import SweepContext, coefficient_field, new_sae
+from sae_gated_plugin.sweep.points import (
+    Finished,
+    SweepContext,
+    coefficient_field,
+    lm_finished,
+    new_sae,
+)
 
 
 def train_multi(
-    ctx: SweepContext,
-    todo: list[tuple[int, GridPoint]],
-    total: int,
-    write: Callable[..., None],
-) -> None:
+    ctx: SweepContext, todo: list[tuple[int, GridPoint]], total: int
+) -> Iterator[Finished]:
     """Train the points in one lockstep group per learning rate, then evaluate each."""
     by_lr: dict[float, list[tuple[int, GridPoint]]] = {}
     for index, point in todo:
@@ -50,10 +49,10 @@ def train_multi(
                 },
             )
         runner.run()
-        trainers = runner.sae_trainers
         train_seconds = (time.perf_counter() - started) / len(names)
         for name, (index, point) in names.items():
-            evaluated = time.perf_counter()
-            report = ctx.evaluation.evaluate(trainers[name].sae)
+            trainer, evaluated = runner.sae_trainers[name], time.perf_counter()
+            report = ctx.evaluation.evaluate(trainer.sae)
             seconds = (train_seconds, time.perf_counter() - evaluated)
-            write(point, trainers[name], report, seconds, None, index, total, labels[name])
+            label = f"[{index}/{total}] {labels[name]}"
+            yield lm_finished(point, trainer, report, ctx.config, seconds, None, label)

@@ -1,18 +1,11 @@
-"""``sae-gated plot SWEEP.jsonl``: the figures SAEs are compared by, from a sweep's results.
-
-Left: L0 (log scale) against loss recovered; right: L0 against the relative reconstruction bias
-gamma (1 = no shrinkage). One line per architecture / variant (and learning rate or resampling,
-where the plotted lines differ in them); where seeds repeat a point, it is their mean with
-standard-deviation error bars. Written as PNG and SVG with matplotlib's Agg backend (no display).
-"""
+"""``sae-gated plot SWEEP.jsonl``: L0 (log) against ``--y`` and against gamma (or shrinkage),
+one line per ``selection.group_lines`` label with seed std error bars; PNG and SVG (Agg)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
-import tempfile
 from collections.abc import Collection, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from sae_gated_plugin.io import file_mode
-from sae_gated_plugin.sweep.selection import (
-    GAMMA,
-    Y_METRICS,
-    check_y,
-    default_y,
-    group_lines,
-    read_selected,
-)
+from sae_gated_plugin.io import atomic_write_bytes
+from sae_gated_plugin.sweep.selection import GAMMA, Y_METRICS, group_lines, read_selected
 
 X_LABEL = "L0 (active latents per token, log scale)"
 
@@ -39,10 +25,7 @@ def build_figure(
     envelope: bool = False,
     y: str = "loss_recovered",
 ) -> Figure:
-    """The two-panel figure of ``records`` (one line per label of ``group_lines``): L0 against
-    ``y``, and against gamma (language-model sweeps) or shrinkage (synthetic ones), with the
-    true L0 marked where the results know it."""
-
+    """The two-panel figure of ``records``, with the true L0 marked where the results know it."""
     synthetic = not any(GAMMA in r for r in records)
     right = ("explained_variance" if y == "shrinkage" else "shrinkage") if synthetic else GAMMA
     right_label = Y_METRICS.get(right, "relative reconstruction bias γ")
@@ -75,20 +58,6 @@ def build_figure(
     return figure
 
 
-def _save(figure: Figure, path: Path) -> None:
-    """Save through a temporary file renamed into place (never a half-written figure)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=150)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def plot_sweep(
     results: Path,
     *,
@@ -99,17 +68,14 @@ def plot_sweep(
     envelope: bool = False,
     y: str | None = None,
 ) -> list[Path]:
-    """Plot a sweep's results file to ``<output>.png`` and ``<output>.svg`` (default: the
-    results path without its suffix); returns the two paths. ``select`` and ``points`` as in
-    ``select_records``, ``envelope`` as in ``group_lines``, ``y`` one of ``Y_METRICS``
-    (default ``default_y``)."""
-    records = read_selected(results, select, points, "plot")
-    y = y or default_y(records)
-    check_y(records, y)
+    """Plot a results file to ``<output>.png`` and ``.svg`` (default: the results path without
+    its suffix) and return both paths; the other arguments as in ``selection``."""
+    records, y = read_selected(results, select, points, "plot", y)
     prefix = output if output is not None else results.with_suffix("")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     figure = build_figure(records, title, envelope, y)
     paths = [prefix.with_name(prefix.name + suffix) for suffix in (".png", ".svg")]
-    for path in paths:
-        _save(figure, path)
+    for path in paths:  # rendered in memory, then written atomically
+        buffer = BytesIO()
+        figure.savefig(buffer, format=path.suffix[1:], dpi=150)
+        atomic_write_bytes(path, buffer.getvalue())
     return paths

@@ -1,7 +1,4 @@
-"""Building one grid point of a sweep: its SAELens SAE config, the SAE and its trainer.
-
-Shared by the sweep's activation streams (cached, multi and synthetic).
-"""
+"""One grid point of a sweep, for every stream: its SAE config, SAE, trainer and result line."""
 
 from __future__ import annotations
 
@@ -30,6 +27,13 @@ if TYPE_CHECKING:
     from sae_gated_plugin.sweep.held_out import HeldOutEvaluation
 
 Echo = Callable[[str], None]
+Finished = tuple[GridPoint, dict[str, Any], str]
+"""A finished point, its result line and its progress message."""
+REPORT_FIELDS = (
+    "n_tokens l0 dead_fraction explained_variance loss_recovered delta_ce_loss "
+    "relative_reconstruction_bias mse ce_loss_clean ce_loss_with_sae ce_loss_zero_ablation"
+)
+"""The held-out ``EvalReport`` fields of a language-model result line, in order."""
 COEFFICIENT_FIELDS = ("k", "l1_coefficient", "l0_coefficient")
 """Sparsity coefficient field per architecture, the first its config class has."""
 WARM_UP_FIELDS = {"l1_coefficient": "l1_warm_up_steps", "l0_coefficient": "l0_warm_up_steps"}
@@ -37,7 +41,6 @@ WARM_UP_FIELDS = {"l1_coefficient": "l1_warm_up_steps", "l0_coefficient": "l0_wa
 
 def _training_config_class(architecture: str) -> type[TrainingSAEConfig]:
     register()  # gated_paper, whether or not SAELens's import already registered it
-
     try:
         return get_sae_training_class(architecture)[1]
     except KeyError:
@@ -59,9 +62,8 @@ def coefficient_field(architecture: str) -> str:
 def build_sae_config(
     point: GridPoint, config: SweepConfig, d_in: int, device: str
 ) -> TrainingSAEConfig:
-    """The SAELens training config of one grid point: the run's width, normalisation and
-    warm-up, the point's coefficient, the ``gated_paper`` settings of ``run.sae`` for
-    ``gated_paper``, then the variant's overrides."""
+    """The SAELens training config of one point: the run's settings (plus ``run.sae``'s for
+    ``gated_paper``), the point's coefficient, then the variant's overrides."""
     cfg_class = _training_config_class(point.architecture)
     names = {f.name for f in dataclasses.fields(cfg_class)}
     field = coefficient_field(point.architecture)
@@ -113,8 +115,7 @@ def make_trainer(
 def point_record(
     point: GridPoint, trainer: GuardedTrainer, config: SweepConfig, seconds: tuple[float, float]
 ) -> dict[str, Any]:
-    """The fields every stream's result line starts with: the grid point, the SAE's width,
-    the resampling done, the time taken (training, evaluation) and the settings."""
+    """The fields every stream's result line starts with; ``seconds``: (training, evaluation)."""
     return {
         "architecture": point.architecture,
         "variant": point.variant,
@@ -132,6 +133,35 @@ def point_record(
         "stream": config.stream,
         "settings_id": config.settings_id(),
     }
+
+
+def lm_finished(
+    point: GridPoint,
+    trainer: GuardedTrainer,
+    report: Any,
+    config: SweepConfig,
+    seconds: tuple[float, float],
+    cached_tokens: int | None,
+    label: str,
+) -> Finished:
+    """A finished language-model point: its JSON line and progress message."""
+    losses = trainer.losses or []
+    tail = losses[-max(1, len(losses) // 10) :]
+    tokens = int(trainer.n_training_samples)
+    record = {
+        **point_record(point, trainer, config, seconds),
+        "tokens_trained": tokens,
+        "epochs": tokens / cached_tokens if cached_tokens else None,
+        **{name: getattr(report, name) for name in REPORT_FIELDS.split()},
+        "final_train_loss": sum(tail) / len(tail) if tail else None,
+        "hook_name": config.run.hook_name,
+    }
+    message = (
+        f"{label}: L0 {report.l0:.1f}, loss recovered {report.loss_recovered:.3f}, gamma "
+        f"{report.relative_reconstruction_bias:.3f}, dead {report.dead_fraction:.1%} "
+        f"({record['seconds']:.0f} s)"
+    )
+    return point, record, message
 
 
 @dataclasses.dataclass

@@ -1,9 +1,6 @@
-"""A sweep's results file: JSON lines, appended one finished SAE at a time, durably.
+"""A sweep's results file: JSON lines, one per finished SAE, each fsynced before the next starts.
 
-Each line is written with one ``write`` and flushed and fsynced before the next SAE starts,
-so a killed sweep loses at most the SAE in progress. A line cut short by a crash is dropped
-when the file is next opened; every complete line is a finished grid point that a resumed
-sweep skips. A lock stops two sweeps from writing the same file at once.
+A line a crash cut short is dropped on the next open; a lock keeps out a second writer.
 """
 
 from __future__ import annotations
@@ -11,9 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.io import json_safe
@@ -53,11 +50,9 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     """Every complete line of a results file (a cut-off last line is ignored)."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    complete = lines[:-1]  # after the last "\n": empty, or a line a crash cut short
     records = []
-    for number, line in enumerate(complete, start=1):
+    # After the last "\n": empty, or a line a crash cut short.
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n")[:-1], start=1):
         if not line.strip():
             continue
         try:
@@ -70,32 +65,10 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _drop_partial_line(handle: IO[str], path: Path) -> None:
-    """Cut off a last line a crash left unfinished (one ftruncate of the locked file)."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        os.ftruncate(handle.fileno(), data.rfind(b"\n") + 1)
-        os.fsync(handle.fileno())
-
-
-class ResultsFile:
-    """An open, locked results file that finished runs are appended to."""
-
-    def __init__(self, path: Path, handle: IO[str]) -> None:
-        self.path = path
-        self._handle = handle
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Append one result line durably (one write, flush, fsync)."""
-        line = json.dumps(json_safe(dict(record)), allow_nan=False)
-        self._handle.write(line + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-
 @contextlib.contextmanager
-def open_results(path: Path) -> Iterator[ResultsFile]:
-    """Open ``path`` for appending, after dropping a cut-off last line; locked while open."""
+def open_results(path: Path) -> Iterator[Callable[[Mapping[str, Any]], None]]:
+    """Open ``path`` for appending (after dropping a cut-off last line), locked while open; yields
+    the function that appends one result line durably (one write, flush, fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
         if fcntl is not None:
@@ -106,5 +79,14 @@ def open_results(path: Path) -> Iterator[ResultsFile]:
                     f"{path} is being written by another sweep; wait for it or choose another "
                     "output"
                 ) from None
-        _drop_partial_line(handle, path)
-        yield ResultsFile(path, handle)
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a last line a crash left unfinished
+            os.ftruncate(handle.fileno(), data.rfind(b"\n") + 1)
+            os.fsync(handle.fileno())
+
+        def append(record: Mapping[str, Any]) -> None:
+            handle.write(json.dumps(json_safe(dict(record)), allow_nan=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        yield append

@@ -1,9 +1,5 @@
-"""Which results of a sweep a plot or comparison shows, and how they are grouped into lines.
-
-``--select FIELD=V1,V2`` filters, the grid points of a sweep config, one line per architecture
-and variant (and learning rate or resampling where they differ), seeds averaged, and the Pareto
-front over learning rates.
-"""
+"""Which results of a sweep a plot or comparison shows (``--select``, grid points), and their
+lines: one per architecture and variant (and lr or resampling where they differ), seeds averaged."""
 
 from __future__ import annotations
 
@@ -33,34 +29,20 @@ POINT_METRICS = ("l0", GAMMA, "dead_fraction", "true_l0", *Y_METRICS)
 """The metrics a point of a line averages over its seeds (with their standard deviation)."""
 
 
-def default_y(records: Sequence[dict[str, Any]]) -> str:
-    """``loss_recovered`` for a language-model sweep, ``mcc`` for a synthetic one."""
-    return "loss_recovered" if any("loss_recovered" in r for r in records) else "mcc"
-
-
-def check_y(records: Sequence[dict[str, Any]], y: str) -> None:
-    """Refuse a ``--y`` that is not a known metric or that no selected line carries."""
-    if y not in Y_METRICS:
-        raise GatedPluginError(f"--y {y!r}: choose one of {', '.join(Y_METRICS)}")
-    if not any(r.get(y) is not None for r in records):
-        raise GatedPluginError(f"--y {y!r}: no selected result line has it")
+def _equal(item: Any, text: str) -> bool:
+    if isinstance(item, bool):
+        return str(item).lower() == text.lower()
+    if isinstance(item, (int, float)):
+        with contextlib.suppress(ValueError):
+            return math.isclose(float(item), float(text), rel_tol=1e-9)
+        return False
+    return str(item) == text
 
 
 def _matches(record: dict[str, Any], field: str, wanted: list[str]) -> bool:
     value = record.get(field)
     values = value if isinstance(value, list) else [value]
-    for item in values:
-        for text in wanted:
-            if isinstance(item, bool):
-                if str(item).lower() == text.lower():
-                    return True
-            elif isinstance(item, (int, float)):
-                with contextlib.suppress(ValueError):
-                    if math.isclose(float(item), float(text), rel_tol=1e-9):
-                        return True
-            elif str(item) == text:
-                return True
-    return False
+    return any(_equal(item, text) for item in values for text in wanted)
 
 
 def select_records(
@@ -68,8 +50,8 @@ def select_records(
     select: Sequence[str],
     points: Collection[tuple[Any, ...]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The records matching every ``FIELD=V1,V2`` filter (a list field matches by membership)
-    and, when ``points`` is given, whose grid-point key (``results.line_key``) is one of them."""
+    """The records matching every ``FIELD=V1,V2`` filter (list fields by membership) and, if
+    given, whose ``results.line_key`` is among ``points``."""
     if points is not None:
         records = [r for r in records if line_key(r) in points]
     for item in select:
@@ -87,15 +69,21 @@ def read_selected(
     select: Sequence[str],
     points: Collection[tuple[Any, ...]] | None,
     purpose: str,
-) -> list[dict[str, Any]]:
-    """The ``select_records`` of a results file; an error naming the file when it is missing
-    or nothing is left ``to {purpose}``."""
+    y: str | None,
+) -> tuple[list[dict[str, Any]], str]:
+    """The ``select_records`` of a results file and the checked ``--y`` (default loss_recovered
+    for a language-model sweep, mcc for a synthetic one)."""
     if not results.is_file():
         raise GatedPluginError(f"{results}: no such results file")
     records = select_records(read_results(results), select, points)
     if not records:
         raise GatedPluginError(f"{results}: no result lines to {purpose} (after --select {select})")
-    return records
+    y = y or ("loss_recovered" if any("loss_recovered" in r for r in records) else "mcc")
+    if y not in Y_METRICS:
+        raise GatedPluginError(f"--y {y!r}: choose one of {', '.join(Y_METRICS)}")
+    if not any(r.get(y) is not None for r in records):
+        raise GatedPluginError(f"--y {y!r}: no selected result line has it")
+    return records, y
 
 
 def line_label(record: dict[str, Any], show_lr: bool, show_resampling: bool) -> str:
@@ -129,10 +117,8 @@ def pareto_front(points: list[dict[str, Any]], y: str = "loss_recovered") -> lis
 def group_lines(
     records: list[dict[str, Any]], envelope: bool = False, y: str = "loss_recovered"
 ) -> dict[str, list[dict[str, Any]]]:
-    """Points per line label: one point per coefficient and lr, its seeds averaged (means,
-    stds and the number of seeds), sorted by L0. With ``envelope``, the lines are not split by
-    lr: each is the Pareto front (``pareto_front`` in ``y``) of its points at every lr - the
-    architecture at its best learning rate for each sparsity."""
+    """Points per line label, one per coefficient and lr (seed means, stds, ``n_seeds``), by L0.
+    ``envelope``: lines not split by lr, each the ``pareto_front`` in ``y`` over all its lrs."""
     show_lr = not envelope and len({float(r["lr"]) for r in records}) > 1
     show_resampling = len({bool(r.get("resampling")) for r in records}) > 1
     by_line: dict[str, dict[tuple[float, float], list[dict[str, Any]]]] = {}

@@ -1,7 +1,6 @@
 """The ``synthetic:`` section of a sweep: a synthetic model with known features and its scoring.
 
-Import-light (pydantic only): the CLI validates sweep configs without torch or SAELens.
-"""
+Import-light (pydantic only): the CLI validates sweep configs without torch or SAELens."""
 
 from __future__ import annotations
 
@@ -10,10 +9,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class FiringSettings(BaseModel):
-    """How often each true feature fires (SAELens's firing-probability configs)."""
+class Strict(BaseModel):
+    """A config section whose unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class FiringSettings(Strict):
+    """How often each true feature fires (SAELens's firing-probability configs)."""
 
     distribution: Literal["zipfian", "linear", "random"] = Field(
         default="zipfian", description="Shape of the per-feature firing probabilities."
@@ -36,35 +39,26 @@ class FiringSettings(BaseModel):
         return {"generator_name": self.distribution, **fields}
 
 
-class HierarchySettings(BaseModel):
+class HierarchySettings(Strict):
     """A forest of parent/child features: a child fires only when its parent does."""
-
-    model_config = ConfigDict(extra="forbid")
 
     total_root_nodes: int = Field(default=64, gt=0, description="Number of trees.")
     branching_factor: int = Field(default=3, gt=0, description="Children per parent.")
     max_depth: int = Field(default=1, gt=0, description="Depth of each tree (1: parent+leaves).")
     mutually_exclusive_portion: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="Fraction of parents whose children exclude each other.",
+        default=0.0, ge=0, le=1, description="Fraction of parents with exclusive children."
     )
 
 
-class CorrelationSettings(BaseModel):
+class CorrelationSettings(Strict):
     """Low-rank correlations between the features' firing."""
-
-    model_config = ConfigDict(extra="forbid")
 
     rank: int = Field(default=16, gt=0, description="Rank of the correlation structure.")
     correlation_scale: float = Field(default=0.1, ge=0, description="Strength of correlations.")
 
 
-class SyntheticModelSettings(BaseModel):
+class SyntheticModelSettings(Strict):
     """A synthetic model with known features (mapped onto SAELens's ``SyntheticModelConfig``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     num_features: int = Field(gt=0, description="Number of true features.")
     hidden_dim: int = Field(gt=0, description="Width of the activations the SAE sees.")
@@ -79,8 +73,7 @@ class SyntheticModelSettings(BaseModel):
     def to_saelens(self) -> dict[str, Any]:
         """The model as SAELens's ``SyntheticModelConfig.from_dict`` reads it."""
         return {
-            "num_features": self.num_features,
-            "hidden_dim": self.hidden_dim,
+            **self.model_dump(include={"num_features", "hidden_dim", "bias", "seed"}),
             "firing_probability": self.firing.to_saelens(),
             "hierarchy": self.hierarchy.model_dump() if self.hierarchy else None,
             "correlation": (
@@ -88,25 +81,15 @@ class SyntheticModelSettings(BaseModel):
             ),
             "mean_firing_magnitudes": self.mean_firing_magnitude,
             "std_firing_magnitudes": self.std_firing_magnitude,
-            "bias": self.bias,
-            "seed": self.seed,
         }
 
 
-class SyntheticSettings(BaseModel):
+class SyntheticSettings(Strict):
     """The ``synthetic:`` section of a sweep: the model (described or saved) and its evaluation."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: SyntheticModelSettings | None = Field(
-        default=None, description="The synthetic model, described here."
-    )
-    path: str | None = Field(
-        default=None, description="Or a folder holding one saved with SAELens's format."
-    )
-    eval_samples: int = Field(
-        default=100_000, gt=0, description="Fresh samples each SAE is scored on."
-    )
+    model: SyntheticModelSettings | None = Field(default=None, description="A described model.")
+    path: str | None = Field(default=None, description="Or one saved by SAELens.")
+    eval_samples: int = Field(default=100_000, gt=0, description="Samples each SAE is scored on.")
     eval_seed: int = Field(default=12345, description="Seed of the evaluation samples.")
 
     @model_validator(mode="after")

@@ -1,16 +1,10 @@
-"""The ``synthetic`` stream: grid points trained and scored against known features.
-
-The activations come from SAELens's synthetic model (``sae_lens.synthetic``, SynthSAEBench):
-known feature directions fired with Zipfian probabilities, optionally in a hierarchy and with
-correlations. Each SAE is trained by the same trainer as the other streams (divergence stop,
-optional resampling) and evaluated with ``eval_sae_on_synthetic_data`` on fresh samples drawn
-from one fixed seed, so every SAE of a sweep is scored on the same inputs.
-"""
+"""The ``synthetic`` stream: SAEs trained on SAELens's synthetic model (known features) and each
+scored against them on the same fresh samples (one fixed seed)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,6 +16,7 @@ from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.sweep.config import GridPoint, SweepConfig
 from sae_gated_plugin.sweep.points import (
     Echo,
+    Finished,
     coefficient_field,
     make_trainer,
     new_sae,
@@ -43,17 +38,17 @@ def load_synthetic_model(settings: SyntheticSettings, device: str) -> SyntheticM
         ) from None
 
 
-def result_line(
+def finished(
     point: GridPoint,
     trainer: Any,
     result: Any,
-    *,
     config: SweepConfig,
     seconds: tuple[float, float],
-) -> dict[str, Any]:
-    """The JSON line of one finished synthetic grid point."""
+    label: str,
+) -> Finished:
+    """A finished synthetic point: its JSON line and progress message."""
     assert config.synthetic is not None
-    return {
+    record = {
         **point_record(point, trainer, config, seconds),
         "true_l0": result.true_l0,
         "l0": result.sae_l0,
@@ -68,25 +63,21 @@ def result_line(
         "samples_trained": int(trainer.n_training_samples),
         "eval_samples": config.synthetic.eval_samples,
     }
-
-
-def summary(record: dict[str, Any]) -> str:
-    """One line of a finished point's results for the progress log."""
-    return (
-        f"L0 {record['l0']:.2f} (true {record['true_l0']:.2f}), MCC {record['mcc']:.3f}, "
-        f"F1 {record['f1']:.3f}, shrinkage {record['shrinkage']:.3f}, dead "
+    message = (
+        f"{label}: L0 {result.sae_l0:.2f} (true {result.true_l0:.2f}), MCC {result.mcc:.3f}, "
+        f"F1 {result.classification.f1_score:.3f}, shrinkage {result.shrinkage:.3f}, dead "
         f"{record['dead_fraction']:.1%} ({record['seconds']:.0f} s)"
     )
+    return point, record, message
 
 
 def train_synthetic(
     config: SweepConfig,
     todo: list[tuple[int, GridPoint]],
     total: int,
-    write: Callable[[GridPoint, dict[str, Any], str], None],
     device: str,
     echo: Echo,
-) -> None:
+) -> Iterator[Finished]:
     """Train and score each point on the sweep's synthetic model, one after the other."""
     assert config.synthetic is not None
     synthetic = load_synthetic_model(config.synthetic, device)
@@ -113,4 +104,4 @@ def train_synthetic(
             activation_scaler=trainer.activation_scaler,
         )
         seconds = (trained - started, time.perf_counter() - trained)
-        write(point, result_line(point, trainer, result, config=config, seconds=seconds), label)
+        yield finished(point, trainer, result, config, seconds, label)
