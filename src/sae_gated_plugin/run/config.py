@@ -1,9 +1,5 @@
-"""The ``sae-gated train`` config: one validated file from which SAELens's runner config is built.
-
-YAML or JSON, checked by pydantic (unknown fields and wrong types are errors that name the
-field), with the paper's recipe as defaults where SAELens exposes it. ``sae-gated schema``
-prints its JSON Schema for editor completion.
-"""
+"""The ``sae-gated train`` config (YAML or JSON, checked by pydantic; errors name the field),
+with the paper's recipe as defaults where SAELens exposes it; ``sae-gated schema`` prints it."""
 
 from __future__ import annotations
 
@@ -36,8 +32,7 @@ PLUGIN_OWNED_RUNNER_FIELDS = frozenset({
     "feature_sampling_window", "n_batches_for_norm_estimate", "resume_from_checkpoint",
     "model_from_pretrained_kwargs", "verbose",
 })  # fmt: skip
-"""SAELens runner fields the plugin sets from its own config; the ``saelens:`` pass-through
-section may not set them (it could otherwise redirect outputs, as it once did)."""
+"""SAELens runner fields the plugin sets itself; the ``saelens:`` section may not set them."""
 
 
 class ResamplingSettings(BaseModel):
@@ -309,9 +304,14 @@ class TrainRunConfig(BaseModel):
     @property
     def lr_warm_up_steps_in_force(self) -> int:
         """``lr_warm_up_steps``, or the default warm-up when it is not set."""
-        if self.lr_warm_up_steps is None:
-            return self.default_warm_up_steps
-        return self.lr_warm_up_steps
+        steps = self.lr_warm_up_steps
+        return self.default_warm_up_steps if steps is None else steps
+
+    @property
+    def l1_warm_up_steps_in_force(self) -> int:
+        """``sae.l1_warm_up_steps``, or the default warm-up when it is not set."""
+        steps = self.sae.l1_warm_up_steps
+        return self.default_warm_up_steps if steps is None else steps
 
     @property
     def uses_cached_activations(self) -> bool:
@@ -397,8 +397,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 
 def validated(model: type[Model], raw: Mapping[str, Any], source: str, what: str) -> Model:
-    """``model`` validated from ``raw``; errors become one ``GatedPluginError`` naming the
-    source and every field at fault."""
+    """``model`` validated from ``raw``; errors become one ``GatedPluginError`` naming each."""
     try:
         return model.model_validate(dict(raw))
     except ValidationError as exc:
@@ -429,8 +428,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise GatedPluginError(
             f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
         ) from None
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise GatedPluginError(
             f"{path}: the config must be a mapping of fields, got {type(data).__name__}"
