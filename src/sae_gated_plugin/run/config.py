@@ -98,9 +98,7 @@ class WandbSettings(BaseModel):
     entity: str | None = Field(default=None, description="wandb entity (team or user).")
     run_name: str | None = Field(default=None, description="wandb run name.")
     log_frequency: int = Field(default=10, gt=0, description="Log every N training steps.")
-    eval_every_n_logs: int = Field(
-        default=100, gt=0, description="Run SAELens's evals every N logs."
-    )
+    eval_every_n_logs: int = Field(default=100, gt=0, description="SAELens's evals every N logs.")
 
 
 class EvalSettings(BaseModel):
@@ -152,9 +150,7 @@ class TrainRunConfig(BaseModel):
         description="'wiki-summaries' (embedded, offline; the train split) or a Hugging Face "
         "dataset path with a 'text' column or pre-tokenised 'tokens'/'input_ids'.",
     )
-    is_dataset_tokenized: bool = Field(
-        default=False, description="Whether a Hub dataset is pre-tokenised."
-    )
+    is_dataset_tokenized: bool = Field(default=False, description="Hub dataset is pre-tokenised.")
     streaming: bool = Field(default=True, description="Stream a Hub dataset.")
     context_size: int = Field(default=128, gt=1, description="Tokens per window.")
     training_tokens: int = Field(default=2_000_000, gt=0, description="Tokens to train on.")
@@ -179,9 +175,7 @@ class TrainRunConfig(BaseModel):
     )
     lr_decay_steps: int = Field(default=0, ge=0, description="Linear lr decay steps at the end.")
     adam_beta1: float = Field(default=0.0, ge=0, lt=1, description="Adam beta1 (the paper: 0).")
-    adam_beta2: float = Field(
-        default=0.999, ge=0, lt=1, description="Adam beta2 (the paper: 0.999)."
-    )
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="Adam beta2 (paper: 0.999).")
     seqpos_slice: tuple[int | None, ...] | None = Field(
         default=None,
         description="Positions of each window to train on, as a Python slice. Default: "
@@ -206,9 +200,7 @@ class TrainRunConfig(BaseModel):
     device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda'...")
     dtype: str = Field(default="float32", description="SAE dtype.")
     seed: int = Field(default=42, description="Random seed.")
-    n_checkpoints: int = Field(
-        default=4, ge=0, description="Checkpoints saved at even intervals during training."
-    )
+    n_checkpoints: int = Field(default=4, ge=0, description="Checkpoints saved evenly in training.")
     dead_feature_window: int = Field(
         default=1000, gt=0, description="Steps without firing after which a latent is dead."
     )

@@ -26,15 +26,13 @@ def _per_latent_parameters(sae: Any) -> dict[str, torch.nn.Parameter]:
     d_sae = sae.cfg.d_sae
     found = {}
     for name, param in sae.named_parameters():
-        if name in ("W_enc", "W_dec", "b_dec"):
-            continue
         if name in PER_LATENT_ZEROED and tuple(param.shape) == (d_sae,):
             found[name] = param
-            continue
-        raise GatedPluginError(
-            f"resampling supports SAEs with W_enc, W_dec, b_dec and per-latent "
-            f"{list(PER_LATENT_ZEROED)}; {sae.cfg.architecture()} has {name!r}"
-        )
+        elif name not in ("W_enc", "W_dec", "b_dec"):
+            raise GatedPluginError(
+                f"resampling supports SAEs with W_enc, W_dec, b_dec and per-latent "
+                f"{list(PER_LATENT_ZEROED)}; {sae.cfg.architecture()} has {name!r}"
+            )
     return found
 
 
@@ -70,10 +68,8 @@ def resample_dead_latents(
             weights = torch.ones_like(weights)
         weights = weights.float().cpu()
         replacement = n_dead > int((weights > 0).sum())
-        picks = torch.multinomial(weights, n_dead, replacement=replacement, generator=generator).to(
-            x.device
-        )
-        directions = x[picks]
+        picks = torch.multinomial(weights, n_dead, replacement=replacement, generator=generator)
+        directions = x[picks.to(x.device)]
         if getattr(sae.cfg, "apply_b_dec_to_input", False):
             directions = directions - sae.b_dec
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -104,15 +100,11 @@ class DeadLatentResampler:
 
     def lr_factor(self, step: int) -> float:
         """The learning-rate multiplier for optimiser step ``step`` (0-based)."""
-        done = [s for s in self.settings.steps if s <= step]
-        if not done:
+        last = max((s for s in self.settings.steps if s <= step), default=None)
+        warm_up, low = self.settings.lr_warm_up_steps, self.settings.lr_factor
+        if last is None or step - last >= warm_up:
             return 1.0
-        since = step - done[-1]
-        warm_up = self.settings.lr_warm_up_steps
-        if since >= warm_up:
-            return 1.0
-        low = self.settings.lr_factor
-        return low + (1.0 - low) * since / warm_up
+        return low + (1.0 - low) * (step - last) / warm_up
 
     def _scale_lr(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         factor = self.lr_factor(self.trainer.n_training_steps)

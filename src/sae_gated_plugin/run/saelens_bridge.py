@@ -75,11 +75,8 @@ PRIVATE_NAMES: tuple[tuple[Any, str], ...] = (
 )
 """The SAELens internals the plugin overrides or calls (owner, name)."""
 
-PROGRESS_POSTFIX_EVERY = 10
-"""Steps between progress-bar postfix refreshes (each costs a device sync)."""
-
-MAX_CACHE_SHARD_GB = 2.0
-"""SAELens's cache shard size limit (its datasets writer has trouble with larger shards)."""
+PROGRESS_POSTFIX_EVERY = 10  # steps between progress-bar postfix refreshes (each syncs)
+MAX_CACHE_SHARD_GB = 2.0  # SAELens's shard limit (its datasets writer fails on larger ones)
 
 
 def check_saelens(required: tuple[tuple[Any, str], ...] = PRIVATE_NAMES) -> None:
@@ -136,9 +133,8 @@ def _store_settings(cfg: TrainRunConfig, device: str) -> dict[str, Any]:
         **_optimiser_settings(cfg, cfg.lr),
     }
     if cfg.uses_cached_activations:
-        # SAELens caches activations already cut to seqpos_slice but checks the cache against
-        # the uncut context_size: give its runner the cut window. The SAE's metadata gets the
-        # real window back (GatedRunner.metadata_overrides).
+        # SAELens caches activations cut to seqpos_slice but checks them against the uncut
+        # context_size: give it the cut window (metadata_overrides restore the real one).
         settings["context_size"] = cfg.training_window
         settings["seqpos_slice"] = (None,)
     return settings
@@ -377,8 +373,7 @@ class GuardedTrainer(SAETrainer):
     ) -> None:
         if self.shows_progress():
             self._show_progress(step_output, pbar)
-        # The last call of each loop iteration of fit(): a step boundary, where stopping
-        # leaves optimiser, schedulers and counters consistent for the checkpoint.
+        # The last call of each fit() iteration: stopping here leaves a consistent checkpoint.
         if self.should_stop():
             if self.shows_progress():
                 pbar.close()
@@ -455,8 +450,7 @@ class GatedRunner(LanguageModelSAETrainingRunner):
                 os.replace(file, output / file.name)
 
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:
-        # SAELens's own handler saves only the activation store's state on interruption, not
-        # the SAE or the optimiser; here the trainer saves a complete, resumable checkpoint.
+        # SAELens's own handler saves only the activation store's state, not SAE or optimiser.
         guarded = adopt(trainer, self.trainer_class, checkpoint_files=self.checkpoint_files)
         self.prepare_trainer(guarded)
         if self.resampling is not None:
@@ -469,8 +463,7 @@ class GatedRunner(LanguageModelSAETrainingRunner):
             with _stop_at_step_boundary(guarded):
                 return guarded.fit()
         except KeyboardInterrupt:
-            # A second Ctrl-C lands anywhere, possibly inside the optimiser step: the state
-            # may be inconsistent, so nothing is saved and the last good checkpoint stands.
+            # A second Ctrl-C may land mid-step: nothing is saved, the last checkpoint stands.
             guarded.close_progress_bar()
             last = guarded.last_checkpoint()
             where = f"the last checkpoint is {last}" if last else "no checkpoint was saved"
@@ -491,8 +484,8 @@ class GatedRunner(LanguageModelSAETrainingRunner):
             ) from None
 
 
+# Builds the runner from SAELens's config, the model and the training dataset.
 RunnerFactory = Callable[[LanguageModelSAERunnerConfig[Any], "HookedTransformer", Any], GatedRunner]
-"""Builds the runner from SAELens's config, the model and the training dataset."""
 
 
 def prepare_runner(
@@ -520,8 +513,7 @@ def prepare_runner(
                 f"sae_config.d_in is {sae_config.d_in}, but {cfg.hook_name} is {d_in} wide"
             )
         built.sae = sae_config
-    # SAELens's runner config carries the seed but never applies it: seed the SAE's
-    # initialisation and the activation buffer's shuffling here, so runs are repeatable.
+    # SAELens never applies the config's seed: seed SAE init and buffer shuffling here.
     torch.manual_seed(cfg.seed)
     with dataset_load_errors(cfg.dataset, dataset):
         if make_runner is None:
