@@ -54,7 +54,6 @@ def _add_grid_selection(parser: argparse.ArgumentParser) -> None:
         metavar="FIELD=V1,V2",
         help="keep only lines whose FIELD is one of the values (repeatable), e.g. grids=frontier",
     )
-
     parser.add_argument(
         "--sweep", type=Path, metavar="CONFIG", help="the sweep config (for --grid)"
     )
@@ -262,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
         from sae_gated_plugin.sweep.config import load_sweep_config
 
         sweep_config = load_sweep_config(args.config, args.overrides)
-        from sae_gated_plugin.sweep.driver import run_sweep
+        from sae_gated_plugin.sweep.driver import run_sweep  # after config errors: loads torch
 
         run_sweep(sweep_config, only=args.grids, echo=lambda line: print(line, flush=True))
         print(f"Results in {sweep_config.output}")

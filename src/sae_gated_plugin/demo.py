@@ -1,9 +1,5 @@
-"""``sae-gated demo`` / ``make demo``: the main job end to end on the embedded defaults.
-
-Trains a ``gated_paper`` SAE on a SmolLM2-135M residual-stream layer with the embedded corpus,
-evaluates it on the held-out split, saves it, reloads it with ``SAE.load_from_disk``, checks the
-reloaded SAE gives identical outputs, and writes ``<output>/report.json``.
-"""
+"""``sae-gated demo``: train a ``gated_paper`` SAE on embedded SmolLM2-135M and corpus, evaluate,
+save, reload it with ``SAE.load_from_disk`` (identical outputs) and write ``report.json``."""
 
 from __future__ import annotations
 
@@ -67,8 +63,7 @@ def check_reload_identical(trained: Any, sae_path: Path, hook_name: str, model: 
 
 
 def _check_demo_output(output: Path) -> None:
-    """Refuse an output that is a file, or that holds a ``sae``/``report.json`` which an earlier
-    demo did not write (the demo replaces only its own earlier results)."""
+    """Refuse an output that is a file or holds ``sae``/``report.json`` not from an earlier demo."""
     if output.exists() and not output.is_dir():
         raise GatedPluginError(f"--output {output} is a file, not a folder")
     report = output / REPORT_FILENAME
@@ -87,8 +82,8 @@ def _check_demo_output(output: Path) -> None:
 
 
 def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
-    """Run the demo into ``output``: writes ``sae/`` and ``report.json`` there, replacing only an
-    earlier demo's results (once the new run has completed); other files are never touched."""
+    """Run the demo, writing ``sae/`` and ``report.json`` into ``output`` once complete (replacing
+    only an earlier demo's results; other files are never touched)."""
     _check_demo_output(output)
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)

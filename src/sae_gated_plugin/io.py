@@ -1,11 +1,5 @@
-"""The one JSON reader and the one atomic writer of the package, and the staging folder.
-
-Every file the plugin writes goes through :func:`atomic_write_bytes` (a temporary file in the
-same folder, fsynced, then ``os.replace``d onto the target) or through :func:`staging_folder`
-(a folder's worth of files, moved into place when complete), so an interrupted or failed write
-never leaves a half-written file that a later read would trust. Written files get the usual
-``0o666 & ~umask`` permissions, not ``mkstemp``'s private 0600.
-"""
+"""The package's JSON reader, atomic writer and staging folder: every write is atomic (a
+temporary file ``os.replace``d, or a staged folder moved in), with ``0o666 & ~umask`` modes."""
 
 from __future__ import annotations
 
@@ -31,10 +25,8 @@ except ImportError:  # pragma: no cover - Windows
 def read_json(
     path: Path, *, error: type[GatedPluginError] = GatedPluginError, expect_object: bool = True
 ) -> Any:
-    """Parse a JSON file; a missing, unreadable or invalid file raises ``error`` naming it.
-
-    With ``expect_object`` (the default) anything but a JSON object is an error too.
-    """
+    """Parse a JSON file; a missing, unreadable or invalid file (or with ``expect_object``, a
+    non-object) raises ``error`` naming it."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -59,10 +51,7 @@ def file_mode() -> int:
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one.
-
-    The parent folder is created if needed; the file gets ``0o666 & ~umask`` permissions.
-    """
+    """Write ``data`` to ``path`` atomically (parents created, ``0o666 & ~umask`` mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -80,8 +69,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 
 def follow_umask(folder: Path) -> None:
-    """Give every file in ``folder`` (recursively) ``0o666 & ~umask`` permissions, as ``open``
-    would: libraries such as safetensors write private 0600 files."""
+    """Give every file under ``folder`` ``0o666 & ~umask`` (safetensors writes private 0600)."""
     mode = file_mode()
     for file in folder.rglob("*"):
         if file.is_file():
@@ -111,8 +99,7 @@ def atomic_write_json(path: Path | str, value: Any) -> None:
 
 @contextmanager
 def staging_folder(path: Path) -> Iterator[Path]:
-    """``path`` cleared of any earlier failed attempt; whatever is still there on exit (the
-    body failed, or moved only part of it into place) is removed, whatever happens."""
+    """``path`` cleared of any earlier attempt, and of whatever is still there on exit."""
     shutil.rmtree(path, ignore_errors=True)
     try:
         yield path
@@ -122,8 +109,7 @@ def staging_folder(path: Path) -> Iterator[Path]:
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock on ``path``, waiting for it (``fcntl.flock``; a no-op where
-    unavailable). The lock dies with its process, so a killed holder never leaves it stale."""
+    """Exclusive inter-process ``fcntl.flock`` on ``path``, waited for (dies with its process)."""
     if fcntl is None:  # pragma: no cover - Windows
         yield
         return

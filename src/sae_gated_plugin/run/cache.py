@@ -1,10 +1,5 @@
-"""Cache a run's activations on disk with SAELens's ``CacheActivationsRunner``.
-
-A sweep over ``l1_coefficient`` then trains from the cache (``saelens:
-{use_cached_activations: true, cached_activations_path: ...}``) instead of re-running the
-language model for every SAE. The cache is made from the same run config as training, so model,
-hook, corpus, window and training positions agree by construction.
-"""
+"""Cache a run's activations on disk with SAELens's ``CacheActivationsRunner``, from the same
+run config that will train from them, so model, hook, corpus and positions agree."""
 
 from __future__ import annotations
 
@@ -35,16 +30,8 @@ def cache_activations(
     model: HookedTransformer | None = None,
     dataset: datasets.Dataset | None = None,
 ) -> Path:
-    """Cache ``cfg.training_tokens`` activations of the run's hook and positions.
-
-    Written to a staging folder and renamed into ``saelens.cached_activations_path`` when
-    complete, so an interrupted run leaves no half-written cache. Returns the cache folder.
-
-    Args:
-        cfg: the run config that will train from the cache.
-        model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
-        dataset: an in-memory training dataset to use instead of ``cfg.dataset``.
-    """
+    """Cache ``cfg.training_tokens`` activations into ``saelens.cached_activations_path``
+    (staged, renamed in when complete); ``model``/``dataset`` replace loading them. Returns it."""
     path = cfg.cached_activations_path
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise GatedPluginError(f"{path} already exists and is not empty; nothing was overwritten")

@@ -1,9 +1,5 @@
-"""The ``sae-gated train`` config: one validated file from which SAELens's runner config is built.
-
-YAML or JSON, checked by pydantic (unknown fields and wrong types are errors that name the
-field), with the paper's recipe as defaults where SAELens exposes it. ``sae-gated schema``
-prints its JSON Schema for editor completion.
-"""
+"""The ``sae-gated train`` config (YAML or JSON, checked by pydantic; errors name the field),
+with the paper's recipe as defaults where SAELens exposes it; ``sae-gated schema`` prints it."""
 
 from __future__ import annotations
 
@@ -36,8 +32,7 @@ PLUGIN_OWNED_RUNNER_FIELDS = frozenset({
     "feature_sampling_window", "n_batches_for_norm_estimate", "resume_from_checkpoint",
     "model_from_pretrained_kwargs", "verbose",
 })  # fmt: skip
-"""SAELens runner fields the plugin sets from its own config; the ``saelens:`` pass-through
-section may not set them (it could otherwise redirect outputs, as it once did)."""
+"""SAELens runner fields the plugin sets itself; the ``saelens:`` section may not set them."""
 
 
 class ResamplingSettings(BaseModel):
@@ -103,9 +98,7 @@ class WandbSettings(BaseModel):
     entity: str | None = Field(default=None, description="wandb entity (team or user).")
     run_name: str | None = Field(default=None, description="wandb run name.")
     log_frequency: int = Field(default=10, gt=0, description="Log every N training steps.")
-    eval_every_n_logs: int = Field(
-        default=100, gt=0, description="Run SAELens's evals every N logs."
-    )
+    eval_every_n_logs: int = Field(default=100, gt=0, description="SAELens's evals every N logs.")
 
 
 class EvalSettings(BaseModel):
@@ -157,9 +150,7 @@ class TrainRunConfig(BaseModel):
         description="'wiki-summaries' (embedded, offline; the train split) or a Hugging Face "
         "dataset path with a 'text' column or pre-tokenised 'tokens'/'input_ids'.",
     )
-    is_dataset_tokenized: bool = Field(
-        default=False, description="Whether a Hub dataset is pre-tokenised."
-    )
+    is_dataset_tokenized: bool = Field(default=False, description="Hub dataset is pre-tokenised.")
     streaming: bool = Field(default=True, description="Stream a Hub dataset.")
     context_size: int = Field(default=128, gt=1, description="Tokens per window.")
     training_tokens: int = Field(default=2_000_000, gt=0, description="Tokens to train on.")
@@ -184,9 +175,7 @@ class TrainRunConfig(BaseModel):
     )
     lr_decay_steps: int = Field(default=0, ge=0, description="Linear lr decay steps at the end.")
     adam_beta1: float = Field(default=0.0, ge=0, lt=1, description="Adam beta1 (the paper: 0).")
-    adam_beta2: float = Field(
-        default=0.999, ge=0, lt=1, description="Adam beta2 (the paper: 0.999)."
-    )
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="Adam beta2 (paper: 0.999).")
     seqpos_slice: tuple[int | None, ...] | None = Field(
         default=None,
         description="Positions of each window to train on, as a Python slice. Default: "
@@ -211,9 +200,7 @@ class TrainRunConfig(BaseModel):
     device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda'...")
     dtype: str = Field(default="float32", description="SAE dtype.")
     seed: int = Field(default=42, description="Random seed.")
-    n_checkpoints: int = Field(
-        default=4, ge=0, description="Checkpoints saved at even intervals during training."
-    )
+    n_checkpoints: int = Field(default=4, ge=0, description="Checkpoints saved evenly in training.")
     dead_feature_window: int = Field(
         default=1000, gt=0, description="Steps without firing after which a latent is dead."
     )
@@ -309,9 +296,14 @@ class TrainRunConfig(BaseModel):
     @property
     def lr_warm_up_steps_in_force(self) -> int:
         """``lr_warm_up_steps``, or the default warm-up when it is not set."""
-        if self.lr_warm_up_steps is None:
-            return self.default_warm_up_steps
-        return self.lr_warm_up_steps
+        steps = self.lr_warm_up_steps
+        return self.default_warm_up_steps if steps is None else steps
+
+    @property
+    def l1_warm_up_steps_in_force(self) -> int:
+        """``sae.l1_warm_up_steps``, or the default warm-up when it is not set."""
+        steps = self.sae.l1_warm_up_steps
+        return self.default_warm_up_steps if steps is None else steps
 
     @property
     def uses_cached_activations(self) -> bool:
@@ -397,8 +389,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 
 def validated(model: type[Model], raw: Mapping[str, Any], source: str, what: str) -> Model:
-    """``model`` validated from ``raw``; errors become one ``GatedPluginError`` naming the
-    source and every field at fault."""
+    """``model`` validated from ``raw``; errors become one ``GatedPluginError`` naming each."""
     try:
         return model.model_validate(dict(raw))
     except ValidationError as exc:
@@ -429,8 +420,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise GatedPluginError(
             f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
         ) from None
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise GatedPluginError(
             f"{path}: the config must be a mapping of fields, got {type(data).__name__}"

@@ -1,12 +1,5 @@
-"""A run owns its output folder: one run at a time, nothing finished overwritten, no litter.
-
-:func:`own_output_folder` holds an exclusive lock on ``<output_path>/.sae-gated.lock`` for the
-whole run (``fcntl.flock``: released by the kernel when the process dies, so the lock of a
-killed run is never stale). A second run into the same folder is refused at once, naming the
-folder and the process that holds it. A folder that already holds a finished SAE is refused,
-and a folder the run created is removed again if the run is refused or fails before training
-starts.
-"""
+"""A run owns its output folder: one run at a time (an ``fcntl.flock`` lock, never stale),
+nothing finished overwritten, and a folder it created removed if it fails before training."""
 
 from __future__ import annotations
 
@@ -66,12 +59,8 @@ def _holder(lock_path: Path) -> str:
 
 @contextlib.contextmanager
 def own_output_folder(path: Path) -> Iterator[OutputFolder]:
-    """Create (if needed) and lock ``path`` for the duration of a run.
-
-    Raises:
-        GatedPluginError: ``path`` is a file, cannot be created, holds a finished SAE, or is
-            locked by another run.
-    """
+    """Create (if needed) and lock ``path`` for a run; ``GatedPluginError`` if it is a file,
+    cannot be created, holds a finished SAE, or is locked by another run."""
     if path.exists() and not path.is_dir():
         raise GatedPluginError(f"output_path {path} is a file, not a folder")
     check_no_finished_sae(path)

@@ -1,24 +1,11 @@
-"""Dead-latent resampling (Bricken et al., 2023, "Towards Monosemanticity"), as the paper used it.
+"""Dead-latent resampling (Bricken et al., 2023), as the paper used it; SAELens has none.
 
-At each configured step, every latent that has not fired for ``dead_window`` steps is
-re-initialised towards an input the SAE reconstructs badly:
-
-1. the reconstruction loss ``||x - x_hat||^2`` of each input of the current training batch is
-   computed, and inputs are drawn with probability proportional to its square;
-2. the drawn input, centred by ``b_dec`` where the SAE centres its inputs and scaled to unit
-   norm, becomes the dead latent's decoder row, and (times ``encoder_scale`` x the mean encoder
-   norm of the alive latents) its encoder column;
-3. the latent's per-latent parameters (``b_enc``; for gated SAEs ``b_gate``, ``b_mag`` and
-   ``r_mag``) are zeroed, and Adam's moment estimates of every modified entry are reset;
-4. the learning rate drops to ``lr_factor`` x its scheduled value and climbs back linearly over
-   ``lr_warm_up_steps`` steps, so the reset Adam state does not make the first steps huge.
-
-Deliberate differences from Bricken et al.: inputs are drawn from the current batch (not from
-819,200 inputs), and are centred by ``b_dec`` first (a residual stream with a large common
-direction would otherwise point every revived latent the same way).
-
-SAELens has no resampling and no hook for it; ``GuardedTrainer.step`` calls
-:meth:`DeadLatentResampler.after_step` (see ``GuardedTrainer.step`` for why there).
+At each configured step, each latent silent for ``dead_window`` steps gets, as decoder row and
+(scaled by ``encoder_scale`` x the alive latents' mean encoder norm) encoder column, a unit-norm
+input of the current batch drawn with probability ~ loss^2; its per-latent parameters and their
+Adam moments are zeroed, and the lr drops to ``lr_factor`` x and climbs back over
+``lr_warm_up_steps``. Unlike Bricken et al., inputs come from the current batch and are centred
+by ``b_dec`` first (else a large common direction would point every revived latent one way).
 """
 
 from __future__ import annotations
@@ -39,15 +26,13 @@ def _per_latent_parameters(sae: Any) -> dict[str, torch.nn.Parameter]:
     d_sae = sae.cfg.d_sae
     found = {}
     for name, param in sae.named_parameters():
-        if name in ("W_enc", "W_dec", "b_dec"):
-            continue
         if name in PER_LATENT_ZEROED and tuple(param.shape) == (d_sae,):
             found[name] = param
-            continue
-        raise GatedPluginError(
-            f"resampling supports SAEs with W_enc, W_dec, b_dec and per-latent "
-            f"{list(PER_LATENT_ZEROED)}; {sae.cfg.architecture()} has {name!r}"
-        )
+        elif name not in ("W_enc", "W_dec", "b_dec"):
+            raise GatedPluginError(
+                f"resampling supports SAEs with W_enc, W_dec, b_dec and per-latent "
+                f"{list(PER_LATENT_ZEROED)}; {sae.cfg.architecture()} has {name!r}"
+            )
     return found
 
 
@@ -83,10 +68,8 @@ def resample_dead_latents(
             weights = torch.ones_like(weights)
         weights = weights.float().cpu()
         replacement = n_dead > int((weights > 0).sum())
-        picks = torch.multinomial(weights, n_dead, replacement=replacement, generator=generator).to(
-            x.device
-        )
-        directions = x[picks]
+        picks = torch.multinomial(weights, n_dead, replacement=replacement, generator=generator)
+        directions = x[picks.to(x.device)]
         if getattr(sae.cfg, "apply_b_dec_to_input", False):
             directions = directions - sae.b_dec
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -103,15 +86,13 @@ def resample_dead_latents(
 
 
 class DeadLatentResampler:
-    """Resamples a trainer's dead latents at the configured steps and scales its learning rate
-    down after each resampling (through optimiser step hooks, so SAELens's lr scheduler is left
-    as it is: the factor is applied for the step and undone after it)."""
+    """Resamples a trainer's dead latents at the configured steps and lowers the lr after each
+    (through optimiser step hooks, so SAELens's lr scheduler is left as it is)."""
 
     def __init__(self, settings: ResamplingSettings, trainer: Any) -> None:
         self.settings = settings
         self.trainer = trainer
-        self.n_resampled: list[int] = []
-        """Latents resampled at each resampling step so far."""
+        self.n_resampled: list[int] = []  # latents resampled at each resampling step
         self._saved_lrs: list[float] = []
         optimizer = trainer.optimizer
         optimizer.register_step_pre_hook(self._scale_lr)
@@ -119,15 +100,11 @@ class DeadLatentResampler:
 
     def lr_factor(self, step: int) -> float:
         """The learning-rate multiplier for optimiser step ``step`` (0-based)."""
-        done = [s for s in self.settings.steps if s <= step]
-        if not done:
+        last = max((s for s in self.settings.steps if s <= step), default=None)
+        warm_up, low = self.settings.lr_warm_up_steps, self.settings.lr_factor
+        if last is None or step - last >= warm_up:
             return 1.0
-        since = step - done[-1]
-        warm_up = self.settings.lr_warm_up_steps
-        if since >= warm_up:
-            return 1.0
-        low = self.settings.lr_factor
-        return low + (1.0 - low) * since / warm_up
+        return low + (1.0 - low) * (step - last) / warm_up
 
     def _scale_lr(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         factor = self.lr_factor(self.trainer.n_training_steps)
@@ -141,19 +118,15 @@ class DeadLatentResampler:
             group["lr"] = lr
 
     def after_step(self, sae_in: torch.Tensor) -> int:
-        """Called after each optimiser step with the step's (scaled) batch; resamples when the
-        step just taken completes one of ``settings.steps``. Returns the latents resampled."""
+        """After each optimiser step: resample if it completed one of ``settings.steps``;
+        returns the latents resampled."""
         trainer = self.trainer
         completed = trainer.n_training_steps + 1
         if completed not in self.settings.steps:
             return 0
         dead = trainer.n_forward_passes_since_fired >= self.settings.dead_window
         n = resample_dead_latents(
-            trainer.sae,
-            trainer.optimizer,
-            sae_in,
-            dead,
-            encoder_scale=self.settings.encoder_scale,
+            trainer.sae, trainer.optimizer, sae_in, dead, encoder_scale=self.settings.encoder_scale
         )
         trainer.n_forward_passes_since_fired[dead] = 0
         self.n_resampled.append(n)

@@ -1,11 +1,6 @@
-"""Checks before ``sae-gated train --resume CHECKPOINT`` writes anything.
-
-A checkpoint continues the run that wrote it: the config may change only where that cannot
-change what the optimiser, data stream or schedules already did (:data:`MAY_CHANGE_ON_RESUME`);
-every other difference is refused, naming the field. Each file of the checkpoint is opened the
-way training will open it (trainer state with ``weights_only=True``), so a truncated or garbled
-checkpoint is refused naming the file instead of failing mid-way.
-"""
+"""Checks before ``sae-gated train --resume CHECKPOINT`` writes anything: the config may change
+only in :data:`MAY_CHANGE_ON_RESUME`, and every checkpoint file opens as training will open it
+(so a garbled checkpoint is refused naming the file instead of failing mid-way)."""
 
 from __future__ import annotations
 
@@ -41,9 +36,8 @@ CHECKPOINT_FILES = (
 MAY_CHANGE_ON_RESUME = frozenset(
     {"training_tokens", "n_checkpoints", "eval", "wandb", "device", "distributed"}
 )
-"""Top-level config fields a resumed run may change: the total length (while the schedules
-stay as they were), the checkpoint count, the final evaluation, logging, the device and how
-torchrun's ranks share the work (checkpoints are the same whatever the ranks)."""
+"""Top-level fields a resume may change: none changes what training already did (the length
+only while the schedules stay as they were; checkpoints are the same whatever the ranks)."""
 
 
 def saved_train_config(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
@@ -70,9 +64,7 @@ def _schedule(cfg: TrainRunConfig) -> dict[str, Any]:
     """What the optimiser's and lambda's schedules are built from (must not change)."""
     return {
         "lr_warm_up_steps": cfg.lr_warm_up_steps_in_force,
-        "l1_warm_up_steps": cfg.default_warm_up_steps
-        if cfg.sae.l1_warm_up_steps is None
-        else cfg.sae.l1_warm_up_steps,
+        "l1_warm_up_steps": cfg.l1_warm_up_steps_in_force,
         "total_steps": cfg.total_steps
         if cfg.lr_scheduler_name != "constant" or cfg.lr_decay_steps
         else None,

@@ -1,18 +1,9 @@
-"""The one module that touches SAELens's internals.
+"""The one module that touches SAELens's internals: config mappings, runner and trainer
+subclasses, every private SAELens name (checked on import, so an upgrade fails here), re-typing.
 
-Everything the plugin needs from SAELens beyond its public classes lives here: the mapping from
-the run config to SAELens's runner, trainer, multi-runner and cache configs; ``prepare_runner``;
-every subclass of a SAELens runner or trainer; every private SAELens name; and the re-typing
-of objects SAELens builds itself.
-
-Re-typing. SAELens's runners build their trainer (and the runner its ``ActivationsStore``)
-inside ``run``/``__init__`` with no argument for a subclass. The first place each hands the
-object over, ``adopt`` gives it the plugin's subclass, which only overrides methods and sets
-its own state in ``guard``; nothing SAELens knows about changes. This is the smallest seam:
-the alternative is copying SAELens's ``run``.
-
-On import the private names are checked against the installed SAELens, so an upgrade that moves
-one fails here, naming the version and the name, instead of in the middle of a run.
+Re-typing: SAELens's runners build their trainer (and ``ActivationsStore``) with no argument for
+a subclass, so where each hands the object over, ``adopt`` gives it the plugin's subclass, which
+only overrides methods and sets its own state in ``guard``; the alternative is copying ``run``.
 """
 
 from __future__ import annotations
@@ -84,16 +75,12 @@ PRIVATE_NAMES: tuple[tuple[Any, str], ...] = (
 )
 """The SAELens internals the plugin overrides or calls (owner, name)."""
 
-PROGRESS_POSTFIX_EVERY = 10
-"""Steps between progress-bar postfix refreshes (each costs a device sync)."""
-
-MAX_CACHE_SHARD_GB = 2.0
-"""SAELens's cache shard size limit (its datasets writer has trouble with larger shards)."""
+PROGRESS_POSTFIX_EVERY = 10  # steps between progress-bar postfix refreshes (each syncs)
+MAX_CACHE_SHARD_GB = 2.0  # SAELens's shard limit (its datasets writer fails on larger ones)
 
 
 def check_saelens(required: tuple[tuple[Any, str], ...] = PRIVATE_NAMES) -> None:
-    """Raise ``GatedPluginError`` naming the installed sae-lens version and the first missing
-    internal name, if any of ``required`` is gone."""
+    """Raise ``GatedPluginError`` naming the sae-lens version and the first missing name."""
     for owner, name in required:
         if not hasattr(owner, name):
             where = getattr(owner, "__qualname__", getattr(owner, "__name__", repr(owner)))
@@ -146,9 +133,8 @@ def _store_settings(cfg: TrainRunConfig, device: str) -> dict[str, Any]:
         **_optimiser_settings(cfg, cfg.lr),
     }
     if cfg.uses_cached_activations:
-        # SAELens caches activations already cut to seqpos_slice but checks the cache against
-        # the uncut context_size: give its runner the cut window. The SAE's metadata gets the
-        # real window back (GatedRunner.metadata_overrides).
+        # SAELens caches activations cut to seqpos_slice but checks them against the uncut
+        # context_size: give it the cut window (metadata_overrides restore the real one).
         settings["context_size"] = cfg.training_window
         settings["seqpos_slice"] = (None,)
     return settings
@@ -168,15 +154,7 @@ def sae_settings(cfg: TrainRunConfig, d_in: int, device: str) -> dict[str, Any]:
 def gated_paper_settings(cfg: TrainRunConfig) -> dict[str, Any]:
     """The ``gated_paper`` loss options of ``cfg.sae``, with the warm-up in force."""
     fields = cfg.sae.model_dump(exclude={"d_sae", "expansion_factor", "l1_warm_up_steps"})
-    steps = cfg.sae.l1_warm_up_steps
-    return {**fields, "l1_warm_up_steps": cfg.default_warm_up_steps if steps is None else steps}
-
-
-def gated_sae_config(cfg: TrainRunConfig, d_in: int, device: str) -> GatedPaperTrainingSAEConfig:
-    """The ``gated_paper`` training-SAE config that ``cfg.sae`` describes, for width ``d_in``."""
-    return GatedPaperTrainingSAEConfig(
-        **sae_settings(cfg, d_in, device), **gated_paper_settings(cfg)
-    )
+    return {**fields, "l1_warm_up_steps": cfg.l1_warm_up_steps_in_force}
 
 
 def runner_config(
@@ -184,7 +162,9 @@ def runner_config(
 ) -> LanguageModelSAERunnerConfig[Any]:
     """SAELens's runner config for ``cfg`` (``gated_paper`` SAE, outputs under output_path)."""
     settings = {
-        "sae": gated_sae_config(cfg, d_in, device),
+        "sae": GatedPaperTrainingSAEConfig(
+            **sae_settings(cfg, d_in, device), **gated_paper_settings(cfg)
+        ),
         "logger": LoggingConfig(
             log_to_wandb=cfg.wandb.enabled,
             wandb_project=cfg.wandb.project,
@@ -245,8 +225,7 @@ def multi_runner_config(
 def cache_config(
     cfg: TrainRunConfig, d_in: int, device: str, path: Path
 ) -> CacheActivationsRunnerConfig:
-    """SAELens's cache config: ``cfg.training_tokens`` activations of the run's hook and
-    positions, written to ``path``, in one shard for a small run or SAELens's 2 GB ones."""
+    """SAELens's cache config writing the run's activations to ``path`` (shards of <= 2 GB)."""
     bytes_per_token = d_in * getattr(torch, cfg.dtype).itemsize
     tokens_per_batch = cfg.store_batch_size_prompts * cfg.training_window
     batches = math.ceil(cfg.training_tokens / tokens_per_batch)
@@ -277,9 +256,8 @@ def cache_config(
 
 # ---- the trainer ---------------------------------------------------------------------------
 class GuardedTrainer(SAETrainer):
-    """SAETrainer with a stop at the first non-finite loss, step-boundary interrupts, a
-    progress bar showing tokens/s, loss and L0, the loss of every step, and optional dead-latent
-    resampling."""
+    """SAETrainer stopping at a non-finite loss or at a step boundary on interrupt, with a
+    tokens/s, loss and L0 progress bar, every step's loss and optional dead-latent resampling."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -289,11 +267,9 @@ class GuardedTrainer(SAETrainer):
         """Set the plugin's state (also on a trainer SAELens built, once re-typed)."""
         self.stop_requested = False
         self.progress_bar: tqdm | None = None
-        self.checkpoint_files = checkpoint_files or {}
-        """Plugin files written into every checkpoint (the run config, to check a resume)."""
+        self.checkpoint_files = checkpoint_files or {}  # plugin files for every checkpoint
         self.resampler: DeadLatentResampler | None = None
-        self.losses: list[float] = []
-        """The training loss of each step taken by this trainer object (not across a resume)."""
+        self.losses: list[float] = []  # each step's loss (this trainer object's steps only)
 
     def enable_resampling(self, settings: ResamplingSettings) -> None:
         """Resample dead latents at ``settings.steps`` (Bricken et al.; see run/resampling.py)."""
@@ -305,8 +281,7 @@ class GuardedTrainer(SAETrainer):
         base_path: Path | str | None = None,
         wandb_aliases: list[str] | None = None,
     ) -> None:
-        """SAELens's checkpoint, written to a staging folder and renamed into place, so an
-        interrupted save never leaves a half-written ``checkpoints/<tokens>`` behind."""
+        """SAELens's checkpoint, staged and renamed into place (never left half-written)."""
         base = base_path if base_path is not None else self.cfg.checkpoint_path
         if base is None:
             super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
@@ -330,11 +305,8 @@ class GuardedTrainer(SAETrainer):
         return max(folders, key=lambda p: int(p.name), default=None)
 
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
-        """One optimiser step; raises ``TrainingDivergedError`` if the loss is not finite.
-
-        Resampling happens here because ``step`` is the only SAETrainer method that sees the
-        batch after the optimiser step and before ``fit`` moves on.
-        """
+        """One optimiser step, then resampling (only ``step`` sees the batch after the optimiser
+        step); raises ``TrainingDivergedError`` if the loss is not finite."""
         output = super().step(batch)
         loss = output.loss.detach().item()
         self.losses.append(loss)
@@ -344,8 +316,7 @@ class GuardedTrainer(SAETrainer):
         return output
 
     def raise_if_diverged(self, output: TrainStepOutput) -> None:
-        """Raise ``TrainingDivergedError`` naming the last good checkpoint if the loss is not
-        finite (a seam: distributed trainers check the loss agreed across ranks)."""
+        """Raise ``TrainingDivergedError`` on a non-finite loss (a seam for distributed runs)."""
         if not torch.isfinite(output.loss.detach()).item():
             self.close_progress_bar()
             last = self.last_checkpoint()
@@ -402,8 +373,7 @@ class GuardedTrainer(SAETrainer):
     ) -> None:
         if self.shows_progress():
             self._show_progress(step_output, pbar)
-        # The last call of each loop iteration of fit(): a step boundary, where stopping
-        # leaves optimiser, schedulers and counters consistent for the checkpoint.
+        # The last call of each fit() iteration: stopping here leaves a consistent checkpoint.
         if self.should_stop():
             if self.shows_progress():
                 pbar.close()
@@ -426,8 +396,7 @@ def adopt(trainer: SAETrainer, cls: type[Guarded], **guard_kwargs: Any) -> Guard
 
 
 def retype_store(store: ActivationsStore, cls: type[Any]) -> Any:
-    """Re-type an ``ActivationsStore`` SAELens's runner built as ``cls``, a subclass that only
-    overrides its checkpoint methods (the caller sets ``cls``'s own state)."""
+    """Re-type an ``ActivationsStore`` SAELens built as ``cls`` (the caller sets its state)."""
     store.__class__ = cls
     return store
 
@@ -455,19 +424,13 @@ class GatedRunner(LanguageModelSAETrainingRunner):
 
     def __init__(self, cfg: LanguageModelSAERunnerConfig[Any], **overrides: Any) -> None:
         super().__init__(cfg, **overrides)
-        self.checkpoint_files: dict[str, str] = {}
-        """Plugin files to write into every checkpoint (see ``GuardedTrainer``)."""
-        self.metadata_overrides: dict[str, Any] = {}
-        """SAE metadata fields to set after SAELens's own (the run's real window, where
-        SAELens was handed a cut one for cached activations)."""
+        self.checkpoint_files: dict[str, str] = {}  # see GuardedTrainer
+        self.metadata_overrides: dict[str, Any] = {}  # SAE metadata set after SAELens's own
         self.resampling: ResamplingSettings | None = None
-        """Dead-latent resampling for the trainer (None: none, as in SAELens)."""
-        self.trainer_class: type[GuardedTrainer] = GuardedTrainer
-        """The class SAELens's trainer is re-typed to (distributed runs use a subclass)."""
+        self.trainer_class: type[GuardedTrainer] = GuardedTrainer  # distributed: a subclass
 
     def prepare_trainer(self, trainer: GuardedTrainer) -> None:
-        """Called once the trainer is re-typed, before training starts (a seam for
-        distributed runs, which wrap the SAE and load a checkpoint shard by shard)."""
+        """Called once the trainer is re-typed, before training (a seam for distributed runs)."""
 
     def _set_sae_metadata(self) -> None:
         super()._set_sae_metadata()
@@ -475,13 +438,9 @@ class GatedRunner(LanguageModelSAETrainingRunner):
             setattr(self.sae.cfg.metadata, name, value)
 
     def save_final_sae(
-        self,
-        sae: Any,
-        output_path: str,
-        log_feature_sparsity: torch.Tensor | None = None,
+        self, sae: Any, output_path: str, log_feature_sparsity: torch.Tensor | None = None
     ) -> None:
-        """SAELens's final save, staged beside the output and moved in with ``cfg.json`` last:
-        a failed save leaves no half-written SAE that a later load would trust."""
+        """SAELens's final save, staged and moved in with ``cfg.json`` last (never half-written)."""
         output = Path(output_path)
         with staging_folder(output / ".final.partial") as staging:
             super().save_final_sae(sae, str(staging), log_feature_sparsity)
@@ -491,8 +450,7 @@ class GatedRunner(LanguageModelSAETrainingRunner):
                 os.replace(file, output / file.name)
 
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer) -> Any:
-        # SAELens's own handler saves only the activation store's state on interruption, not
-        # the SAE or the optimiser; here the trainer saves a complete, resumable checkpoint.
+        # SAELens's own handler saves only the activation store's state, not SAE or optimiser.
         guarded = adopt(trainer, self.trainer_class, checkpoint_files=self.checkpoint_files)
         self.prepare_trainer(guarded)
         if self.resampling is not None:
@@ -505,8 +463,7 @@ class GatedRunner(LanguageModelSAETrainingRunner):
             with _stop_at_step_boundary(guarded):
                 return guarded.fit()
         except KeyboardInterrupt:
-            # A second Ctrl-C lands anywhere, possibly inside the optimiser step: the state
-            # may be inconsistent, so nothing is saved and the last good checkpoint stands.
+            # A second Ctrl-C may land mid-step: nothing is saved, the last checkpoint stands.
             guarded.close_progress_bar()
             last = guarded.last_checkpoint()
             where = f"the last checkpoint is {last}" if last else "no checkpoint was saved"
@@ -527,8 +484,8 @@ class GatedRunner(LanguageModelSAETrainingRunner):
             ) from None
 
 
+# Builds the runner from SAELens's config, the model and the training dataset.
 RunnerFactory = Callable[[LanguageModelSAERunnerConfig[Any], "HookedTransformer", Any], GatedRunner]
-"""Builds the runner from SAELens's config, the model and the training dataset."""
 
 
 def prepare_runner(
@@ -539,16 +496,8 @@ def prepare_runner(
     sae_config: TrainingSAEConfig | None = None,
     make_runner: RunnerFactory | None = None,
 ) -> tuple[GatedRunner, HookedTransformer]:
-    """Load what a run needs and build its runner (nothing is written yet).
-
-    Args:
-        cfg: the validated run config.
-        device: where the model and SAE live.
-        resume_from: a checkpoint of an earlier run of the same config to continue.
-        model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
-        sae_config: a SAELens training-SAE config to train instead of ``cfg.sae``'s.
-        make_runner: builds the runner (default: ``GatedRunner``; distributed runs their own).
-    """
+    """Load what a run needs and build its runner (``GatedRunner`` unless ``make_runner``),
+    reusing ``model`` if given, training ``sae_config`` instead of ``cfg.sae``; writes nothing."""
     register()
     dataset = load_text_dataset(cfg.dataset, "train")
     if model is None:
@@ -564,8 +513,7 @@ def prepare_runner(
                 f"sae_config.d_in is {sae_config.d_in}, but {cfg.hook_name} is {d_in} wide"
             )
         built.sae = sae_config
-    # SAELens's runner config carries the seed but never applies it: seed the SAE's
-    # initialisation and the activation buffer's shuffling here, so runs are repeatable.
+    # SAELens never applies the config's seed: seed SAE init and buffer shuffling here.
     torch.manual_seed(cfg.seed)
     with dataset_load_errors(cfg.dataset, dataset):
         if make_runner is None:
@@ -585,10 +533,8 @@ class GuardedMultiRunner(MultiSAETrainingRunner):
 
     def __init__(self, *args: Any, resampling: dict[str, ResamplingSettings], **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.resampling = resampling
-        """Resampling settings per SAE name, for the SAEs that resample."""
-        self.sae_trainers: dict[str, GuardedTrainer] = {}
-        """The per-SAE trainers of the last run (their losses and resampling counts)."""
+        self.resampling = resampling  # per SAE name, for the SAEs that resample
+        self.sae_trainers: dict[str, GuardedTrainer] = {}  # the last run's, by SAE name
 
     def _run_with_interruption_handling(self, trainer: Any) -> Any:
         for name, sae_trainer in trainer.trainers.items():
@@ -599,12 +545,8 @@ class GuardedMultiRunner(MultiSAETrainingRunner):
 
 
 class ModelCacheActivationsRunner(cache_module.CacheActivationsRunner):
-    """SAELens's ``CacheActivationsRunner`` over an already loaded model.
-
-    Its ``__init__`` always loads the model by name, which no TransformerLens name reaches for
-    the embedded SmolLM2; this builds the same state around the given model instead, through
-    SAELens's own store factory.
-    """
+    """SAELens's ``CacheActivationsRunner`` over an already loaded model (its ``__init__`` loads
+    the model by name, which no TransformerLens name reaches for the embedded SmolLM2)."""
 
     def __init__(
         self,

@@ -1,9 +1,5 @@
-"""``sae-gated train``: from a validated ``TrainRunConfig`` to a trained, evaluated SAE.
-
-The run itself is SAELens's: its runner, ``ActivationsStore``, trainer, checkpoints and wandb
-logging (through ``run.saelens_bridge``). This module owns the output folder, writes the run
-config beside the SAE and evaluates the result on held-out text.
-"""
+"""``sae-gated train``: a ``TrainRunConfig`` to a trained, evaluated SAE. The run is SAELens's
+(through ``run.saelens_bridge``); this module owns the output folder, run config and evaluation."""
 
 from __future__ import annotations
 
@@ -37,12 +33,9 @@ if TYPE_CHECKING:
 class TrainResult:
     """What a finished run produced."""
 
-    trained_sae: TrainingSAE[Any]
-    """The SAE as the trainer left it (activation scaling folded in)."""
-    output_path: Path
-    """The folder holding the saved inference SAE, its checkpoints and reports."""
-    report: EvalReport | None
-    """The held-out evaluation, when enabled."""
+    trained_sae: TrainingSAE[Any]  # as the trainer left it (activation scaling folded in)
+    output_path: Path  # the saved inference SAE, its checkpoints and reports
+    report: EvalReport | None  # the held-out evaluation, when enabled
 
 
 def run_config_text(cfg: TrainRunConfig) -> str:
@@ -56,18 +49,9 @@ def train(
     model: HookedTransformer | None = None,
     sae_config: TrainingSAEConfig | None = None,
 ) -> TrainResult:
-    """Train a ``gated_paper`` SAE with SAELens's runner, then evaluate it on held-out text.
-
-    Under torchrun use ``distributed.launch.train_distributed`` (``sae-gated train`` does).
-
-    Args:
-        cfg: the validated run config.
-        resume_from: a checkpoint folder of an earlier run of the same config to continue.
-        model: an already loaded model to reuse (else loaded from ``cfg.model_name``).
-        sae_config: a SAELens training-SAE config to train instead of the one ``cfg.sae``
-            describes, with the same data, optimiser and evaluation (for baselines such as
-            SAELens's ``standard``); its ``d_in`` must be the hook's width.
-    """
+    """Train a ``gated_paper`` SAE with SAELens's runner, then evaluate it on held-out text
+    (under torchrun: ``distributed.launch.train_distributed``). ``sae_config`` trains another
+    SAELens training-SAE config (a baseline) on the same data, optimiser and evaluation."""
     output = Path(cfg.output_path)
     device = resolve_device(cfg.device)
     if resume_from is not None:
@@ -87,8 +71,7 @@ def train(
 def held_out_tokens(
     cfg: TrainRunConfig, model: HookedTransformer, eval_split: datasets.Dataset | None = None
 ) -> torch.Tensor:
-    """The run's evaluation windows: ``cfg.eval.n_sequences`` of the dataset's held-out split
-    (``eval_split`` when given), cut as training cuts them."""
+    """``cfg.eval.n_sequences`` held-out windows (of ``eval_split`` if given), cut as trained."""
     if eval_split is None:
         eval_split = load_text_dataset(cfg.dataset, "eval")
     if eval_split is None:
