@@ -13,7 +13,6 @@ import torch
 from sae_lens import SAE
 from sae_lens.config import LanguageModelSAERunnerConfig
 
-from sae_gated_plugin.arch.artifacts import TRAIN_CONFIG_FILENAME
 from sae_gated_plugin.distributed.context import (
     DistributedContext,
     context_from_environment,
@@ -33,7 +32,6 @@ from sae_gated_plugin.errors import (
     TrainingDivergedError,
     TrainingInterruptedError,
 )
-from sae_gated_plugin.io import atomic_write_text
 from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.output_folder import (
     OutputFolder,
@@ -42,7 +40,7 @@ from sae_gated_plugin.run.output_folder import (
 )
 from sae_gated_plugin.run.resume import check_resume
 from sae_gated_plugin.run.saelens_bridge import GatedRunner, GuardedTrainer, prepare_runner
-from sae_gated_plugin.run.train import TrainResult, evaluate_run, run_config_text
+from sae_gated_plugin.run.train import TrainResult, evaluate_run, record_run_config
 from sae_gated_plugin.sources import announce
 
 if TYPE_CHECKING:
@@ -147,9 +145,7 @@ def train_distributed(
     with owned as folder:
         with process_group(ctx, cfg.distributed.timeout_s), quiet_unless_main(ctx):
             runner, model = _prepare_runner(cfg, ctx, resume_from, model, sae_config)
-            runner.checkpoint_files = {TRAIN_CONFIG_FILENAME: run_config_text(cfg)}
-            if ctx.is_main:
-                atomic_write_text(output / TRAIN_CONFIG_FILENAME, run_config_text(cfg))
+            record_run_config(runner, cfg, write_file=ctx.is_main)
             folder.keep = True  # from here on, checkpoints may exist: the folder stays
             trained = _run(runner, ctx, cfg)
         report = None

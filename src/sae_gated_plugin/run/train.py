@@ -19,7 +19,7 @@ from sae_gated_plugin.io import atomic_write_text
 from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.output_folder import own_output_folder
 from sae_gated_plugin.run.resume import check_resume
-from sae_gated_plugin.run.saelens_bridge import prepare_runner
+from sae_gated_plugin.run.saelens_bridge import GatedRunner, prepare_runner
 from sae_gated_plugin.sources import load_text_dataset, resolve_device
 
 if TYPE_CHECKING:
@@ -38,9 +38,13 @@ class TrainResult:
     report: EvalReport | None  # the held-out evaluation, when enabled
 
 
-def run_config_text(cfg: TrainRunConfig) -> str:
-    """The run config as written beside the SAE and into every checkpoint."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def record_run_config(runner: GatedRunner, cfg: TrainRunConfig, write_file: bool = True) -> None:
+    """Put the run config into every checkpoint of ``runner`` (a resume is checked against it)
+    and, with ``write_file``, beside the SAE in the output folder."""
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    runner.checkpoint_files = {TRAIN_CONFIG_FILENAME: text}
+    if write_file:
+        atomic_write_text(Path(cfg.output_path) / TRAIN_CONFIG_FILENAME, text)
 
 
 def train(
@@ -58,8 +62,7 @@ def train(
         check_resume(cfg, resume_from)
     with own_output_folder(output) as folder:
         runner, model = prepare_runner(cfg, device, resume_from, model, sae_config)
-        runner.checkpoint_files = {TRAIN_CONFIG_FILENAME: run_config_text(cfg)}
-        atomic_write_text(output / TRAIN_CONFIG_FILENAME, run_config_text(cfg))
+        record_run_config(runner, cfg)
         folder.keep = True  # from here on, checkpoints may exist: the folder stays
         trained = runner.run()
         report = None

@@ -78,8 +78,7 @@ def build_sae_config(
         settings[field] = float(point.coefficient)
     warm_up = WARM_UP_FIELDS.get(field)
     if warm_up in names:
-        steps = config.run.sae.l1_warm_up_steps
-        settings[warm_up] = config.run.default_warm_up_steps if steps is None else steps
+        settings[warm_up] = config.run.l1_warm_up_steps_in_force
     overrides = config.variants.get(point.variant, {})
     unknown = sorted(set(overrides) - names)
     if unknown:
