@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "distributed": 6,
     "hub": 7,
     "convert": 7,
+    "inspect": 7,
     "cli": 8,
     "demo": 8,
     "testing": 8,
