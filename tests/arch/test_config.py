@@ -124,7 +124,7 @@ def test_paper_defaults() -> None:
     cfg = GatedPaperTrainingSAEConfig(**BASE)
     assert (cfg.aux_decoder, cfg.sparsity_penalty, cfg.decoder_norm) == ("frozen", "l1", "unit")
     assert cfg.decoder_init_norm == 1.0
-    assert cfg.encoder_init_scale == 1.0
+    assert cfg.encoder_init_scale == 0.1
     assert cfg.apply_b_dec_to_input is True
 
 

@@ -287,3 +287,26 @@ def test_the_committed_results_are_the_committed_sweep() -> None:
     assert set(keys) == {point.key() for point in expand(config)}
     assert {r["settings_id"] for r in records} == {config.settings_id()}
     assert all(r["tokens_trained"] >= 1_000_000 and r["n_tokens"] >= 16_000 for r in records)
+
+
+def test_a_changed_default_is_part_of_the_settings_id(tmp_path: Path) -> None:
+    """A results file made under the earlier encoder_init_scale default (1.0, left unset) resumes
+    with 1.0 set explicitly and is refused under the new default."""
+    from sae_gated_plugin.sweep.config import EARLIER_SAE_DEFAULTS
+
+    settings = sweep_settings(tmp_path)
+    new_default = parse_sweep_config(settings).settings_id()
+    pinned = json.loads(json.dumps(settings))
+    pinned["run"]["sae"]["encoder_init_scale"] = EARLIER_SAE_DEFAULTS["encoder_init_scale"]
+    earlier = parse_sweep_config(pinned).settings_id()
+    assert earlier != new_default
+    # what the earlier version computed for this config: the run settings without the field
+    import hashlib
+
+    config = parse_sweep_config(settings)
+    unused = {"output_path", "device", "wandb", "n_checkpoints"}
+    shared = config.run.model_dump(mode="json", exclude=unused, exclude_unset=True)
+    shared["eval"].pop("batch_size", None)
+    shared.update(stream=config.stream, cache_tokens=config.cache_tokens)
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+    assert earlier == digest

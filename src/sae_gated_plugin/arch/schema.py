@@ -60,11 +60,11 @@ class GatedPaperTrainingFields(BaseModel):
         "null keeps SAELens's kaiming-uniform rows.",
     )
     encoder_init_scale: float = Field(
-        default=1.0,
+        default=0.1,
         gt=0,
-        description="W_gate at initialisation is this times W_dec^T (with unit decoder rows; 1 is "
-        "the paper's and dictionary_learning's init). Smaller values start with smaller gate "
-        "pre-activations, so the first steps' L1 kills fewer latents.",
+        description="W_gate at initialisation is this times W_dec^T (with unit decoder rows). "
+        "1 is dictionary_learning's and SAELens's init; the default 0.1 starts with smaller gate "
+        "pre-activations, so the first steps' L1 kills fewer latents (docs/synthetic.md).",
     )
     l1_coefficient: float = Field(
         default=1.0,

@@ -25,6 +25,10 @@ PAPER_ARCHITECTURE = "gated_paper"
 Stream = Literal["cached", "multi", "synthetic"]
 
 
+EARLIER_SAE_DEFAULTS: dict[str, Any] = {"encoder_init_scale": 1.0}
+"""``run.sae`` fields whose default changed, with the earlier default: a results file made
+before the change resumes only with that value set, and is refused under the new default."""
+
 class GridSpec(Strict):
     """One cartesian block of the sweep."""
 
@@ -107,6 +111,14 @@ class SweepConfig(Strict):
         unused = {"output_path", "device", "wandb", "n_checkpoints"}
         shared = self.run.model_dump(mode="json", exclude=unused, exclude_unset=True)
         shared.get("eval", {}).pop("batch_size", None)
+        sae = shared.pop("sae", {})
+        for name, earlier in EARLIER_SAE_DEFAULTS.items():
+            value = getattr(self.run.sae, name)
+            sae.pop(name, None)
+            if value != earlier:
+                sae[name] = value
+        if sae:
+            shared["sae"] = sae
         shared["stream"] = self.stream
         shared["cache_tokens"] = self.cache_tokens if self.stream == "cached" else None
         if self.synthetic is not None:
