@@ -1,4 +1,5 @@
-"""The ``sae-gated`` command: train, cache, sweep, plot, compare, eval, push, convert, schema, demo.
+"""The ``sae-gated`` command: train, cache, sweep, plot, compare, eval, inspect, push, convert,
+schema, demo.
 
 Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
 message naming what is wrong, 1 when training diverges or a rank of a torchrun launch fails,
@@ -182,8 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
 
     from sae_gated_plugin.convert import command as convert_command
+    from sae_gated_plugin.inspect import command as inspect_command
 
     convert_command.add_parser(verbs)
+    inspect_command.add_parser(verbs)
 
     verbs.add_parser("schema", help="print the JSON Schema of the train config")
 
@@ -290,6 +293,11 @@ def _run(args: argparse.Namespace) -> int:
         from sae_gated_plugin.convert import command as convert_command
 
         print(convert_command.run(args))
+        return EXIT_OK
+    if args.verb == "inspect":
+        from sae_gated_plugin.inspect import command as inspect_command
+
+        print(inspect_command.run(args))
         return EXIT_OK
     if args.verb == "demo":
         from sae_gated_plugin.demo import run_demo

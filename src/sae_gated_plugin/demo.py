@@ -1,5 +1,6 @@
 """``sae-gated demo``: train a ``gated_paper`` SAE on embedded SmolLM2-135M and corpus, evaluate,
-save, reload it with ``SAE.load_from_disk`` (identical outputs) and write ``report.json``."""
+save, reload it with ``SAE.load_from_disk`` (identical outputs), write ``report.json`` and the
+SAE's feature browser."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
+from transformer_lens import HookedTransformer
 
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import EvalReport
+from sae_gated_plugin.inspect.api import inspect_sae
+from sae_gated_plugin.inspect.command import INSPECT_FILENAME, check_output_folder
 from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder
 from sae_gated_plugin.run.config import TrainRunConfig, parse_config
 from sae_gated_plugin.run.train import train
@@ -20,6 +24,9 @@ from sae_gated_plugin.sources import load_language_model, resolve_device
 
 REPORT_FILENAME = "report.json"
 SAE_FOLDER = "sae"
+BROWSER_FOLDER = "browser"
+BROWSER_TOKENS = 50_000
+"""Held-out tokens the demo's feature browser reads."""
 DEMO_MARKER = "sae-gated demo"
 """``written_by`` in the demo's report: marks the results a later demo may replace."""
 
@@ -63,9 +70,13 @@ def check_reload_identical(trained: Any, sae_path: Path, hook_name: str, model: 
 
 
 def _check_demo_output(output: Path) -> None:
-    """Refuse an output that is a file or holds ``sae``/``report.json`` not from an earlier demo."""
+    """Refuse an output that is a file or holds ``sae``/``report.json``/``browser`` not from an
+    earlier demo."""
     if output.exists() and not output.is_dir():
         raise GatedPluginError(f"--output {output} is a file, not a folder")
+    browser = output / BROWSER_FOLDER
+    if browser.exists():
+        check_output_folder(browser, INSPECT_FILENAME, "--output", overwrite=True)
     report = output / REPORT_FILENAME
     sae = output / SAE_FOLDER
     if not report.exists() and not sae.exists():
@@ -89,7 +100,7 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     try:
         with staging_folder(output / ".sae-gated-demo.partial") as staging:
-            report, evaluation = _train_into(staging)
+            report, evaluation, model = _train_into(staging)
             for name in (SAE_FOLDER, REPORT_FILENAME):
                 old = output / name
                 if old.is_dir():
@@ -103,6 +114,10 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
     print(evaluation.to_table())
     print(f"\nReport: {output / REPORT_FILENAME}   SAE: {sae_path}")
     print("Reloaded with SAE.load_from_disk: identical outputs.")
+    index = inspect_sae(
+        str(sae_path), n_tokens=BROWSER_TOKENS, output=output / BROWSER_FOLDER, model=model
+    )
+    print(f"Feature browser ({BROWSER_TOKENS:,} held-out tokens): {index.resolve()}")
     print("\nNext:")
     print(f"  sae-gated eval {sae_path} --output more-eval.json   # evaluate again, more text")
     print(f"  sae-gated push {sae_path} <you>/smollm2-gated-sae   # publish to the Hub")
@@ -110,7 +125,7 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
     return report
 
 
-def _train_into(staging: Path) -> tuple[dict[str, Any], EvalReport]:
+def _train_into(staging: Path) -> tuple[dict[str, Any], EvalReport, HookedTransformer]:
     """Train, evaluate and reload-check the demo SAE in ``staging``; write its report there."""
     staging.mkdir()
     cfg = demo_config(staging / SAE_FOLDER)
@@ -130,4 +145,4 @@ def _train_into(staging: Path) -> tuple[dict[str, Any], EvalReport]:
         "written_by": DEMO_MARKER,
     }
     atomic_write_json(staging / REPORT_FILENAME, report)
-    return report, result.report
+    return report, result.report, model

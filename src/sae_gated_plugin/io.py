@@ -119,3 +119,19 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def folder_written_whole(target: Path) -> Iterator[Path]:
+    """A staging folder beside ``target`` to write into; on success it replaces ``target`` (an
+    earlier one is moved aside first and removed after), on failure it is removed and ``target``
+    is left as it was."""
+    with staging_folder(target.parent / f".{target.name}.partial") as staging:
+        staging.mkdir(parents=True)
+        yield staging
+        aside = target.parent / f".{target.name}.replaced"
+        shutil.rmtree(aside, ignore_errors=True)
+        if target.is_dir():
+            os.replace(target, aside)
+        os.replace(staging, target)
+        shutil.rmtree(aside, ignore_errors=True)

@@ -3,9 +3,12 @@ with the model, hook, window length and positions its metadata says it was train
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from sae_lens import SAE
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
@@ -22,6 +25,9 @@ from sae_gated_plugin.sources import (
     load_text_dataset,
     resolve_device,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 def evaluate_saved_sae(
@@ -46,32 +52,20 @@ def evaluate_saved_sae(
     _check_report_path(output, overwrite)
     cfg = validate_sae_folder(sae_path)
     device = resolve_device(device)
-    sae = _load_sae(sae_path, cfg["architecture"], device)
-    metadata = cfg.get("metadata") or {}
-    model_name = model_name or metadata.get("model_name")
-    dataset = dataset or metadata.get("dataset_path")
-    if not model_name:
-        raise GatedPluginError(f"{sae_path}/cfg.json names no model_name; pass --model")
-    if not dataset:
-        raise GatedPluginError(f"{sae_path}/cfg.json names no dataset_path; pass --dataset")
-    text = load_text_dataset(dataset, split)
-    text = load_hub_text_dataset(dataset, split) if text is None else text
-    announce(f"loading {model_name}...")
-    model = load_language_model(model_name, device)
-    tokens = eval_tokens_from_dataset(
-        model,
-        text,
-        context_size=int(metadata.get("context_size") or 128),
-        n_sequences=n_sequences,
-        prepend_bos=bool(metadata.get("prepend_bos", True)),
-    )
+    sae = load_saved_sae(sae_path, cfg["architecture"], device)
+    text = held_out_text(
+        cfg.get("metadata") or {}, f"{sae_path}/{CFG_FILENAME}",
+        model_name=model_name, dataset=dataset, split=split,
+    )  # fmt: skip
+    announce(f"loading {text.model_name}...")
+    model = load_language_model(text.model_name, device)
     report = evaluate_sae(
         sae,
         model,
-        tokens,
-        hook_name=metadata.get("hook_name"),
-        seqpos_slice=tuple(metadata.get("seqpos_slice") or (None,)),
-        exclude_token_ids=excluded_token_ids(model, metadata.get("exclude_special_tokens", False)),
+        held_out_windows(model, text, n_sequences),
+        hook_name=text.hook_name,
+        seqpos_slice=text.seqpos_slice,
+        exclude_token_ids=excluded_token_ids(model, text.exclude_special_tokens),
         batch_size=batch_size,
     )
     write_report(report, output)
@@ -88,7 +82,60 @@ def _check_report_path(output: Path, overwrite: bool) -> None:
         )
 
 
-def _load_sae(sae_path: Path, architecture: str, device: str) -> SAE[Any]:
+@dataclass(frozen=True)
+class HeldOutText:
+    """Where an SAE is looked at: its model, held-out text, hook and windows as it was trained."""
+
+    model_name: str
+    dataset: str
+    split: str
+    hook_name: str | None
+    context_size: int
+    prepend_bos: bool
+    seqpos_slice: tuple[int | None, ...]
+    exclude_special_tokens: bool | list[int]
+
+
+def held_out_text(
+    metadata: Mapping[str, Any],
+    where: str,
+    *,
+    model_name: str | None = None,
+    dataset: str | None = None,
+    split: str = "eval",
+) -> HeldOutText:
+    """The SAE's training setting from its ``metadata`` (read from ``where``), with the model
+    and dataset overridable; a missing model or dataset is an error naming the option."""
+    model_name = model_name or metadata.get("model_name")
+    dataset = dataset or metadata.get("dataset_path")
+    if not model_name:
+        raise GatedPluginError(f"{where} names no model_name; pass --model")
+    if not dataset:
+        raise GatedPluginError(f"{where} names no dataset_path; pass --dataset")
+    return HeldOutText(
+        model_name=model_name,
+        dataset=dataset,
+        split=split,
+        hook_name=metadata.get("hook_name"),
+        context_size=int(metadata.get("context_size") or 128),
+        prepend_bos=bool(metadata.get("prepend_bos", True)),
+        seqpos_slice=tuple(metadata.get("seqpos_slice") or (None,)),
+        exclude_special_tokens=metadata.get("exclude_special_tokens") or False,
+    )
+
+
+def held_out_windows(model: HookedTransformer, text: HeldOutText, n_sequences: int) -> torch.Tensor:
+    """The first ``n_sequences`` windows of the held-out split, cut as SAELens trains."""
+    dataset = load_text_dataset(text.dataset, text.split)
+    dataset = load_hub_text_dataset(text.dataset, text.split) if dataset is None else dataset
+    return eval_tokens_from_dataset(
+        model, dataset, context_size=text.context_size, n_sequences=n_sequences,
+        prepend_bos=text.prepend_bos,
+    )  # fmt: skip
+
+
+def load_saved_sae(sae_path: Path, architecture: str, device: str) -> SAE[Any]:
+    """The SAE of a checked folder; an architecture SAELens does not know is an error."""
     register()
     if architecture not in SAE_CLASS_REGISTRY:
         raise GatedPluginError(

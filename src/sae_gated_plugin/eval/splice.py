@@ -42,9 +42,10 @@ def special_token_ids(model: HookedTransformer) -> list[int]:
     return [] if tokenizer is None else sorted(int(t) for t in get_special_token_ids(tokenizer))
 
 
-def _describe_positions(
+def describe_positions(
     seqpos_slice: tuple[int | None, ...], exclude_ids: list[int], context_size: int, tokenizer: Any
 ) -> str:
+    """The spliced positions in words, e.g. "positions 3: of each 128-token window"."""
     sl = slice(*seqpos_slice)
     if sl == slice(None):
         where = "all positions"
@@ -63,7 +64,7 @@ def _token_label(token_id: int, tokenizer: Any) -> str:
     return str(token_id)
 
 
-def _sae_view(act: torch.Tensor, head_index: int | None) -> torch.Tensor:
+def sae_view(act: torch.Tensor, head_index: int | None) -> torch.Tensor:
     """The ``(batch, pos, d_in)`` part of a hook activation the SAE reads: as SAELens, one head
     of a ``(batch, pos, n_heads, d_head)`` activation if ``head_index`` names it, else all heads
     flattened."""
@@ -78,8 +79,8 @@ def _sae_view(act: torch.Tensor, head_index: int | None) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _hook_z_reshaping_off(sae: Any) -> Iterator[None]:
-    """SAELens's hook_z SAEs reshape heads themselves; :func:`_sae_view` does it here."""
+def hook_z_reshaping_off(sae: Any) -> Iterator[None]:
+    """SAELens's hook_z SAEs reshape heads themselves; :func:`sae_view` does it here."""
     was_on = bool(getattr(sae, "hook_z_reshaping_mode", False))
     if was_on:
         sae.turn_off_forward_pass_hook_z_reshaping()
@@ -90,7 +91,7 @@ def _hook_z_reshaping_off(sae: Any) -> Iterator[None]:
             sae.turn_on_forward_pass_hook_z_reshaping()
 
 
-def _position_mask(
+def position_mask(
     tokens: torch.Tensor, seqpos_slice: tuple[int | None, ...], exclude: torch.Tensor | None
 ) -> torch.Tensor:
     """Boolean ``(batch, pos)`` mask of the spliced positions."""
@@ -113,7 +114,7 @@ def _splice(
     if not bool(m.any()):
         return act
     out = act.clone(memory_format=torch.contiguous_format)
-    view = _sae_view(out, head_index)  # a view into ``out``
+    view = sae_view(out, head_index)  # a view into ``out``
     view[m] = replace(view[m])
     return out
 
@@ -194,8 +195,8 @@ def evaluate_sae(
     exclude_ids = sorted({int(t) for t in exclude_token_ids})
     exclude = torch.tensor(exclude_ids, device=tokens.device) if exclude_ids else None
     tokenizer = getattr(model, "tokenizer", None)
-    description = _describe_positions(seqpos_slice, exclude_ids, context_size, tokenizer)
-    if not bool(_position_mask(tokens, seqpos_slice, exclude).any()):
+    description = describe_positions(seqpos_slice, exclude_ids, context_size, tokenizer)
+    if not bool(position_mask(tokens, seqpos_slice, exclude).any()):
         raise GatedPluginError(
             "no token position is spliced: seqpos_slice and exclude_token_ids leave nothing "
             f"to evaluate ({description})"
@@ -213,11 +214,11 @@ def evaluate_sae(
     reconstruct = partial(
         _reconstruct, hook_name=hook_name, sae=sae, accumulator=accumulator, scale=scale
     )
-    with torch.no_grad(), _hook_z_reshaping_off(sae):
+    with torch.no_grad(), hook_z_reshaping_off(sae):
         for start in progress:
             batch = tokens[start : start + batch_size]
             splice = partial(
-                _splice, mask=_position_mask(batch, seqpos_slice, exclude), head_index=head_index
+                _splice, mask=position_mask(batch, seqpos_slice, exclude), head_index=head_index
             )
             runs: dict[str, _Hooks] = {"sae": [(hook_name, partial(splice, replace=reconstruct))]}
             if reference_ce is None:
