@@ -122,9 +122,7 @@ def write_site(report: InspectReport, folder: Path) -> Path:
         )
         (folder / "latents" / f"{latent.index}.html").write_text(html, encoding="utf-8")
 
-    rows = [
-        (latent, preview(latent), search_text(latent)) for latent in latents if not latent.dead
-    ]
+    rows = [(latent, preview(latent), search_text(latent)) for latent in latents if not latent.dead]
     index = env.get_template("index.html").render(
         report=report,
         rows=rows,
