@@ -31,6 +31,7 @@ import json
 import re
 import uuid
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def layer_of(hook_name: str) -> int:
 
 def centres(edges: list[float]) -> list[float]:
     """The centre of each bin of a histogram with the given edges."""
-    return [(low + high) / 2 for low, high in zip(edges[:-1], edges[1:])]
+    return [(low + high) / 2 for low, high in pairwise(edges)]
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]], *, compress: bool = False) -> None:

@@ -105,7 +105,7 @@ def write_site(report: InspectReport, folder: Path) -> Path:
     latents = sorted(report.latents, key=lambda latent: latent.index)
     inspected = {latent.index for latent in latents}
     (folder / "latents").mkdir(parents=True, exist_ok=True)
-    css = resources.files("sae_gated_plugin.inspect").joinpath("templates", "style.css")
+    css = resources.files("sae_gated_plugin.inspect").joinpath("templates/style.css")
     (folder / "style.css").write_text(css.read_text(encoding="utf-8"), encoding="utf-8")
 
     page = env.get_template("latent.html")
