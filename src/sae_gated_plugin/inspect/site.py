@@ -4,10 +4,13 @@ a network or JavaScript (``index.html``, one ``latents/<index>.html`` per latent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from html import escape
 from importlib import resources
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from sae_gated_plugin.inspect.data import Context, InspectReport, LatentReport
 
@@ -47,6 +50,37 @@ def alpha(value: float, maximum: float) -> str:
     if maximum <= 0 or value <= 0:
         return "0"
     return f"{min(value / maximum, 1.0):.2f}"
+
+
+@lru_cache(maxsize=1 << 16)
+def token_html(token: str) -> str:
+    """A token escaped for HTML text, as shown inside running text (tokens repeat: cached)."""
+    return escape(in_context(token), quote=False)
+
+
+def highlighted(
+    context: Context, maximum: float, start: int = 0, stop: int | None = None
+) -> Markup:
+    """The tokens ``start:stop`` of a context as escaped spans shaded by activation, the value
+    in each ``title``, the qualifying token of class ``q``.
+
+    Built here rather than in a template: the spans are most of every page and a template
+    loop per token makes a large site slow to write.
+    """
+    parts = []
+    tokens, values = context.tokens, context.values
+    for i in range(start, min(len(tokens), len(tokens) if stop is None else stop)):
+        value = values[i]
+        if value == 0:
+            attrs = ' title="0"'
+        else:
+            attrs = (
+                f' title="{value:.3g}" style="background:rgba(255,102,0,{alpha(value, maximum)})"'
+            )
+        if i == context.qualifying_index:
+            attrs += ' class="q"'
+        parts.append(f"<span{attrs}>{token_html(tokens[i])}</span>")
+    return Markup("".join(parts))
 
 
 def histogram_bars(edges: list[float], counts: list[int]) -> list[Bar]:
@@ -90,7 +124,10 @@ def environment() -> Environment:
     )
     env.filters.update(visible=visible, in_context=in_context)
     env.globals.update(
-        alpha=alpha, histogram_bars=histogram_bars, svg_width=SVG_WIDTH, svg_height=SVG_HEIGHT
+        highlighted=highlighted,
+        histogram_bars=histogram_bars,
+        svg_width=SVG_WIDTH,
+        svg_height=SVG_HEIGHT,
     )
     return env
 
