@@ -41,7 +41,9 @@ class Page(HTMLParser):
         self.texts.append(data)
 
     def find(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
-        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
+        return [
+            a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())
+        ]
 
     @property
     def text(self) -> str:
@@ -73,7 +75,9 @@ def test_the_index_lists_live_latents_in_a_table_and_dead_ones_apart(
     assert "hidden" in page.find("p", id="tools")[0]  # shown only by the script
 
 
-def test_every_latent_has_a_page_linked_from_the_index(report: InspectReport, tmp_path: Path) -> None:
+def test_every_latent_has_a_page_linked_from_the_index(
+    report: InspectReport, tmp_path: Path
+) -> None:
     _, page = load(write_site(report, tmp_path))
     hrefs = {a["href"] for a in page.find("a")}
     for latent in report.latents:
