@@ -122,7 +122,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(visible=visible, in_context=in_context)
+    env.filters.update(visible=visible)
     env.globals.update(
         highlighted=highlighted,
         histogram_bars=histogram_bars,
