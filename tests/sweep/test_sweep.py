@@ -228,7 +228,7 @@ def folder_hashes(folder: Path) -> dict[str, str]:
 
 
 def test_save_all_keeps_every_sae_and_a_resume_leaves_them_alone(
-    tiny_model: HookedTransformer, tmp_path: Path
+    tiny_model: HookedTransformer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output = tmp_path / "sweep.jsonl"
     first = run(tmp_path, tiny_model, [], only=["gated"], settings={"save": "all"})
@@ -262,6 +262,22 @@ def test_save_all_keeps_every_sae_and_a_resume_leaves_them_alone(
     assert sorted(f.name for f in saes_folder(output).iterdir()) == sorted(
         Path(r["sae_path"]).name for r in results
     )
+    assert_pushes(tmp_path / first[0]["sae_path"], monkeypatch)
+
+
+def assert_pushes(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sae-gated push``'s publisher takes a saved folder as it takes a trained run's."""
+    import huggingface_hub
+
+    from sae_gated_plugin.hub import push_sae
+    from sae_gated_plugin.testing import LocalHub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with LocalHub() as hub:
+        push_sae(folder, "someone/sweep", token="hf_test", endpoint=hub.endpoint)
+        files = hub.files("someone/sweep")
+    assert {f"{HOOK}/cfg.json", f"{HOOK}/evaluation.json"} <= set(files)
 
 
 def test_save_frontier_keeps_each_lines_pareto_saes_and_none_writes_nothing(
