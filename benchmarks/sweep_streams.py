@@ -39,6 +39,7 @@ def sweep_settings(
         "stream": stream,
         "cache_path": str(folder / f"activations-{epochs}"),
         "cache_tokens": tokens // epochs if stream == "cached" else None,
+        "save": "none",  # times the streams alone (a temporary folder: nothing to keep)
         "run": {
             "hook_name": "blocks.14.hook_resid_post",
             "training_tokens": tokens,

@@ -59,3 +59,22 @@ def test_one_optimiser_mapping_for_runner_trainer_and_multi_runner() -> None:
     assert (trainer.lr, runner.lr) == (1e-3, 2e-4)
     for field in ("adam_beta1", "lr_scheduler_name", "lr_warm_up_steps", "dead_feature_window"):
         assert getattr(trainer, field) == getattr(runner, field), field
+
+
+def test_run_metadata_is_the_runners_with_the_real_window() -> None:
+    """``set_run_metadata`` fills an SAE's metadata as a run's runner does (a sweep's saved SAEs):
+    SAELens's fields, then the uncut window even when training reads cut cached activations."""
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    cfg = run_config(
+        context_size=32,
+        train_batch_size_tokens=1024,
+        seqpos_slice=[2, None],
+        saelens={"use_cached_activations": True, "cached_activations_path": "cache"},
+    )
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=16, d_sae=32))
+    saelens_bridge.set_run_metadata(sae, cfg)
+    metadata = sae.cfg.metadata
+    assert (metadata.model_name, metadata.hook_name) == (cfg.model_name, cfg.hook_name)
+    assert metadata.dataset_path == cfg.dataset and metadata.prepend_bos == cfg.prepend_bos
+    assert metadata.context_size == 32 and tuple(metadata.seqpos_slice) == (2, None)

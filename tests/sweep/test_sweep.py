@@ -3,6 +3,7 @@ an interruption; the evaluation shortcut checked against a plain ``evaluate_sae`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -20,7 +21,8 @@ from sae_gated_plugin.sweep import cached_stream
 from sae_gated_plugin.sweep.config import expand, parse_sweep_config
 from sae_gated_plugin.sweep.driver import run_sweep
 from sae_gated_plugin.sweep.held_out import HeldOutEvaluation
-from sae_gated_plugin.sweep.results import read_results
+from sae_gated_plugin.sweep.results import read_results, saes_folder, saved_sae_folder
+from sae_gated_plugin.sweep.selection import on_frontier
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -183,10 +185,121 @@ def test_multi_stream_trains_a_lockstep_group(
     tiny_model: HookedTransformer, tmp_path: Path
 ) -> None:
     lines: list[str] = []
-    results = run(tmp_path, tiny_model, lines, settings={"stream": "multi", "cache_tokens": None})
+    settings = {"stream": "multi", "cache_tokens": None, "save": "all"}
+    results = run(tmp_path, tiny_model, lines, settings=settings)
     assert [r["architecture"] for r in results] == ["gated_paper"] * 2 + ["standard"] * 2
     assert all(r["stream"] == "multi" and r["tokens_trained"] == 24 * 64 for r in results)
     assert sum("lockstep group of 4" in line for line in lines) == 4
+    for record in results:
+        assert_loadable(tmp_path / "sweep.jsonl", record)
+
+
+def assert_loadable(results_path: Path, record: dict[str, Any]) -> Path:
+    """The line's saved folder loads with SAELens as its SAE, with the run's metadata."""
+    from sae_lens import SAE
+
+    folder = saved_sae_folder(results_path, record)
+    assert folder is not None, record
+    assert folder.parent == saes_folder(results_path)
+    sae = SAE.load_from_disk(folder, device="cpu")
+    assert sae.cfg.architecture() == record["architecture"]
+    assert sae.cfg.d_sae == record["d_sae"] == 32
+    metadata = sae.cfg.metadata
+    assert (metadata.model_name, metadata.hook_name) == ("tiny-random", HOOK)
+    assert (metadata.context_size, metadata.dataset_path) == (CONTEXT, "in-memory")
+    assert {f.name for f in folder.iterdir()} >= {
+        "cfg.json",
+        "sae_weights.safetensors",
+        "sparsity.safetensors",
+        "evaluation.json",
+    }
+    report = json.loads((folder / "evaluation.json").read_text(encoding="utf-8"))
+    assert report["l0"] == pytest.approx(record["l0"])
+    return folder
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path."""
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
+
+
+def test_save_all_keeps_every_sae_and_a_resume_leaves_them_alone(
+    tiny_model: HookedTransformer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "sweep.jsonl"
+    first = run(tmp_path, tiny_model, [], only=["gated"], settings={"save": "all"})
+    assert [r["sae_path"] for r in first] == [
+        "sweep-saes/gated_paper_l1-1_lr-1e-3_seed-0",
+        "sweep-saes/gated_paper_l1-4_lr-1e-3_seed-0",
+    ]
+    before = {r["sae_path"]: folder_hashes(assert_loadable(output, r)) for r in first}
+    leftover = saes_folder(output) / ".standard_l1-1_lr-1e-3_seed-0.partial"
+    leftover.mkdir()
+    (leftover / "cfg.json").write_text("{", encoding="utf-8")  # a killed run's half a folder
+
+    trained: list[str] = []
+    original = cached_stream.new_sae
+
+    def counting_new_sae(point: Any, *args: Any) -> Any:
+        trained.append(point.architecture)
+        return original(point, *args)
+
+    cached_stream.new_sae = counting_new_sae  # type: ignore[assignment]
+    try:
+        results = run(tmp_path, tiny_model, [], settings={"save": "all"})
+    finally:
+        cached_stream.new_sae = original  # type: ignore[assignment]
+    assert trained == ["standard", "standard"]
+    assert not leftover.exists()
+    for record in results:
+        assert_loadable(output, record)
+    for record in first:
+        assert folder_hashes(tmp_path / record["sae_path"]) == before[record["sae_path"]]
+    assert sorted(f.name for f in saes_folder(output).iterdir()) == sorted(
+        Path(r["sae_path"]).name for r in results
+    )
+    assert_pushes(tmp_path / first[0]["sae_path"], monkeypatch)
+
+
+def assert_pushes(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sae-gated push``'s publisher takes a saved folder as it takes a trained run's."""
+    import huggingface_hub
+
+    from sae_gated_plugin.hub import push_sae
+    from sae_gated_plugin.testing import LocalHub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with LocalHub() as hub:
+        push_sae(folder, "someone/sweep", token="hf_test", endpoint=hub.endpoint)
+        files = hub.files("someone/sweep")
+    assert {f"{HOOK}/cfg.json", f"{HOOK}/evaluation.json"} <= set(files)
+
+
+def test_save_frontier_keeps_each_lines_pareto_saes_and_none_writes_nothing(
+    tiny_model: HookedTransformer, tmp_path: Path
+) -> None:
+    output = tmp_path / "sweep.jsonl"
+    results = run(tmp_path, tiny_model, [])  # save: frontier by default
+    front = on_frontier(results, "loss_recovered")
+    assert front  # every line has at least one point on its frontier
+    for record in front:
+        assert_loadable(output, record)
+    for record in results:
+        if record not in front:
+            assert saved_sae_folder(output, record) is None
+    assert sorted(f.name for f in saes_folder(output).iterdir()) == sorted(
+        Path(r["sae_path"]).name for r in front
+    )
+
+    bare = tmp_path / "none"
+    records = run(bare, tiny_model, [], only=["gated"], settings={"save": "none"})
+    assert all("sae_path" not in r for r in records)
+    assert sorted(f.name for f in bare.iterdir()) == ["sweep.jsonl", "sweep.jsonl.activations"]
 
 
 def test_resumed_evaluation_equals_a_plain_evaluate_sae(tiny_model: HookedTransformer) -> None:
@@ -235,6 +348,11 @@ def test_sweep_config_errors_name_the_field(
     config_file.write_text(json.dumps(sweep_settings(tmp_path, grids=[])), encoding="utf-8")
     assert main(["sweep", str(config_file)]) == EXIT_INVALID
     assert "grids" in capsys.readouterr().err
+    config_file.write_text(json.dumps(sweep_settings(tmp_path, save="best")), encoding="utf-8")
+    assert main(["sweep", str(config_file)]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "save" in err and "Traceback" not in err
+    assert not (tmp_path / "sweep.jsonl").exists()
 
 
 def test_grids_union_each_point_once(tmp_path: Path) -> None:

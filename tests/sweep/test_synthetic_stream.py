@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
+from sae_lens import SAE
 
 from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
 from sae_gated_plugin.sweep import synthetic_stream as sweep_synthetic
 from sae_gated_plugin.sweep.compare import compare_sweep, metric_at_l0
-from sae_gated_plugin.sweep.results import read_results
+from sae_gated_plugin.sweep.results import read_results, saved_sae_folder
+from sae_gated_plugin.sweep.selection import on_frontier
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -110,6 +112,18 @@ def test_a_synthetic_sweep_scores_against_the_truth_and_resumes(
     for architecture in ("gated_paper", "standard"):
         dense, sparse = (r for r in results if r["architecture"] == architecture)
         assert sparse["l0"] < dense["l0"]
+
+    # save: frontier (default): the SAEs on each line's MCC frontier load with SAELens.
+    front = on_frontier(results, "mcc")
+    for record in results:
+        folder = saved_sae_folder(tmp_path / "synthetic.jsonl", record)
+        if record not in front:
+            assert folder is None
+            continue
+        assert folder is not None and folder.parent == tmp_path / "synthetic-saes"
+        sae = SAE.load_from_disk(folder, device="cpu")
+        assert (sae.cfg.architecture(), sae.cfg.d_sae) == (record["architecture"], 48)
+    assert len(list((tmp_path / "synthetic-saes").iterdir())) == len(front)
 
     assert main(["compare", str(tmp_path / "synthetic.jsonl")]) == EXIT_OK  # default --y mcc
     assert "| MCC |" in capsys.readouterr().out

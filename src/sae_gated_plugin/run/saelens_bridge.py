@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import FrameType, SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from datasets import Array2D, Features, Sequence, Value
@@ -56,7 +56,7 @@ from sae_gated_plugin.sources import (
 
 if TYPE_CHECKING:
     import datasets
-    from sae_lens import TrainingSAE, TrainingSAEConfig
+    from sae_lens import SAE, TrainingSAE, TrainingSAEConfig
     from sae_lens.training.activations_store import ActivationsStore
     from transformer_lens import HookedTransformer
 
@@ -521,11 +521,22 @@ def prepare_runner(
         else:
             runner = make_runner(built, model, dataset)
     runner.resampling = cfg.resampling
-    runner.metadata_overrides = {
-        "context_size": cfg.context_size,
-        "seqpos_slice": cfg.training_positions,
-    }
+    runner.metadata_overrides = _metadata_overrides(cfg)
     return runner, model
+
+
+def _metadata_overrides(cfg: TrainRunConfig) -> dict[str, Any]:
+    """The SAE metadata a run sets after SAELens's own (the real window, uncut by a cache)."""
+    return {"context_size": cfg.context_size, "seqpos_slice": cfg.training_positions}
+
+
+def set_run_metadata(sae: SAE[Any], cfg: TrainRunConfig) -> None:
+    """Fill ``sae.cfg.metadata`` (model, hook, dataset, window...) as a run of ``cfg`` does."""
+    built = runner_config(cfg, sae.cfg.d_in, str(sae.cfg.device))
+    # SAELens's own method, given the two attributes it reads.
+    LanguageModelSAETrainingRunner._set_sae_metadata(cast(Any, SimpleNamespace(cfg=built, sae=sae)))
+    for name, value in _metadata_overrides(cfg).items():
+        setattr(sae.cfg.metadata, name, value)
 
 
 class GuardedMultiRunner(MultiSAETrainingRunner):

@@ -23,6 +23,7 @@ from sae_gated_plugin.sweep.synthetic_config import Strict, SyntheticSettings
 
 PAPER_ARCHITECTURE = "gated_paper"
 Stream = Literal["cached", "multi", "synthetic"]
+SaveMode = Literal["none", "frontier", "all"]
 
 
 EARLIER_SAE_DEFAULTS: dict[str, Any] = {"encoder_init_scale": 1.0}
@@ -73,6 +74,12 @@ class SweepConfig(Strict):
     )
     cache_tokens: int | None = Field(
         default=None, gt=0, description="Activations to cache; default run.training_tokens."
+    )
+    save: SaveMode = Field(
+        default="frontier",
+        description="Which trained SAEs to keep as SAELens folders in <output stem>-saes/: "
+        "'frontier': each line's Pareto-optimal ones (the others' folders are removed), "
+        "'all', or 'none'.",
     )
     run: TrainRunConfig = Field(description="The base run (`sae-gated train` fields).")
     synthetic: SyntheticSettings | None = Field(

@@ -1,7 +1,8 @@
 """``sae-gated sweep CONFIG``: train a grid of SAEs from one activation stream and evaluate each.
 
 Streams: ``cached_stream`` (default), ``multi_stream``, ``synthetic_stream``. Each finished SAE is
-appended to ``output`` before the next starts; points already there are skipped (resume).
+saved as ``save`` says (``saved``) and appended to ``output`` before the next starts; points
+already there are skipped (resume).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sae_gated_plugin.sweep.held_out import HeldOutEvaluation
 from sae_gated_plugin.sweep.multi_stream import train_multi
 from sae_gated_plugin.sweep.points import Echo, Finished, SweepContext
 from sae_gated_plugin.sweep.results import line_key, open_results, read_results
+from sae_gated_plugin.sweep.saved import SweepSaves
 from sae_gated_plugin.sweep.synthetic_stream import train_synthetic
 
 
@@ -55,12 +57,16 @@ def run_sweep(
             )
         todo = [(i, p) for i, p in enumerate(points, start=1) if p.key() not in done]
         echo(f"Sweep of {len(points)} SAEs: {len(points) - len(todo)} already in {output}")
+        saves = SweepSaves(output, config)
+        saves.clean_staging()
         if todo:
             stream = _stream(config, todo, len(points), model, train_dataset, eval_dataset, echo)
-            for point, record, message in stream:
+            for finished in stream:
+                record = saves.save(finished, list(done.values()))
                 append(record)
-                done[point.key()] = record
-                echo(message)
+                done[finished.point.key()] = record
+                saves.prune(list(done.values()))
+                echo(finished.message)
     return [done[p.key()] for p in points]
 
 

@@ -24,11 +24,23 @@ if TYPE_CHECKING:
     import datasets
     from transformer_lens import HookedTransformer
 
+    from sae_gated_plugin.eval.metrics import EvalReport
     from sae_gated_plugin.sweep.held_out import HeldOutEvaluation
 
 Echo = Callable[[str], None]
-Finished = tuple[GridPoint, dict[str, Any], str]
-"""A finished point, its result line and its progress message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """A finished point: its result line, progress message, trainer and held-out report."""
+
+    point: GridPoint
+    record: dict[str, Any]
+    message: str
+    trainer: GuardedTrainer  # its SAE as trained (activation scaling folded in) and sparsity
+    report: EvalReport | None = None  # the language-model streams' evaluation
+
+
 REPORT_FIELDS = (
     "n_tokens l0 dead_fraction explained_variance loss_recovered delta_ce_loss "
     "relative_reconstruction_bias mse ce_loss_clean ce_loss_with_sae ce_loss_zero_ablation"
@@ -137,7 +149,7 @@ def point_record(
 def lm_finished(
     point: GridPoint,
     trainer: GuardedTrainer,
-    report: Any,
+    report: EvalReport,
     config: SweepConfig,
     seconds: tuple[float, float],
     cached_tokens: int | None,
@@ -160,7 +172,7 @@ def lm_finished(
         f"{report.relative_reconstruction_bias:.3f}, dead {report.dead_fraction:.1%} "
         f"({record['seconds']:.0f} s)"
     )
-    return point, record, message
+    return Finished(point, record, message, trainer, report)
 
 
 @dataclasses.dataclass

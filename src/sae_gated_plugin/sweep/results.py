@@ -24,6 +24,9 @@ KEY_FIELDS = ("architecture", "variant", "coefficient", "lr", "seed", "resamplin
 """The fields that identify a grid point in a results line."""
 DEFAULT_VARIANTS = ("paper", "default")
 """Variant names meaning "the architecture's own defaults" ("paper" for gated_paper)."""
+SAE_PATH_FIELD = "sae_path"
+"""The results-line field naming the line's saved SAE folder, relative to the results file's
+folder."""
 
 
 def compact_float(value: float) -> str:
@@ -90,3 +93,19 @@ def open_results(path: Path) -> Iterator[Callable[[Mapping[str, Any]], None]]:
             os.fsync(handle.fileno())
 
         yield append
+
+
+def saes_folder(results_path: Path) -> Path:
+    """Where a sweep saves its SAEs: ``<results stem>-saes/`` beside the results file."""
+    return results_path.parent / f"{results_path.stem}-saes"
+
+
+def saved_sae_folder(results_path: Path, line: Mapping[str, Any]) -> Path | None:
+    """The SAELens folder of a results line's SAE: its ``sae_path`` resolved against the results
+    file's folder; None when the line names none or its folder is gone (not kept, or removed
+    once off its line's frontier)."""
+    relative = line.get(SAE_PATH_FIELD)
+    if not relative:
+        return None
+    folder = Path(results_path).parent / str(relative)
+    return folder if (folder / "cfg.json").is_file() else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +119,10 @@ def group_lines(
 ) -> dict[str, list[dict[str, Any]]]:
     """Points per line label, one per coefficient and lr (seed means, stds, ``n_seeds``), by L0.
     ``envelope``: lines not split by lr, each the ``pareto_front`` in ``y`` over all its lrs."""
-    show_lr = not envelope and len({float(r["lr"]) for r in records}) > 1
-    show_resampling = len({bool(r.get("resampling")) for r in records}) > 1
+    label_of = _labeller(records, envelope)
     by_line: dict[str, dict[tuple[float, float], list[dict[str, Any]]]] = {}
     for record in records:
-        label = line_label(record, show_lr, show_resampling)
+        label = label_of(record)
         point_key = (float(record["coefficient"]), float(record["lr"]))
         by_line.setdefault(label, {}).setdefault(point_key, []).append(record)
     lines: dict[str, list[dict[str, Any]]] = {}
@@ -137,3 +136,22 @@ def group_lines(
         points.sort(key=lambda p: p["l0"])
         lines[label] = pareto_front(points, y) if envelope else points
     return lines
+
+
+def _labeller(records: list[dict[str, Any]], envelope: bool) -> Callable[[dict[str, Any]], str]:
+    """The ``line_label`` of a record among ``records`` (lr shown where lines split by it)."""
+    show_lr = not envelope and len({float(r["lr"]) for r in records}) > 1
+    show_resampling = len({bool(r.get("resampling")) for r in records}) > 1
+    return lambda record: line_label(record, show_lr, show_resampling)
+
+
+def on_frontier(records: list[dict[str, Any]], y: str) -> list[dict[str, Any]]:
+    """The records (every seed) of the points on their line's Pareto front in ``y``, the lines
+    as ``group_lines(records, envelope=True)`` draws them."""
+    label_of = _labeller(records, envelope=True)
+    front = {
+        (label, point["coefficient"], point["lr"])
+        for label, points in group_lines(records, envelope=True, y=y).items()
+        for point in points
+    }
+    return [r for r in records if (label_of(r), float(r["coefficient"]), float(r["lr"])) in front]

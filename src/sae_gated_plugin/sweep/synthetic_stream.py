@@ -68,7 +68,7 @@ def finished(
         f"F1 {result.classification.f1_score:.3f}, shrinkage {result.shrinkage:.3f}, dead "
         f"{record['dead_fraction']:.1%} ({record['seconds']:.0f} s)"
     )
-    return point, record, message
+    return Finished(point, record, message, trainer)
 
 
 def train_synthetic(
