@@ -104,7 +104,9 @@ def test_every_statistic_matches_brute_force(
         assert r.max_activation == values.max().item()
         assert r.mean_activation == pytest.approx(values.double().mean().item())
         span = r.histogram_edges[-1]
-        assert span / 2 <= r.max_activation < span and span == 2.0 ** round(torch.tensor(span).log2().item())
+        assert span / 2 <= r.max_activation < span and span == 2.0 ** round(
+            torch.tensor(span).log2().item()
+        )
         bins = brute_bins(values, r.histogram_edges)
         assert r.histogram_counts == torch.bincount(bins, minlength=n_bins).tolist()
         assert r.histogram_counts == torch.histc(values.double(), n_bins, 0, span).long().tolist()
@@ -113,7 +115,9 @@ def test_every_statistic_matches_brute_force(
         assert (top.title, top.bin_min, top.bin_max, top.bin_contains) == (
             "Top activations", -1.0, r.max_activation, -1.0,
         )  # fmt: skip
-        assert [c.value for c in top.contexts] == values.sort(descending=True).values[:top_k].tolist()
+        assert [c.value for c in top.contexts] == values.sort(descending=True).values[
+            :top_k
+        ].tolist()
         for c in top.contexts:
             check_window(c, d, r.index)
         assert len({(c.sequence, c.position) for c in top.contexts}) == len(top.contexts)
@@ -122,7 +126,7 @@ def test_every_statistic_matches_brute_force(
         interval_of = bins // width
         present = sorted(set(interval_of.tolist()), reverse=True)
         assert len(intervals) == len(present)
-        for group, i in zip(intervals, present):
+        for group, i in zip(intervals, present, strict=True):
             lo, hi = r.histogram_edges[i * width], r.histogram_edges[(i + 1) * width]
             assert (group.bin_min, group.bin_max) == (lo, hi)
             assert group.title == f"Interval {lo:.3g} - {hi:.3g}"
@@ -214,4 +218,6 @@ def test_bad_arguments() -> None:
         LatentStatistics(4, latents=torch.tensor([4]))
     stats = LatentStatistics(2)
     with pytest.raises(ValueError, match="non-negative"):
-        stats.update(torch.zeros(1, 1, dtype=torch.long), -torch.ones(1, 1, 2), torch.ones(1, 1).bool())
+        stats.update(
+            torch.zeros(1, 1, dtype=torch.long), -torch.ones(1, 1, 2), torch.ones(1, 1).bool()
+        )

@@ -34,10 +34,8 @@ class LatentActivity:
 
 
 def _select(group: Tensor, key: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Entries with the ``size`` largest keys of each group: (entry, group, rank in group).
-
-    Ties keep the earlier entry, so the order of entries makes the choice deterministic.
-    """
+    """Entries with the ``size`` largest keys of each group: (entry, group, rank in group);
+    ties keep the earlier entry."""
     order = torch.argsort(key, descending=True, stable=True)
     order = order[torch.argsort(group[order], stable=True)]
     sorted_group = group[order]
@@ -47,68 +45,40 @@ def _select(group: Tensor, key: Tensor, size: int) -> tuple[Tensor, Tensor, Tens
     return order[keep], sorted_group[keep], rank[keep]
 
 
+_Window = Callable[[Tensor], tuple[Tensor, Tensor]]
+_FILLS = (-torch.inf, 0, -1, -1, -1, 0)
+_DTYPES = (torch.float64, torch.float32, torch.long, torch.long, torch.long, torch.float32)
+
+
 class _Slots:
-    """Per group, the ``size`` entries with the largest keys, each with its context window."""
+    """Per group, the ``size`` entries with the largest keys: key, value, sequence, position,
+    and the context window's token ids (-1 outside the sequence) and activations."""
 
     def __init__(self, groups: int, size: int, width: int) -> None:
-        self.size = size
-        self.key = torch.full((groups, size), -torch.inf, dtype=torch.float64)
-        self.val = torch.zeros(groups, size)
-        self.seq = torch.full((groups, size), -1, dtype=torch.long)
-        self.pos = torch.full((groups, size), -1, dtype=torch.long)
-        self.tok = torch.full((groups, size, width), -1, dtype=torch.long)
-        self.act = torch.zeros(groups, size, width)
-
-    def tensors(self) -> list[Tensor]:
-        return [self.key, self.val, self.seq, self.pos, self.tok, self.act]
-
-    def to(self, device: torch.device) -> None:
-        self.key, self.val, self.seq, self.pos, self.tok, self.act = (
-            t.to(device) for t in self.tensors()
-        )
-
-    def offer(
-        self,
-        old_group: Tensor,
-        group: Tensor,
-        key: Tensor,
-        val: Tensor,
-        seq: Tensor,
-        pos: Tensor,
-        window: Callable[[Tensor], tuple[Tensor, Tensor]],
-    ) -> None:
-        """Merge new entries into the kept ones; ``old_group`` maps each kept group to its
-        (possibly coarser) group now; ``window(i)`` gives the windows of new entries ``i``."""
-        size = self.key.shape[1]
-        flat_key = self.key.reshape(-1)
-        kept = torch.nonzero(flat_key > -torch.inf).squeeze(1)
-        n_kept = len(kept)
-        pool_group = torch.cat([old_group.repeat_interleave(size)[kept], group])
-        pool_key = torch.cat([flat_key[kept], key])
-        entry, dest_group, dest_rank = _select(pool_group, pool_key, size)
-        is_old = entry < n_kept
-        src_old, src_new = kept[entry[is_old]], entry[~is_old] - n_kept
-        tok_new, act_new = window(src_new)
-        columns: list[tuple[Tensor, Tensor]] = [
-            (self.key, key),
-            (self.val, val),
-            (self.seq, seq),
-            (self.pos, pos),
+        shapes = [(groups, size)] * 4 + [(groups, size, width)] * 2
+        self.data = [
+            torch.full(s, f, dtype=d) for s, f, d in zip(shapes, _FILLS, _DTYPES, strict=True)
         ]
-        fresh = []
-        for old, new in columns:
-            out = torch.full_like(old, -torch.inf if old is self.key else -1)
-            out[dest_group[is_old], dest_rank[is_old]] = old.reshape(-1)[src_old]
-            out[dest_group[~is_old], dest_rank[~is_old]] = new[src_new].to(old.dtype)
-            fresh.append(out)
-        self.key, self.val, self.seq, self.pos = fresh
-        windows = []
-        for old, new in ((self.tok, tok_new), (self.act, act_new)):
-            out = torch.full_like(old, -1) if old is self.tok else torch.zeros_like(old)
-            out[dest_group[is_old], dest_rank[is_old]] = old.reshape(-1, old.shape[-1])[src_old]
-            out[dest_group[~is_old], dest_rank[~is_old]] = new
-            windows.append(out)
-        self.tok, self.act = windows
+
+    def offer(self, old_group: Tensor, group: Tensor, new: list[Tensor], window: _Window) -> None:
+        """Merge new entries (``new``: key, value, sequence, position, with one ``group`` each)
+        into the kept ones, whose groups ``old_group`` maps to the groups now; ``window(i)``
+        gives the context windows of new entries ``i`` (called only for those kept)."""
+        size = self.data[0].shape[1]
+        kept = torch.nonzero(self.data[0].reshape(-1) > -torch.inf).squeeze(1)
+        pool_group = torch.cat([old_group.repeat_interleave(size)[kept], group])
+        pool_key = torch.cat([self.data[0].reshape(-1)[kept], new[0]])
+        entry, dest_group, dest_rank = _select(pool_group, pool_key, size)
+        is_old = entry < len(kept)
+        src_old, src_new = kept[entry[is_old]], entry[~is_old] - len(kept)
+        added = [t[src_new] for t in new] + list(window(src_new))
+        for n, (old, add) in enumerate(zip(self.data, added, strict=True)):
+            self.data[n] = out = torch.full_like(old, _FILLS[n])
+            out[dest_group[is_old], dest_rank[is_old]] = old.flatten(0, 1)[src_old]
+            out[dest_group[~is_old], dest_rank[~is_old]] = add.to(old.dtype)
+
+
+_STATE = ("latents", "n_firing", "total", "max", "exponent", "counts", "openings", "zero_openings")
 
 
 class LatentStatistics:
@@ -141,38 +111,35 @@ class LatentStatistics:
         if n_bins % n_intervals:
             raise ValueError(f"n_bins ({n_bins}) must be divisible by n_intervals ({n_intervals})")
         self.latents = torch.arange(d_sae) if latents is None else latents.long().flatten()
-        if len(self.latents) and not 0 <= int(self.latents.min()) <= int(self.latents.max()) < d_sae:
+        if len(self.latents) and not 0 <= self.latents.min() <= self.latents.max() < d_sae:
             raise ValueError(f"latents must lie in [0, {d_sae})")
         n = len(self.latents)
         self.n_bins, self.n_intervals, self.weak_fraction = n_bins, n_intervals, weak_fraction
         self.before, self.after = window
         width = self.before + 1 + self.after
         self.generator = torch.Generator().manual_seed(seed)
-        self.n_sequences = 0
-        self.n_tokens = 0
-        self.n_firing = torch.zeros(n, dtype=torch.long)
+        self.n_sequences = self.n_tokens = 0
         self.total = torch.zeros(n, dtype=torch.float64)
         self.max = torch.zeros(n)
         self.exponent = torch.zeros(n, dtype=torch.long)
         """``R = 2 ** exponent`` for latents that have fired."""
         self.counts = torch.zeros(n, n_bins, dtype=torch.long)
-        self.openings = torch.zeros(n, dtype=torch.long)
-        self.zero_openings = torch.zeros(n, dtype=torch.long)
+        counters = (torch.zeros(n, dtype=torch.long) for _ in range(3))
+        self.n_firing, self.openings, self.zero_openings = counters
         self.gated = False
         self.top = _Slots(n, top_k, width)
         self.samples = _Slots(n * n_intervals, samples_per_interval, width)
 
     def state(self) -> list[Tensor]:
         """Every tensor kept between updates."""
-        own = [self.latents, self.n_firing, self.total, self.max, self.exponent, self.counts]
-        return own + [self.openings, self.zero_openings, *self.top.tensors(), *self.samples.tensors()]
+        own = [getattr(self, name) for name in _STATE]
+        return [*own, *self.top.data, *self.samples.data]
 
     def _to(self, device: torch.device) -> None:
-        for name in ("latents", "n_firing", "total", "max", "exponent", "counts"):
+        for name in _STATE:
             setattr(self, name, getattr(self, name).to(device))
-        self.openings, self.zero_openings = self.openings.to(device), self.zero_openings.to(device)
-        self.top.to(device)
-        self.samples.to(device)
+        for slots in (self.top, self.samples):
+            slots.data = [t.to(device) for t in slots.data]
 
     def update(
         self, tokens: Tensor, acts: Tensor, spliced: Tensor, gate_open: Tensor | None = None
@@ -194,7 +161,7 @@ class LatentStatistics:
         if gate_open is not None:
             self.gated = True
             opened = gate_open.index_select(-1, self.latents).reshape(-1, n)
-            opened = opened & spliced.reshape(-1, 1)
+            opened &= spliced.reshape(-1, 1)
             self.openings += opened.sum(0)
             self.zero_openings += (opened & ~fire).sum(0)
         if len(flat):
@@ -211,17 +178,15 @@ class LatentStatistics:
             where = pos[:, None] + offsets
             inside = (where >= 0) & (where < length)
             where = where.clamp(0, length - 1)
-            tok = torch.where(inside, tokens[row, where], -1)
-            return tok, torch.where(inside, a[row, where, latent[i][:, None]], 0.0)
+            act = torch.where(inside, a[row, where, latent[i][:, None]], 0.0)
+            return torch.where(inside, tokens[row, where], -1), act
 
         seq, pos = token // length + self.n_sequences, token % length
-        same = torch.arange(n, device=a.device)
-        self.top.offer(same, latent, value.double(), value, seq, pos, window)
-        interval = (scaled * self.n_intervals).floor().long()
-        key = torch.rand(len(value), generator=self.generator, dtype=torch.float64)
-        same = torch.arange(n * self.n_intervals, device=a.device)
-        group = latent * self.n_intervals + interval
-        self.samples.offer(same, group, key.to(a.device), value, seq, pos, window)
+        ids = torch.arange(n * self.n_intervals, device=a.device)
+        self.top.offer(ids[:n], latent, [value.double(), value, seq, pos], window)
+        group = latent * self.n_intervals + (scaled * self.n_intervals).floor().long()
+        key = torch.rand(len(value), generator=self.generator, dtype=torch.float64).to(a.device)
+        self.samples.offer(ids, group, [key, value, seq, pos], window)
         self.n_sequences += batch
 
     def _grow(self, batch_max: Tensor) -> None:
@@ -243,12 +208,7 @@ class LatentStatistics:
         interval = torch.arange(k, device=shift.device) >> shift[:, None]
         old_group = (torch.arange(n, device=shift.device)[:, None] * k + interval).reshape(-1)
         none = torch.zeros(0, dtype=torch.long, device=shift.device)
-        width = self.before + 1 + self.after
-
-        def no_window(i: Tensor) -> tuple[Tensor, Tensor]:
-            return i.new_full((0, width), -1), torch.zeros(0, width, device=i.device)
-
-        self.samples.offer(old_group, none, none.double(), none.float(), none, none, no_window)
+        self.samples.offer(old_group, none, [none] * 4, lambda i: (i[:, None], i[:, None]))
 
     def finalize(self, token_strings: Callable[[list[int]], list[str]]) -> list[LatentActivity]:
         """One ``LatentActivity`` per kept latent, in the order of ``latents``; a dead latent
@@ -258,8 +218,7 @@ class LatentStatistics:
         top_slots, sample_slots = cpu[8:14], cpu[14:20]
         reports = []
         for j, index in enumerate(latents.tolist()):
-            fired = int(n_firing[j])
-            peak = float(maxima[j])
+            fired, peak = int(n_firing[j]), float(maxima[j])
             span = 2.0 ** int(exponent[j]) if fired else 1.0
             edges = torch.linspace(0, span, self.n_bins + 1, dtype=torch.float64)
             groups = []
@@ -279,18 +238,11 @@ class LatentStatistics:
                 weak_bins = edges[1:] <= self.weak_fraction * peak
                 weak = int(zero_openings[j]) + int(counts[j][weak_bins].sum())
                 gate = GateStatistics(int(openings[j]), weak, self.weak_fraction)
+            frequency = fired / self.n_tokens if self.n_tokens else 0.0
+            mean = float(total[j]) / fired if fired else 0.0
+            histogram = (edges.tolist(), counts[j].tolist())
             reports.append(
-                LatentActivity(
-                    index=index,
-                    n_firing=fired,
-                    frequency=fired / self.n_tokens if self.n_tokens else 0.0,
-                    max_activation=peak,
-                    mean_activation=float(total[j]) / fired if fired else 0.0,
-                    histogram_edges=edges.tolist(),
-                    histogram_counts=counts[j].tolist(),
-                    groups=groups,
-                    gate=gate,
-                )
+                LatentActivity(index, fired, frequency, peak, mean, *histogram, groups, gate)
             )
         return reports
 
@@ -298,19 +250,12 @@ class LatentStatistics:
         self, slots: list[Tensor], group: int, token_strings: Callable[[list[int]], list[str]]
     ) -> list[Context]:
         """The kept contexts of one group, highest activation first."""
-        key, val, seq, pos, tok, act = (t[group] for t in slots)
+        key, val, seq, pos, tok, act = (t[group].tolist() for t in slots)
         contexts = []
-        for s in torch.argsort(val, descending=True, stable=True).tolist():
-            if key[s] == -torch.inf:
-                continue
-            inside = tok[s] >= 0
-            contexts.append(
-                Context(
-                    tokens=token_strings(tok[s][inside].tolist()),
-                    values=act[s][inside].tolist(),
-                    qualifying_index=int(inside[: self.before].sum()),
-                    sequence=int(seq[s]),
-                    position=int(pos[s]),
-                )
-            )
+        for s in sorted((s for s in range(len(key)) if key[s] > -torch.inf), key=lambda s: -val[s]):
+            inside = [i for i, t in enumerate(tok[s]) if t >= 0]
+            tokens = token_strings([tok[s][i] for i in inside])
+            values = [act[s][i] for i in inside]
+            before = sum(i < self.before for i in inside)
+            contexts.append(Context(tokens, values, before, seq[s], pos[s]))
         return contexts
