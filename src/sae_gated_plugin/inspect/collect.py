@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from sae_gated_plugin.inspect.data import Context, ContextGroup, GateStatistics
+from sae_gated_plugin.inspect.slots import Slots
 
 
 @dataclass
@@ -31,51 +32,6 @@ class LatentActivity:
     histogram_counts: list[int]
     groups: list[ContextGroup]
     gate: GateStatistics | None
-
-
-def _select(group: Tensor, key: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Entries with the ``size`` largest keys of each group: (entry, group, rank in group);
-    ties keep the earlier entry."""
-    order = torch.argsort(key, descending=True, stable=True)
-    order = order[torch.argsort(group[order], stable=True)]
-    sorted_group = group[order]
-    rank = torch.arange(len(order), device=key.device)
-    rank = rank - torch.searchsorted(sorted_group, sorted_group)
-    keep = rank < size
-    return order[keep], sorted_group[keep], rank[keep]
-
-
-_Window = Callable[[Tensor], tuple[Tensor, Tensor]]
-_FILLS = (-torch.inf, 0, -1, -1, -1, 0)
-_DTYPES = (torch.float64, torch.float32, torch.long, torch.long, torch.long, torch.float32)
-
-
-class _Slots:
-    """Per group, the ``size`` entries with the largest keys: key, value, sequence, position,
-    and the context window's token ids (-1 outside the sequence) and activations."""
-
-    def __init__(self, groups: int, size: int, width: int) -> None:
-        shapes = [(groups, size)] * 4 + [(groups, size, width)] * 2
-        self.data = [
-            torch.full(s, f, dtype=d) for s, f, d in zip(shapes, _FILLS, _DTYPES, strict=True)
-        ]
-
-    def offer(self, old_group: Tensor, group: Tensor, new: list[Tensor], window: _Window) -> None:
-        """Merge new entries (``new``: key, value, sequence, position, with one ``group`` each)
-        into the kept ones, whose groups ``old_group`` maps to the groups now; ``window(i)``
-        gives the context windows of new entries ``i`` (called only for those kept)."""
-        size = self.data[0].shape[1]
-        kept = torch.nonzero(self.data[0].reshape(-1) > -torch.inf).squeeze(1)
-        pool_group = torch.cat([old_group.repeat_interleave(size)[kept], group])
-        pool_key = torch.cat([self.data[0].reshape(-1)[kept], new[0]])
-        entry, dest_group, dest_rank = _select(pool_group, pool_key, size)
-        is_old = entry < len(kept)
-        src_old, src_new = kept[entry[is_old]], entry[~is_old] - len(kept)
-        added = [t[src_new] for t in new] + list(window(src_new))
-        for n, (old, add) in enumerate(zip(self.data, added, strict=True)):
-            self.data[n] = out = torch.full_like(old, _FILLS[n])
-            out[dest_group[is_old], dest_rank[is_old]] = old.flatten(0, 1)[src_old]
-            out[dest_group[~is_old], dest_rank[~is_old]] = add.to(old.dtype)
 
 
 _STATE = ("latents", "n_firing", "total", "max", "exponent", "counts", "openings", "zero_openings")
@@ -127,8 +83,8 @@ class LatentStatistics:
         counters = (torch.zeros(n, dtype=torch.long) for _ in range(3))
         self.n_firing, self.openings, self.zero_openings = counters
         self.gated = False
-        self.top = _Slots(n, top_k, width)
-        self.samples = _Slots(n * n_intervals, samples_per_interval, width)
+        self.top = Slots(n, top_k, width)
+        self.samples = Slots(n * n_intervals, samples_per_interval, width)
 
     def state(self) -> list[Tensor]:
         """Every tensor kept between updates."""
@@ -214,12 +170,14 @@ class LatentStatistics:
         """One ``LatentActivity`` per kept latent, in the order of ``latents``; a dead latent
         gets a zero histogram over ``[0, 1)`` and no context groups."""
         cpu = [t.cpu() for t in self.state()]
-        latents, n_firing, total, maxima, exponent, counts, openings, zero_openings = cpu[:8]
-        top_slots, sample_slots = cpu[8:14], cpu[14:20]
+        latents, n_firing, total, maxima, exponent, _, openings, zero_openings = (
+            t.tolist() for t in cpu[:8]
+        )
+        counts, top_slots, sample_slots = cpu[5], cpu[8:14], cpu[14:20]
         reports = []
-        for j, index in enumerate(latents.tolist()):
-            fired, peak = int(n_firing[j]), float(maxima[j])
-            span = 2.0 ** int(exponent[j]) if fired else 1.0
+        for j, index in enumerate(latents):
+            fired, peak = n_firing[j], maxima[j]
+            span = 2.0 ** exponent[j] if fired else 1.0
             edges = torch.linspace(0, span, self.n_bins + 1, dtype=torch.float64)
             groups = []
             if fired:
@@ -236,10 +194,10 @@ class LatentStatistics:
             gate = None
             if self.gated:
                 weak_bins = edges[1:] <= self.weak_fraction * peak
-                weak = int(zero_openings[j]) + int(counts[j][weak_bins].sum())
-                gate = GateStatistics(int(openings[j]), weak, self.weak_fraction)
+                weak = zero_openings[j] + int(counts[j][weak_bins].sum())
+                gate = GateStatistics(openings[j], weak, self.weak_fraction)
             frequency = fired / self.n_tokens if self.n_tokens else 0.0
-            mean = float(total[j]) / fired if fired else 0.0
+            mean = total[j] / fired if fired else 0.0
             histogram = (edges.tolist(), counts[j].tolist())
             reports.append(
                 LatentActivity(index, fired, frequency, peak, mean, *histogram, groups, gate)
