@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,6 +71,7 @@ class LatentStatistics:
         if len(self.latents) and not 0 <= self.latents.min() <= self.latents.max() < d_sae:
             raise ValueError(f"latents must lie in [0, {d_sae})")
         n = len(self.latents)
+        self.every = latents is None
         self.n_bins, self.n_intervals, self.weak_fraction = n_bins, n_intervals, weak_fraction
         self.before, self.after = window
         width = self.before + 1 + self.after
@@ -106,7 +108,7 @@ class LatentStatistics:
             self._to(acts.device)
         batch, length = tokens.shape
         n = len(self.latents)
-        a = acts.index_select(-1, self.latents).float()
+        a = (acts if self.every else acts.index_select(-1, self.latents)).float()
         if bool((a < 0).any()):
             raise ValueError("activations must be non-negative")
         flat = a.reshape(batch * length, n)
@@ -116,8 +118,8 @@ class LatentStatistics:
         self.total += flat.sum(0, dtype=torch.float64)
         if gate_open is not None:
             self.gated = True
-            opened = gate_open.index_select(-1, self.latents).reshape(-1, n)
-            opened &= spliced.reshape(-1, 1)
+            opened = gate_open if self.every else gate_open.index_select(-1, self.latents)
+            opened = opened.reshape(-1, n) & spliced.reshape(-1, 1)
             self.openings += opened.sum(0)
             self.zero_openings += (opened & ~fire).sum(0)
         if len(flat):
@@ -170,15 +172,15 @@ class LatentStatistics:
         """One ``LatentActivity`` per kept latent, in the order of ``latents``; a dead latent
         gets a zero histogram over ``[0, 1)`` and no context groups."""
         cpu = [t.cpu() for t in self.state()]
-        latents, n_firing, total, maxima, exponent, _, openings, zero_openings = (
-            t.tolist() for t in cpu[:8]
+        latents, n_firing, total, maxima, exponent, counts, openings, zero_openings, *slots = (
+            t.tolist() for t in cpu
         )
-        counts, top_slots, sample_slots = cpu[5], cpu[8:14], cpu[14:20]
+        top_slots, sample_slots = slots[:6], slots[6:]
         reports = []
         for j, index in enumerate(latents):
             fired, peak = n_firing[j], maxima[j]
             span = 2.0 ** exponent[j] if fired else 1.0
-            edges = torch.linspace(0, span, self.n_bins + 1, dtype=torch.float64)
+            edges = [span * i / self.n_bins for i in range(self.n_bins + 1)]
             groups = []
             if fired:
                 contexts = self._contexts(top_slots, j, token_strings)
@@ -187,28 +189,28 @@ class LatentStatistics:
             for i in reversed(range(self.n_intervals)):
                 contexts = self._contexts(sample_slots, j * self.n_intervals + i, token_strings)
                 if contexts:
-                    lo, hi = float(edges[i * per]), float(edges[(i + 1) * per])
-                    share = int(counts[j, i * per : (i + 1) * per].sum()) / fired
+                    lo, hi = edges[i * per], edges[(i + 1) * per]
+                    share = sum(counts[j][i * per : (i + 1) * per]) / fired
                     title = f"Interval {lo:.3g} - {hi:.3g}"
                     groups.append(ContextGroup(title, lo, hi, share, contexts))
             gate = None
             if self.gated:
-                weak_bins = edges[1:] <= self.weak_fraction * peak
-                weak = zero_openings[j] + int(counts[j][weak_bins].sum())
+                weak_edge = self.weak_fraction * peak
+                weak_bins = zip(counts[j], edges[1:], strict=True)
+                weak = zero_openings[j] + sum(c for c, e in weak_bins if e <= weak_edge)
                 gate = GateStatistics(openings[j], weak, self.weak_fraction)
             frequency = fired / self.n_tokens if self.n_tokens else 0.0
             mean = total[j] / fired if fired else 0.0
-            histogram = (edges.tolist(), counts[j].tolist())
             reports.append(
-                LatentActivity(index, fired, frequency, peak, mean, *histogram, groups, gate)
+                LatentActivity(index, fired, frequency, peak, mean, edges, counts[j], groups, gate)
             )
         return reports
 
     def _contexts(
-        self, slots: list[Tensor], group: int, token_strings: Callable[[list[int]], list[str]]
+        self, slots: list[list[Any]], group: int, token_strings: Callable[[list[int]], list[str]]
     ) -> list[Context]:
         """The kept contexts of one group, highest activation first."""
-        key, val, seq, pos, tok, act = (t[group].tolist() for t in slots)
+        key, val, seq, pos, tok, act = (t[group] for t in slots)
         contexts = []
         for s in sorted((s for s in range(len(key)) if key[s] > -torch.inf), key=lambda s: -val[s]):
             inside = [i for i, t in enumerate(tok[s]) if t >= 0]
