@@ -172,10 +172,13 @@ class LatentStatistics:
         """One ``LatentActivity`` per kept latent, in the order of ``latents``; a dead latent
         gets a zero histogram over ``[0, 1)`` and no context groups."""
         cpu = [t.cpu() for t in self.state()]
+        for tok in (cpu[12], cpu[18]):  # where each window starts and stops inside its sequence
+            cpu.append((tok[..., : self.before] < 0).sum(-1))
+            cpu.append(tok.shape[-1] - (tok[..., self.before + 1 :] < 0).sum(-1))
         latents, n_firing, total, maxima, exponent, counts, openings, zero_openings, *slots = (
             t.tolist() for t in cpu
         )
-        top_slots, sample_slots = slots[:6], slots[6:]
+        top_slots, sample_slots = slots[:6] + slots[12:14], slots[6:12] + slots[14:]
         reports = []
         for j, index in enumerate(latents):
             fired, peak = n_firing[j], maxima[j]
@@ -210,12 +213,10 @@ class LatentStatistics:
         self, slots: list[list[Any]], group: int, token_strings: Callable[[list[int]], list[str]]
     ) -> list[Context]:
         """The kept contexts of one group, highest activation first."""
-        key, val, seq, pos, tok, act = (t[group] for t in slots)
+        key, val, seq, pos, tok, act, start, stop = (t[group] for t in slots)
         contexts = []
         for s in sorted((s for s in range(len(key)) if key[s] > -torch.inf), key=lambda s: -val[s]):
-            inside = [i for i, t in enumerate(tok[s]) if t >= 0]
-            tokens = token_strings([tok[s][i] for i in inside])
-            values = [act[s][i] for i in inside]
-            before = sum(i < self.before for i in inside)
-            contexts.append(Context(tokens, values, before, seq[s], pos[s]))
+            window = slice(start[s], stop[s])
+            tokens, values = token_strings(tok[s][window]), act[s][window]
+            contexts.append(Context(tokens, values, self.before - start[s], seq[s], pos[s]))
         return contexts
