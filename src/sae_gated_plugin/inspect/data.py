@@ -50,7 +50,9 @@ class GateStatistics:
     openings: int
     """Spliced tokens where the gate opened (gate pre-activation > 0)."""
     weak_openings: int
-    """Openings whose activation is below ``weak_fraction`` of the latent's maximum."""
+    """Openings whose activation is below ``weak_fraction`` of the latent's maximum, counted at
+    histogram-bin granularity: openings with zero activation plus the firings in histogram
+    bins whose upper edge is at most ``weak_fraction`` times the maximum."""
     weak_fraction: float
     """The threshold of ``weak_openings`` as a fraction of the maximum activation."""
 
