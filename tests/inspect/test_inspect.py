@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +140,83 @@ def test_bad_input_is_exit_2_and_writes_nothing(
     assert message in err and "Traceback" not in err
     assert not site.exists() and not export.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+_CLICKS = """<script>
+document.querySelector('button[data-sort="freq"]').click();
+var search = document.getElementById("search");
+search.value = "%s";
+search.dispatchEvent(new Event("input"));
+</script>"""
+
+
+def _chromium() -> str:
+    """Debian's chromium: required in CI (.ci/run installs it), else the test skips."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium package")
+        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
+    return found
+
+
+def _open(page: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--enable-logging=stderr", "--v=0", *options, page.as_uri()]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
+    assert console == [], console  # no script error, no console output at all
+    return done
+
+
+def _not_blank(png: Path) -> None:
+    from matplotlib.image import imread
+
+    pixels = imread(png)
+    assert pixels.shape[0] >= 600 and pixels.shape[1] >= 800
+    assert float(pixels[..., :3].std()) > 0.05  # text, highlights and bars, not one colour
+
+
+def test_the_pages_open_in_headless_chromium(inspected: dict[str, Path], tmp_path: Path) -> None:
+    site = inspected["site"]
+    summary = json.loads((site / INSPECT_FILENAME).read_text())
+    live = next(latent for latent in summary["latents"] if latent["n_firing"] > 0)
+    page = site / "latents" / f"{live['index']}.html"
+    dom = _open(page, "--dump-dom").stdout
+    assert f"Latent {live['index']}" in dom and dom.count("<svg") == 2
+    assert "Top activations" in dom and 'title="' in dom
+    _open(page, f"--screenshot={tmp_path / 'latent.png'}", "--window-size=1200,900")
+    _not_blank(tmp_path / "latent.png")
+
+    dom = _open(site / "index.html", "--dump-dom").stdout
+    assert 'id="tools" hidden' not in dom  # the script ran and showed the controls
+    live_count = sum(1 for latent in summary["latents"] if latent["n_firing"] > 0)
+    assert dom.count("<tr data-index=") == live_count  # dead latents have their own list
+    assert 'id="dead"' in dom
+    _open(site / "index.html", f"--screenshot={tmp_path / 'index.png'}", "--window-size=1200,900")
+    _not_blank(tmp_path / "index.png")
+
+
+def test_sorting_and_search_work_in_the_browser(inspected: dict[str, Path]) -> None:
+    """The index's own script, driven by clicks: rows sorted by frequency, search hides rows."""
+    site = inspected["site"]
+    summary = json.loads((site / INSPECT_FILENAME).read_text())
+    word = "the"
+    driven = site / "driven.html"
+    html = (site / "index.html").read_text()
+    driven.write_text(html.replace("</body>", _CLICKS % word + "</body>"))
+    try:
+        dom = _open(driven, "--dump-dom").stdout
+    finally:
+        driven.unlink()
+    rows = re.findall(
+        r'<tr data-index="\d+" data-freq="([^"]+)"[^>]*data-tokens="([^"]*)"([^>]*)>', dom
+    )
+    assert len(rows) == sum(1 for latent in summary["latents"] if latent["n_firing"] > 0)
+    frequencies = [float(frequency) for frequency, _, _ in rows]
+    assert frequencies == sorted(frequencies, reverse=True)
+    hidden = ["hidden" in attributes for _, _, attributes in rows]
+    assert hidden == [word not in tokens for _, tokens, _ in rows]

@@ -63,7 +63,7 @@ def _vocabulary(model: HookedTransformer) -> list[str]:
     tokenizer = model.tokenizer
     if tokenizer is None:
         return [str(i) for i in range(model.cfg.d_vocab)]
-    return [tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
+    return [str(tokenizer.decode([i])) for i in range(model.cfg.d_vocab)]
 
 
 def inspect_sae(
