@@ -52,11 +52,11 @@ def load_sae(
 
     # The release config first: the Hub counts a repo's downloads by requests for it. Repos
     # not published by the plugin have none.
-    with hub_step(repo_id, f"downloading {RELEASE_CONFIG_FILENAME}", secret, "", HubLoadError):
-        with contextlib.suppress(EntryNotFoundError):
-            api.hf_hub_download(
-                repo_id, RELEASE_CONFIG_FILENAME, revision=revision, cache_dir=cache_dir
-            )
+    step = f"downloading {RELEASE_CONFIG_FILENAME}"
+    with hub_step(repo_id, step, secret, "", HubLoadError), contextlib.suppress(EntryNotFoundError):
+        api.hf_hub_download(
+            repo_id, RELEASE_CONFIG_FILENAME, revision=revision, cache_dir=cache_dir
+        )
     with hub_step(repo_id, f"downloading {sae_id}/{CFG_FILENAME}", secret, "", HubLoadError):
         try:
             cfg_path = fetch(CFG_FILENAME, revision)

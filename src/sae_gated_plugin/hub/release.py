@@ -87,3 +87,19 @@ def unique_ids(names: list[tuple[str, str]]) -> list[str]:
         taken.add(candidate)
         out.append(candidate)
     return out
+
+
+def release_saes(
+    paths: Sequence[Path], sae_id: str | None, select: Sequence[str], frontier: bool
+) -> list[ReleaseSAE]:
+    """What ``sae-gated push PATHS...`` publishes: one results file (a file) or SAE folders."""
+    files = [p for p in paths if p.is_file()]
+    if files and len(paths) > 1:
+        raise GatedPluginError(f"{files[0]}: push one results file, or SAE folders, not both")
+    if not files and (select or frontier):
+        raise GatedPluginError("--select and --frontier need a sweep results file")
+    if sae_id is not None and (files or len(paths) > 1):
+        raise GatedPluginError("--sae-id names one SAE folder: omit it to use default names")
+    if files:
+        return saes_from_results(files[0], select, frontier)
+    return [ReleaseSAE(path, sae_id) for path in paths]
