@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import metadata
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -160,13 +161,20 @@ def parse_index(text: str) -> dict[str, SAEEntry]:
     return {entry.sae_id: entry for entry in entries if isinstance(entry.sae_id, str)}
 
 
+def _plugin_version() -> str:
+    try:
+        return metadata.version("sae-gated-plugin")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def render_index(entries: dict[str, SAEEntry], plugin_version: str | None = None) -> str:
     """The release config.json for ``entries`` (stable order, so unchanged SAEs give unchanged
     bytes): format, plugin version, architectures, model(s) and every SAE with its path and
     metrics."""
     ordered = sorted_entries(entries)
     if plugin_version is None:
-        from sae_gated_plugin import __version__ as plugin_version
+        plugin_version = _plugin_version()
     data = {
         "format": RELEASE_FORMAT,
         "format_version": INDEX_FORMAT_VERSION,
