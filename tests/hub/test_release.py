@@ -11,7 +11,6 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import huggingface_hub
 import pytest
@@ -305,3 +304,15 @@ def test_naming() -> None:
         "a_gated_2",
         "a_gated_3",
     ]
+
+
+def test_a_foreign_config_json_is_never_overwritten(hub: LocalHub, tmp_path: Path) -> None:
+    api = huggingface_hub.HfApi(endpoint=hub.endpoint, token=TOKEN)
+    repo_id = _new_repo_id()
+    api.create_repo(repo_id)
+    foreign = huggingface_hub.CommitOperationAdd("config.json", b'{"model_type": "gpt2"}')
+    api.create_commit(repo_id, [foreign], commit_message="a transformers model")
+    commits = hub.commits(repo_id)
+    with pytest.raises(HubPublishError, match="not a sae-gated release config"):
+        push_release([ReleaseSAE(_save_sae(tmp_path / "a", 3))], repo_id, token=TOKEN)
+    assert hub.commits(repo_id) == commits

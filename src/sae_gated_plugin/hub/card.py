@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import metadata
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from importlib import metadata
 from typing import Any
 
 import yaml

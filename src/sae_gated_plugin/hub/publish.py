@@ -259,6 +259,31 @@ def _neuronpedia_files(folder: Path) -> dict[str, bytes]:
     }
 
 
+def _operations(
+    uploads: dict[str, bytes],
+    files: dict[str, dict[str, bytes]],
+    siblings: set[str],
+    has_figure: bool,
+) -> list[CommitOperationAdd | CommitOperationDelete]:
+    """The commit: every upload, and deletions of files this push makes stale (an earlier
+    push's files of the same SAEs, the legacy index, a figure with nothing left to plot)."""
+    operations: list[CommitOperationAdd | CommitOperationDelete] = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+        for path, data in uploads.items()
+    ]
+    stale = [
+        f"{sae_id}/{name}"
+        for sae_id, sae_files in files.items()
+        for name in SAE_FILES
+        if name not in sae_files
+    ]
+    stale.append(model_card.LEGACY_INDEX_FILENAME)
+    if not has_figure:
+        stale.append(model_card.FIGURE_FILENAME)
+    operations += [CommitOperationDelete(path_in_repo=p) for p in stale if p in siblings]
+    return operations
+
+
 def push_sae(
     sae_path: str | Path,
     repo_id: str,
@@ -370,20 +395,7 @@ def push_release(
     blobs = [*uploads.values(), (summary + description).encode()]
     if secret and any(secret.encode() in blob for blob in blobs):
         raise _refused(repo_id, "a file to upload contains the Hub token; refusing to push")
-    operations: list[CommitOperationAdd | CommitOperationDelete] = [
-        CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
-        for path, data in uploads.items()
-    ]
-    operations += [  # stale files of an earlier push of these SAEs
-        CommitOperationDelete(path_in_repo=f"{sae_id}/{name}")
-        for sae_id, sae_files in files.items()
-        for name in SAE_FILES
-        if name not in sae_files and f"{sae_id}/{name}" in siblings
-    ]
-    stale_root = [model_card.LEGACY_INDEX_FILENAME] + (
-        [model_card.FIGURE_FILENAME] if figure is None else []
-    )
-    operations += [CommitOperationDelete(path_in_repo=p) for p in stale_root if p in siblings]
+    operations = _operations(uploads, files, siblings, figure is not None)
     unchanged = "The push is a single commit, so the repo is unchanged."
     names = ", ".join(repr(sae_id) for sae_id in files)
     with hub_step(repo_id, f"committing {names} to {branch!r}", secret, unchanged, HubPublishError):
