@@ -120,55 +120,8 @@ def _add_results_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``sae-gated`` argument parser (every verb and option; builds without heavy imports)."""
-    parser = _Parser(
-        prog="sae-gated",
-        description="Train, evaluate and publish Gated SAEs (arXiv:2404.16014) with SAELens.",
-    )
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-
-    train = verbs.add_parser("train", help="train a gated_paper SAE from a YAML/JSON config")
-    _add_run_config_arguments(train, "YAML or JSON run config (see `schema`)")
-    train.add_argument("--resume", type=Path, help="checkpoint folder to continue from")
-
-    cache = verbs.add_parser(
-        "cache", help="cache a run's activations on disk, to train a sweep from them"
-    )
-    _add_run_config_arguments(cache, "the run config that will train from the cache")
-
-    sweep = verbs.add_parser(
-        "sweep", help="train and evaluate a grid of SAEs from one activation stream"
-    )
-    _add_run_config_arguments(sweep, "YAML or JSON sweep config (grids + a base run)")
-    sweep.add_argument(
-        "--grid",
-        dest="grids",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="run only this grid of the config (repeatable; default all)",
-    )
-
-    _add_results_verbs(verbs)
-
-    evaluate = verbs.add_parser("eval", help="evaluate any SAELens SAE on held-out text")
-    evaluate.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
-    evaluate.add_argument("--model", help="model name (default: the SAE's metadata)")
-    evaluate.add_argument(
-        "--dataset", help="embedded corpus or Hub dataset (default: the SAE's, held-out split)"
-    )
-    evaluate.add_argument("--split", default="eval", help="split of the dataset (default eval)")
-    evaluate.add_argument("--n-sequences", type=int, default=64, help="windows to evaluate")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    evaluate.add_argument(
-        "--output", type=Path, help="report path (default SAE_PATH/evaluation.json)"
-    )
-    evaluate.add_argument(
-        "--overwrite", action="store_true", help="replace an existing report at that path"
-    )
-
+def _add_hub_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
+    """The verbs that publish to the Hub: push and directory-entry."""
     push = verbs.add_parser(
         "push", help="publish trained SAEs (folders or a sweep's results) to the Hugging Face Hub"
     )
@@ -221,6 +174,58 @@ def build_parser() -> argparse.ArgumentParser:
     entry.add_argument("--release", help="release name (default: the repo's name)")
     entry.add_argument("--revision", help="branch or commit (default main)")
     entry.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sae-gated`` argument parser (every verb and option; builds without heavy imports)."""
+    parser = _Parser(
+        prog="sae-gated",
+        description="Train, evaluate and publish Gated SAEs (arXiv:2404.16014) with SAELens.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    train = verbs.add_parser("train", help="train a gated_paper SAE from a YAML/JSON config")
+    _add_run_config_arguments(train, "YAML or JSON run config (see `schema`)")
+    train.add_argument("--resume", type=Path, help="checkpoint folder to continue from")
+
+    cache = verbs.add_parser(
+        "cache", help="cache a run's activations on disk, to train a sweep from them"
+    )
+    _add_run_config_arguments(cache, "the run config that will train from the cache")
+
+    sweep = verbs.add_parser(
+        "sweep", help="train and evaluate a grid of SAEs from one activation stream"
+    )
+    _add_run_config_arguments(sweep, "YAML or JSON sweep config (grids + a base run)")
+    sweep.add_argument(
+        "--grid",
+        dest="grids",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this grid of the config (repeatable; default all)",
+    )
+
+    _add_results_verbs(verbs)
+
+    evaluate = verbs.add_parser("eval", help="evaluate any SAELens SAE on held-out text")
+    evaluate.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
+    evaluate.add_argument("--model", help="model name (default: the SAE's metadata)")
+    evaluate.add_argument(
+        "--dataset", help="embedded corpus or Hub dataset (default: the SAE's, held-out split)"
+    )
+    evaluate.add_argument("--split", default="eval", help="split of the dataset (default eval)")
+    evaluate.add_argument("--n-sequences", type=int, default=64, help="windows to evaluate")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    evaluate.add_argument(
+        "--output", type=Path, help="report path (default SAE_PATH/evaluation.json)"
+    )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace an existing report at that path"
+    )
+
+    _add_hub_verbs(verbs)
 
     from sae_gated_plugin.convert import command as convert_command
 
