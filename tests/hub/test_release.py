@@ -316,3 +316,26 @@ def test_a_foreign_config_json_is_never_overwritten(hub: LocalHub, tmp_path: Pat
     with pytest.raises(HubPublishError, match="not a sae-gated release config"):
         push_release([ReleaseSAE(_save_sae(tmp_path / "a", 3))], repo_id, token=TOKEN)
     assert hub.commits(repo_id) == commits
+
+
+def test_a_legacy_index_is_read_and_replaced(hub: LocalHub, tmp_path: Path) -> None:
+    api = huggingface_hub.HfApi(endpoint=hub.endpoint, token=TOKEN)
+    repo_id = _new_repo_id()
+    api.create_repo(repo_id)
+    old = _save_sae(tmp_path / "old", 4)
+    legacy = {"format_version": 1, "saes": [{"sae_id": "old", "hook_name": HOOK, "l0": 9.0}]}
+    operations = [
+        huggingface_hub.CommitOperationAdd(f"old/{name}", old / name)
+        for name in ("cfg.json", WEIGHTS)
+    ]
+    operations.append(
+        huggingface_hub.CommitOperationAdd(
+            model_card.LEGACY_INDEX_FILENAME, json.dumps(legacy).encode()
+        )
+    )
+    api.create_commit(repo_id, operations, commit_message="an earlier plugin's push")
+    push_release([ReleaseSAE(_save_sae(tmp_path / "new", 5), "new")], repo_id, token=TOKEN)
+    files = hub.files(repo_id)
+    assert model_card.LEGACY_INDEX_FILENAME not in files
+    saes = json.loads(files["config.json"])["saes"]
+    assert [(s["sae_id"], s["l0"]) for s in saes] == [("new", None), ("old", 9.0)]
