@@ -1,5 +1,5 @@
-"""The ``sae-gated`` command: train, cache, sweep, plot, compare, eval, inspect, push, convert,
-schema, demo.
+"""The ``sae-gated`` command: train, cache, sweep, plot, compare, eval, inspect, push,
+directory-entry, convert, schema, demo.
 
 Exit status: 0 on success, 2 on invalid input (config, file, argument, download) with a
 message naming what is wrong, 1 when training diverges or a rank of a torchrun launch fails,
@@ -120,6 +120,62 @@ def _add_results_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
     )
 
 
+def _add_hub_verbs(verbs: argparse._SubParsersAction[_Parser]) -> None:
+    """The verbs that publish to the Hub: push and directory-entry."""
+    push = verbs.add_parser(
+        "push", help="publish trained SAEs (folders or a sweep's results) to the Hugging Face Hub"
+    )
+    push.add_argument(
+        "sae_paths",
+        type=Path,
+        nargs="+",
+        metavar="SAE_PATH|RESULTS",
+        help="SAE folders (cfg.json + safetensors), or one sweep results file (.jsonl)",
+    )
+    push.add_argument("repo_id", help="Hub repo, e.g. your-name/smollm2-gated-saes")
+    push.add_argument(
+        "--sae-id",
+        help="folder in the repo, one SAE only (default: the hook name for one folder, else "
+        "<hook_name>/width_<d_sae>/l0_<round(l0)>)",
+    )
+    push.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="results file: keep only lines whose FIELD is one of the values (repeatable)",
+    )
+    push.add_argument(
+        "--frontier",
+        action="store_true",
+        help="results file: only each line's Pareto front (L0 vs loss recovered)",
+    )
+    push.add_argument(
+        "--license", help="license id for the card: mit (default), apache-2.0, cc-by-4.0, ..."
+    )
+    push.add_argument(
+        "--with-eval",
+        action="store_true",
+        help="also upload each SAE folder's neuronpedia/ export under <sae_id>/neuronpedia/",
+    )
+    push.add_argument("--revision", help="branch to push to (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument(
+        "--portable",
+        action="store_true",
+        help="publish as SAELens's built-in 'gated' so plain SAELens loads it without the plugin",
+    )
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
+
+    entry = verbs.add_parser(
+        "directory-entry", help="print a release's entry for SAELens's pretrained_saes.yaml"
+    )
+    entry.add_argument("repo_id", help="Hub repo made by `sae-gated push`")
+    entry.add_argument("--release", help="release name (default: the repo's name)")
+    entry.add_argument("--revision", help="branch or commit (default main)")
+    entry.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sae-gated`` argument parser (every verb and option; builds without heavy imports)."""
     parser = _Parser(
@@ -169,18 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing report at that path"
     )
 
-    push = verbs.add_parser("push", help="publish a trained SAE to the Hugging Face Hub")
-    push.add_argument("sae_path", type=Path, help="folder with cfg.json + safetensors")
-    push.add_argument("repo_id", help="Hub repo, e.g. your-name/smollm2-gated-saes")
-    push.add_argument("--sae-id", help="folder in the repo (default: the SAE's hook name)")
-    push.add_argument("--revision", help="branch to push to (created if missing)")
-    push.add_argument("--private", action="store_true", help="create the repo private")
-    push.add_argument(
-        "--portable",
-        action="store_true",
-        help="publish as SAELens's built-in 'gated' so plain SAELens loads it without the plugin",
-    )
-    push.add_argument("--token", help="Hub token (default: HF_TOKEN or huggingface-cli login)")
+    _add_hub_verbs(verbs)
 
     from sae_gated_plugin.convert import command as convert_command
     from sae_gated_plugin.inspect import command as inspect_command
@@ -281,13 +326,21 @@ def _run(args: argparse.Namespace) -> int:
         print(report.to_table())
         return EXIT_OK
     if args.verb == "push":
-        from sae_gated_plugin.hub import push_sae
+        from sae_gated_plugin.hub.publish import push_release
+        from sae_gated_plugin.hub.release import release_saes
 
-        push_options = ("sae_id", "revision", "private", "portable", "token")
-        url = push_sae(
-            args.sae_path, args.repo_id, **{name: getattr(args, name) for name in push_options}
+        saes = release_saes(args.sae_paths, args.sae_id, args.select, args.frontier)
+        push_options = ("revision", "private", "portable", "token", "license", "with_eval")
+        urls = push_release(
+            saes, args.repo_id, **{name: getattr(args, name) for name in push_options}
         )
-        print(f"Pushed to {url}")
+        print("\n".join(f"Pushed to {url}" for url in urls))
+        return EXIT_OK
+    if args.verb == "directory-entry":
+        from sae_gated_plugin.hub.directory import directory_entry, release_config
+
+        release = release_config(args.repo_id, revision=args.revision, token=args.token)
+        print(directory_entry(args.repo_id, release, args.release), end="")
         return EXIT_OK
     if args.verb == "convert":
         from sae_gated_plugin.convert import command as convert_command

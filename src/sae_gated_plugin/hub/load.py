@@ -19,6 +19,7 @@ from sae_gated_plugin.arch.artifacts import (
 )
 from sae_gated_plugin.arch.registry import register
 from sae_gated_plugin.errors import CorruptArtifactError
+from sae_gated_plugin.hub.card import INDEX_FILENAME as RELEASE_CONFIG_FILENAME
 from sae_gated_plugin.hub.secrets import secret_token
 from sae_gated_plugin.hub.steps import HubLoadError, check_repo_id, hub_step
 
@@ -49,6 +50,13 @@ def load_sae(
         filename = f"{sae_id}/{name}"
         return Path(api.hf_hub_download(repo_id, filename, revision=rev, cache_dir=cache_dir))
 
+    # The release config first: the Hub counts a repo's downloads by requests for it. Repos
+    # not published by the plugin have none.
+    step = f"downloading {RELEASE_CONFIG_FILENAME}"
+    with hub_step(repo_id, step, secret, "", HubLoadError), contextlib.suppress(EntryNotFoundError):
+        api.hf_hub_download(
+            repo_id, RELEASE_CONFIG_FILENAME, revision=revision, cache_dir=cache_dir
+        )
     with hub_step(repo_id, f"downloading {sae_id}/{CFG_FILENAME}", secret, "", HubLoadError):
         try:
             cfg_path = fetch(CFG_FILENAME, revision)
