@@ -428,3 +428,35 @@ def test_a_changed_default_is_part_of_the_settings_id(tmp_path: Path) -> None:
     shared.update(stream=config.stream, cache_tokens=config.cache_tokens)
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
     assert earlier == digest
+
+
+def test_a_sweeps_frontier_pushes_as_one_release_that_loads(
+    tiny_model: HookedTransformer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sae-gated sweep` then `sae-gated push RESULTS REPO --frontier`: one commit, one sae_id
+    per frontier SAE, each loading with SAELens and with the plugin."""
+    import huggingface_hub
+    from sae_lens import SAE
+
+    from sae_gated_plugin.hub import load_sae
+    from sae_gated_plugin.testing import LocalHub
+
+    output = tmp_path / "sweep.jsonl"
+    results = run(tmp_path, tiny_model, [], only=["gated"])
+    front = on_frontier(results, "loss_recovered")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with LocalHub() as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
+        argv = ["push", str(output), "someone/sweep-release", "--frontier", "--token", "hf_x"]
+        assert main(argv) == 0
+        config = json.loads(hub.files("someone/sweep-release")["config.json"])
+        sae_ids = [entry["sae_id"] for entry in config["saes"]]
+        assert len(sae_ids) == len(front)
+        assert len(hub.commits("someone/sweep-release")) == 2  # the repo's first, the release
+        for sae_id in sae_ids:
+            assert type(SAE.from_pretrained("someone/sweep-release", sae_id)).__name__ == (
+                "GatedPaperSAE"
+            )
+            assert load_sae("someone/sweep-release", sae_id, endpoint=hub.endpoint).cfg.d_sae == 32

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.sweep.results import read_results
-from sae_gated_plugin.sweep.selection import line_label, pareto_front, select_records
+from sae_gated_plugin.sweep.results import read_results, saved_sae_folder
+from sae_gated_plugin.sweep.selection import on_frontier, select_records
 
 
 @dataclass
@@ -23,14 +23,6 @@ class ReleaseSAE:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _saved_sae_folder(results_path: Path, line: dict[str, Any]) -> Path | None:
-    # Private stand-in for sweep.results.saved_sae_folder (same contract): swap it in once there.
-    sae_path = line.get("sae_path")
-    if not isinstance(sae_path, str) or not sae_path:
-        return None
-    return results_path.parent / sae_path
-
-
 def saes_from_results(
     results: Path, select: Sequence[str] = (), frontier: bool = False
 ) -> list[ReleaseSAE]:
@@ -39,22 +31,21 @@ def saes_from_results(
     if not results.is_file():
         raise GatedPluginError(f"{results}: no such results file")
     records = select_records(read_results(results), select)
-    if frontier:
-        by_line: dict[str, list[dict[str, Any]]] = {}
-        for record in records:
-            if record.get("l0") is not None and record.get("loss_recovered") is not None:
-                by_line.setdefault(line_label(record, True, True), []).append(record)
-        records = [r for line in by_line.values() for r in pareto_front(line)]
+    if frontier:  # the SAEs a sweep with `save: frontier` keeps
+        y = "loss_recovered" if any("loss_recovered" in r for r in records) else "mcc"
+        records = on_frontier([r for r in records if r.get("l0") is not None], y)
     if not records:
         raise GatedPluginError(f"{results}: no result lines to push (after --select/--frontier)")
     saes = []
     for record in records:
-        folder = _saved_sae_folder(results, record)
+        folder = saved_sae_folder(results, record)
         point = ", ".join(f"{k}={record.get(k)}" for k in ("architecture", "coefficient", "lr"))
         if folder is None:
-            raise GatedPluginError(f"{results}: the line of {point} has no sae_path (no saved SAE)")
-        if not folder.is_dir():
-            raise GatedPluginError(f"{results}: the line of {point}: no SAE folder {folder}")
+            where = record.get("sae_path")
+            raise GatedPluginError(
+                f"{results}: the line of {point} has no saved SAE"
+                + (f" (its folder {where} is gone)" if where else " (no sae_path)")
+            )
         saes.append(ReleaseSAE(folder, None, record))
     return saes
 

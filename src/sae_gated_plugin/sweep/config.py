@@ -30,6 +30,7 @@ EARLIER_SAE_DEFAULTS: dict[str, Any] = {"encoder_init_scale": 1.0}
 """``run.sae`` fields whose default changed, with the earlier default: a results file made
 before the change resumes only with that value set, and is refused under the new default."""
 
+
 class GridSpec(Strict):
     """One cartesian block of the sweep."""
 
