@@ -17,8 +17,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +35,17 @@ __all__ = ["LocalHub"]
 USER_NAME = "local-user"
 """The user every token authenticates as (``whoami`` answers this name)."""
 
+_LOAD_EACH = """
+import json, sys
+from sae_lens import SAE
+from sae_gated_plugin.hub import load_sae
+repo_id, *sae_ids = sys.argv[1:]
+print(json.dumps({
+    sae_id: [type(SAE.from_pretrained(repo_id, sae_id)).__name__,
+             type(load_sae(repo_id, sae_id)).__name__]
+    for sae_id in sae_ids
+}))
+"""
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
@@ -238,6 +252,22 @@ class LocalHub:
     def repo_exists(self, repo_id: str) -> bool:
         """Whether the repo exists (created and not deleted)."""
         return repo_id in self._repos
+
+    def load_in_fresh_process(
+        self, repo_id: str, sae_ids: list[str], hf_home: str
+    ) -> dict[str, list[str]]:
+        """Load each SAE of ``repo_id`` in a new Python process pointed at this hub, with
+        SAELens's ``SAE.from_pretrained`` and the plugin's ``load_sae``: their class names."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SAE_GATED"))}
+        env.update({"HF_ENDPOINT": self.endpoint, "HF_HOME": hf_home})
+        done = subprocess.run(
+            [sys.executable, "-c", _LOAD_EACH, repo_id, *sae_ids],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"loading {repo_id} in a fresh process failed:\n{done.stderr}")
+        loaded: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+        return loaded
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """Snapshot of the repo at ``revision`` (branch or commit sha): path -> content.

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,34 +144,8 @@ def test_card_table_matches_the_results(hub: LocalHub, release: str) -> None:
     assert "load_sae(" in body and "SAE.from_pretrained(" in body
 
 
-_CHILD = textwrap.dedent(
-    """
-    import json, sys
-    from sae_lens import SAE
-    from sae_gated_plugin.hub import load_sae
-
-    repo_id, *sae_ids = sys.argv[1:]
-    print(json.dumps({
-        sae_id: [type(SAE.from_pretrained(repo_id, sae_id)).__name__,
-                 type(load_sae(repo_id, sae_id)).__name__]
-        for sae_id in sae_ids
-    }))
-    """
-)
-
-
 def test_fresh_process_loads_every_sae(hub: LocalHub, release: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SAE_GATED"))}
-    env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home")})
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, release, *FRONTIER_IDS],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr
-    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = hub.load_in_fresh_process(release, FRONTIER_IDS, str(tmp_path / "hf-home"))
     assert loaded == {sae_id: ["GatedPaperSAE", "GatedPaperSAE"] for sae_id in FRONTIER_IDS}
 
 

@@ -436,9 +436,7 @@ def test_a_sweeps_frontier_pushes_as_one_release_that_loads(
     """`sae-gated sweep` then `sae-gated push RESULTS REPO --frontier`: one commit, one sae_id
     per frontier SAE, each loading with SAELens and with the plugin."""
     import huggingface_hub
-    from sae_lens import SAE
 
-    from sae_gated_plugin.hub import load_sae
     from sae_gated_plugin.testing import LocalHub
 
     output = tmp_path / "sweep.jsonl"
@@ -455,8 +453,5 @@ def test_a_sweeps_frontier_pushes_as_one_release_that_loads(
         sae_ids = [entry["sae_id"] for entry in config["saes"]]
         assert len(sae_ids) == len(front)
         assert len(hub.commits("someone/sweep-release")) == 2  # the repo's first, the release
-        for sae_id in sae_ids:
-            assert type(SAE.from_pretrained("someone/sweep-release", sae_id)).__name__ == (
-                "GatedPaperSAE"
-            )
-            assert load_sae("someone/sweep-release", sae_id, endpoint=hub.endpoint).cfg.d_sae == 32
+        loaded = hub.load_in_fresh_process("someone/sweep-release", sae_ids, str(tmp_path / "h"))
+    assert loaded == {sae_id: ["GatedPaperSAE", "GatedPaperSAE"] for sae_id in sae_ids}
