@@ -82,10 +82,12 @@ def inspect_sae(
     device: str = "auto",
     show_progress: bool = True,
     model: HookedTransformer | None = None,
+    creator: dict[str, str | None] | None = None,
 ) -> Path:
     """Inspect the SAE of folder or Hub repo ``sae``: write the browser to ``output`` (and a
-    Neuronpedia export to ``neuronpedia``); return the browser's index page. ``model``, when
-    given, replaces loading the SAE's model by name."""
+    Neuronpedia export to ``neuronpedia``, naming ``creator``'s ``creator_name`` and
+    ``creator_id`` where given); return the browser's index page. ``model``, when given,
+    replaces loading the SAE's model by name."""
     device = resolve_device(device)
     loaded = _load(sae, sae_id, revision, device)
     chosen = parse_latents(latents, loaded.cfg.d_sae)
@@ -127,7 +129,8 @@ def inspect_sae(
         ),
         latents=_latent_reports(loaded, model, indices, statistics, vocabulary),
     )
-    return _write(report, output, neuronpedia)
+    named = {key: value for key, value in (creator or {}).items() if value}
+    return _write(report, output, neuronpedia, named)
 
 
 def _latent_reports(
@@ -172,11 +175,13 @@ def _tokens(
     return [(vocabulary[i], v) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
 
 
-def _write(report: InspectReport, output: Path, neuronpedia: Path | None) -> Path:
+def _write(
+    report: InspectReport, output: Path, neuronpedia: Path | None, creator: dict[str, Any]
+) -> Path:
     """The browser (and the export), each staged and moved into place when complete."""
     if neuronpedia is not None:
         with folder_written_whole(neuronpedia) as staging:
-            write_neuronpedia_export(report, staging)
+            write_neuronpedia_export(report, staging, **creator)
             (staging / EXPORT_MARKER).touch()
     with folder_written_whole(output) as staging:
         write_site(report, staging)

@@ -40,6 +40,10 @@ def add_parser(verbs: Any) -> None:
     )
     inspect.add_argument("--neuronpedia", type=Path, help="also write a Neuronpedia export here")
     inspect.add_argument(
+        "--creator", help="your name in the Neuronpedia export (default sae-gated-plugin)"
+    )
+    inspect.add_argument("--creator-id", help="your Neuronpedia creator id, if you have one")
+    inspect.add_argument(
         "--overwrite", action="store_true", help="replace an earlier inspect output there"
     )
     inspect.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> str:
         args.sae, sae_id=args.sae_id, revision=args.revision, model_name=args.model,
         dataset=args.dataset, split=args.split, n_tokens=args.n_tokens, latents=args.latents,
         output=output, neuronpedia=args.neuronpedia, batch_size=args.batch_size,
-        device=args.device,
+        device=args.device, creator={"creator_name": args.creator, "creator_id": args.creator_id},
     )  # fmt: skip
     lines = [f"Feature browser: {index}"]
     if args.neuronpedia is not None:
