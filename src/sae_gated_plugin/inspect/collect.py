@@ -7,33 +7,13 @@ context window, plus one histogram per latent; it does not grow with the number 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sae_gated_plugin.inspect.data import Context, ContextGroup, GateStatistics
+from sae_gated_plugin.inspect.data import Context, ContextGroup, GateStatistics, LatentActivity
 from sae_gated_plugin.inspect.slots import Slots
-
-
-@dataclass
-class LatentActivity:
-    """The fields of a ``LatentReport`` that come from activations.
-
-    ``LatentReport(**vars(activity), promoted=..., ...)`` completes it.
-    """
-
-    index: int
-    n_firing: int
-    frequency: float
-    max_activation: float
-    mean_activation: float
-    histogram_edges: list[float]
-    histogram_counts: list[int]
-    groups: list[ContextGroup]
-    gate: GateStatistics | None
-
 
 _STATE = ("latents", "n_firing", "total", "max", "exponent", "counts", "openings", "zero_openings")
 

@@ -58,8 +58,8 @@ class GateStatistics:
 
 
 @dataclass
-class LatentReport:
-    """Everything the browser and the export show about one latent."""
+class LatentActivity:
+    """What one latent does on the inspected tokens (``collect.LatentStatistics`` makes it)."""
 
     index: int
     n_firing: int
@@ -74,6 +74,20 @@ class LatentReport:
     histogram_counts: list[int]
     groups: list[ContextGroup]
     """Top activations first, then interval samples from the highest interval down."""
+    gate: GateStatistics | None
+    """For gated SAEs; None otherwise."""
+
+    @property
+    def dead(self) -> bool:
+        """Whether the latent never fired on the inspected tokens."""
+        return self.n_firing == 0
+
+
+@dataclass
+class LatentReport(LatentActivity):
+    """Everything the browser and the export show about one latent: its activity and what its
+    decoder row does."""
+
     promoted: list[tuple[str, float]]
     """Output tokens the decoder row raises most through the unembedding (token, logit)."""
     suppressed: list[tuple[str, float]]
@@ -83,12 +97,6 @@ class LatentReport:
     """Histogram of the decoder row's logit effect over the whole vocabulary."""
     nearest: list[tuple[int, float]]
     """Latents with the most similar decoder rows: (index, cosine similarity)."""
-    gate: GateStatistics | None = None
-
-    @property
-    def dead(self) -> bool:
-        """Whether the latent never fired on the inspected tokens."""
-        return self.n_firing == 0
 
 
 @dataclass
