@@ -19,6 +19,7 @@ from sae_gated_plugin.arch.schema import (
     NormalizeActivations,
 )
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.io import read_text
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -408,18 +409,14 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainRunConf
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a mapping, with errors that name the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GatedPluginError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise GatedPluginError(f"{path}: cannot read config file: {exc.strerror}") from None
+    text = read_text(path, what="config file")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise GatedPluginError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
-        ) from None
+        reason = " ".join(str(exc).split())
+        raise GatedPluginError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {reason}") from None
+    except RecursionError:
+        raise GatedPluginError(f"{path}: nested too deeply to be a config") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise GatedPluginError(
