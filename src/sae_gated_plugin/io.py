@@ -22,6 +22,11 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+def one_line(reason: object) -> str:
+    """``str(reason)`` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(str(reason).split())
+
+
 @contextmanager
 def read_faults(
     path: Path, what: str, error: type[GatedPluginError] = GatedPluginError

@@ -32,7 +32,7 @@ from sae_gated_plugin.errors import CorruptArtifactError, GatedPluginError
 from sae_gated_plugin.hub import card as model_card
 from sae_gated_plugin.hub.secrets import secret_token, strip_secrets
 from sae_gated_plugin.hub.steps import HubPublishError, check_repo_id, hub_step
-from sae_gated_plugin.io import read_json, read_text
+from sae_gated_plugin.io import one_line, read_json, read_text
 
 RUNNER_CFG_FILENAME = "runner_cfg.json"
 README_FILENAME = "README.md"
@@ -57,7 +57,7 @@ def _read_side_file(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise CorruptArtifactError(f"{path}: not valid YAML ({exc})") from None
+        raise CorruptArtifactError(f"{path}: not valid YAML ({one_line(exc)})") from None
 
 
 def _dump(value: Any, filename: str) -> bytes:

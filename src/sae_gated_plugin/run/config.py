@@ -19,7 +19,7 @@ from sae_gated_plugin.arch.schema import (
     NormalizeActivations,
 )
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.io import read_text
+from sae_gated_plugin.io import one_line, read_text
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -413,8 +413,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        reason = " ".join(str(exc).split())
-        raise GatedPluginError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {reason}") from None
+        kind = path.suffix.lstrip(".") or "YAML"
+        raise GatedPluginError(f"{path}: not valid {kind}: {one_line(exc)}") from None
     except RecursionError:
         raise GatedPluginError(f"{path}: nested too deeply to be a config") from None
     data = {} if data is None else data

@@ -20,7 +20,7 @@ from sae_gated_plugin.arch.artifacts import (
     read_safetensors,
 )
 from sae_gated_plugin.errors import CorruptArtifactError, GatedPluginError
-from sae_gated_plugin.io import read_text
+from sae_gated_plugin.io import one_line, read_text
 from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.output_folder import check_no_finished_sae
 
@@ -52,7 +52,9 @@ def saved_train_config(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
             try:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
-                raise CorruptArtifactError(f"{path}: not a readable run config ({exc})") from None
+                raise CorruptArtifactError(
+                    f"{path}: not a readable run config ({one_line(exc)})"
+                ) from None
             if not isinstance(data, dict):
                 raise CorruptArtifactError(f"{path}: not a run config (not a mapping)")
             return path, data
