@@ -60,8 +60,26 @@ SWEEP_EXAMPLES = example_configs("benchmarks/*.yaml", "grids")
 
 # --- values: junk of every kind, and plausible-but-wrong numbers
 EXTREME_NUMBERS = st.sampled_from(
-    [0, -1, 1, 2**31, 2**63, 10**30, -(10**30), 0.0, -0.0, 1e-300, 1e308, -1e308, math.inf,
-     -math.inf, math.nan, 0.5, -0.5, 1.0]
+    [
+        0,
+        -1,
+        1,
+        2**31,
+        2**63,
+        10**30,
+        -(10**30),
+        0.0,
+        -0.0,
+        1e-300,
+        1e308,
+        -1e308,
+        math.inf,
+        -math.inf,
+        math.nan,
+        0.5,
+        -0.5,
+        1.0,
+    ]
 )
 SCALARS = st.one_of(
     st.none(),
@@ -185,7 +203,9 @@ def test_random_configs(config: Any, as_json: bool, sweep: bool) -> None:
 @given(text=st.text(max_size=200), as_json=st.booleans())
 @example(text="[" * 100_000, as_json=True)
 @example(text="[" * 100_000, as_json=False)
-@example(text="output_path: 2024-01-01\n? [a, b]\n: 1\n", as_json=False)
+@example(text="output_path: 2024-01-01\n", as_json=False)
+@example(text="output_path: x\nsaelens: {when: 2024-01-01 10:00:00}\n", as_json=False)
+@example(text="output_path: x\n? [a, b]\n: 1\n", as_json=False)
 def test_random_config_text(text: str, as_json: bool) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / ("cfg.json" if as_json else "cfg.yaml")
@@ -195,8 +215,19 @@ def test_random_config_text(text: str, as_json: bool) -> None:
 
 OVERRIDE_KEYS = st.one_of(
     st.sampled_from(
-        ["lr", "sae.l1_coefficient", "sae.d_sae", "context_size", "seqpos_slice", "eval.n_sequences",
-         "saelens.device", "training_tokens", "sae", "output_path", "a.b.c"]
+        [
+            "lr",
+            "sae.l1_coefficient",
+            "sae.d_sae",
+            "context_size",
+            "seqpos_slice",
+            "eval.n_sequences",
+            "saelens.device",
+            "training_tokens",
+            "sae",
+            "output_path",
+            "a.b.c",
+        ]
     ),
     st.text(max_size=10),
 )
@@ -233,13 +264,54 @@ RESULT_LINE = {
 }
 ARGUMENT_WORDS = st.one_of(
     st.sampled_from(
-        ["--select", "--grid", "--sweep", "--envelope", "--y", "--reference", "--at", "--title",
-         "--output", "--model", "--dataset", "--split", "--n-sequences", "--batch-size",
-         "--device", "--overwrite", "--sae-id", "--revision", "--private", "--portable",
-         "--token", "--to", "--from", "--metadata", "gated", "gated_paper", "jumprelu",
-         "dictionary_learning", "l0", "mcc", "loss_recovered", "grids=frontier", "lr=1e-3",
-         "nan", "-1", "0", "1e999", "me/repo", "a/b/c", "hook_name=x", "--", "-", "@RESULTS",
-         "@MISSING", "@FOLDER", "@TEXT"]
+        [
+            "--select",
+            "--grid",
+            "--sweep",
+            "--envelope",
+            "--y",
+            "--reference",
+            "--at",
+            "--title",
+            "--output",
+            "--model",
+            "--dataset",
+            "--split",
+            "--n-sequences",
+            "--batch-size",
+            "--device",
+            "--overwrite",
+            "--sae-id",
+            "--revision",
+            "--private",
+            "--portable",
+            "--token",
+            "--to",
+            "--from",
+            "--metadata",
+            "gated",
+            "gated_paper",
+            "jumprelu",
+            "dictionary_learning",
+            "l0",
+            "mcc",
+            "loss_recovered",
+            "grids=frontier",
+            "lr=1e-3",
+            "nan",
+            "-1",
+            "0",
+            "1e999",
+            "me/repo",
+            "a/b/c",
+            "hook_name=x",
+            "--",
+            "-",
+            "@RESULTS",
+            "@MISSING",
+            "@FOLDER",
+            "@TEXT",
+        ]
     ),
     st.text(max_size=10),
 )
@@ -324,7 +396,9 @@ def test_fuzzed_compare_options(
 
 @fuzz
 @given(words=st.lists(ARGUMENT_WORDS, max_size=5))
-def test_fuzzed_schema_and_unknown_verbs(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_fuzzed_schema_and_unknown_verbs(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     status = main(["schema", *words]) if words else main(["schema"])
     capsys.readouterr()
     assert status in (EXIT_OK, EXIT_INVALID)

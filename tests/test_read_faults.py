@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-
 from test_bad_inputs import base_config, write_checkpoint, write_sae, write_yaml
 
 EXIT_INVALID = 2
@@ -178,7 +177,7 @@ def dictionary_learning_target(filename: str) -> Target:
         trainer = {"dict_class": "GatedAutoEncoder", "activation_dim": d_in, "dict_size": d_sae}
         (folder / "config.json").write_text(json.dumps({"trainer": trainer}), encoding="utf-8")
         argv = ["convert", str(folder), str(tmp / "dst"), "--to", "gated_paper"]
-        return argv + ["--from", "dictionary_learning"], folder / filename
+        return [*argv, "--from", "dictionary_learning"], folder / filename
 
     return Target(build)
 

@@ -3,6 +3,7 @@ with the paper's recipe as defaults where SAELens exposes it; ``sae-gated schema
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -373,7 +374,7 @@ def _set_dotted(target: dict[str, Any], dotted_key: str, value: Any) -> None:
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys for sections; values parsed as YAML)."""
-    result = json.loads(json.dumps(raw))
+    result = copy.deepcopy(raw)  # YAML values need not be JSON (dates, non-string keys)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
