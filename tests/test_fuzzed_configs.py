@@ -182,6 +182,7 @@ def test_fuzzed_train_configs(config: dict[str, Any], as_json: bool) -> None:
 
 @fuzz
 @given(config=mutated(TRAIN_EXAMPLES), as_json=st.booleans())
+@example(config={"output_path": "x", "saelens": {"cached_activations_path": [None]}}, as_json=False)
 def test_fuzzed_cache_configs(config: dict[str, Any], as_json: bool) -> None:
     assert run_config(check_cache, config, as_json) in (EXIT_OK, EXIT_INVALID)
 

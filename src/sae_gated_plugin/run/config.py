@@ -255,6 +255,9 @@ class TrainRunConfig(BaseModel):
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown LanguageModelSAERunnerConfig field(s): {unknown}")
+        cache = value.get("cached_activations_path")
+        if cache is not None and not isinstance(cache, str):
+            raise ValueError(f"cached_activations_path must be a folder path, got {cache!r}")
         return value
 
     @model_validator(mode="after")
