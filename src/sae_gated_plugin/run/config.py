@@ -154,7 +154,7 @@ class TrainRunConfig(BaseModel):
     )
     is_dataset_tokenized: bool = Field(default=False, description="Hub dataset is pre-tokenised.")
     streaming: bool = Field(default=True, description="Stream a Hub dataset.")
-    context_size: int = Field(default=128, gt=1, description="Tokens per window.")
+    context_size: int = Field(default=128, gt=1, le=2**31 - 1, description="Tokens per window.")
     training_tokens: int = Field(default=2_000_000, gt=0, description="Tokens to train on.")
     train_batch_size_tokens: int = Field(
         default=4096, gt=0, description="Activations per optimiser step (the paper: 4096)."
