@@ -341,9 +341,10 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a fuzzed command line went on to load a model")
 
     monkeypatch.setattr("sae_gated_plugin.eval.saved.load_language_model", reached)
+    monkeypatch.setattr("sae_gated_plugin.inspect.api.load_language_model", reached)
 
 
-LIGHT_VERBS = ("schema", "compare", "eval", "convert", "push", "plot")
+LIGHT_VERBS = ("schema", "compare", "eval", "inspect", "convert", "push", "directory-entry", "plot")
 
 
 @pytest.mark.usefixtures("no_model_loads")

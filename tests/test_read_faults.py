@@ -152,6 +152,7 @@ def sae_target(verb: str, filename: str, faults: tuple[str, ...] = tuple(FAULTS)
             (folder / filename).write_text(json.dumps({"l0": 3.0}), encoding="utf-8")
         argv = {
             "eval": ["eval", str(folder)],
+            "inspect": ["inspect", str(folder), "--output", str(tmp / "site")],
             "push": ["push", str(folder), "me/repo", "--sae-id", "layer_2"],
             "convert": ["convert", str(folder), str(tmp / "dst"), "--to", "gated"],
         }[verb]
@@ -202,6 +203,8 @@ TARGETS: dict[str, Target] = {
     "compare-grid-sweep-config": Target(grid_sweep_target),
     "eval-cfg": sae_target("eval", "cfg.json"),
     "eval-weights": sae_target("eval", "sae_weights.safetensors"),
+    "inspect-cfg": sae_target("inspect", "cfg.json"),
+    "inspect-weights": sae_target("inspect", "sae_weights.safetensors"),
     "push-cfg": sae_target("push", "cfg.json"),
     "push-weights": sae_target("push", "sae_weights.safetensors"),
     "push-evaluation": sae_target("push", "evaluation.json"),
@@ -225,6 +228,7 @@ MODEL_LOADERS = (
     "sae_gated_plugin.run.cache",
     "sae_gated_plugin.sweep.driver",
     "sae_gated_plugin.eval.saved",
+    "sae_gated_plugin.inspect.api",
 )
 """The modules that load a language model, each through its own ``load_language_model``."""
 
@@ -245,7 +249,17 @@ CASES = [(t, f) for t, target in TARGETS.items() for f in target.faults]
 
 def test_the_table_covers_every_reading_verb() -> None:
     verbs = {name.split("-")[0] for name in TARGETS}
-    assert verbs >= {"train", "cache", "sweep", "plot", "compare", "eval", "push", "convert"}
+    assert verbs >= {
+        "train",
+        "cache",
+        "sweep",
+        "plot",
+        "compare",
+        "eval",
+        "inspect",
+        "push",
+        "convert",
+    }
     assert len(CASES) >= 150
 
 
