@@ -140,3 +140,31 @@ def test_cache_mismatch_and_existing_cache_exit_2(
     missing = tmp_path / "no-cache"
     assert main(["train", str(config), "--set", f"saelens.cached_activations_path={missing}"]) == 2
     assert "sae-gated cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["info-not-json", "state-missing", "arrow-truncated"])
+def test_a_damaged_cache_is_exit_2_naming_it(
+    cache: tuple[Path, TrainRunConfig],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    import shutil
+
+    path, _ = cache
+    damaged = tmp_path / "damaged-cache"
+    shutil.copytree(path, damaged)
+    if damage == "info-not-json":
+        (damaged / "dataset_info.json").write_bytes(b"\xff\xfe not json")
+    elif damage == "state-missing":
+        (damaged / "state.json").unlink()
+    else:
+        arrow = next(damaged.glob("data-*.arrow"))
+        arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(run_config(tmp_path).model_dump(mode="json")))
+    argv = ["train", str(config), "--set", f"saelens.cached_activations_path={damaged}"]
+    assert main(argv) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert str(damaged) in err and "Traceback" not in err
+    assert not (tmp_path / "sae").exists()

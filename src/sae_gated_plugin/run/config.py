@@ -342,7 +342,16 @@ def check_cache_matches(cfg: TrainRunConfig, d_in: int) -> None:
             f"saelens.cached_activations_path {path} holds no cached activations; make them "
             "with `sae-gated cache CONFIG` (the same config)"
         )
-    features = datasets.load_from_disk(str(path)).features
+    try:
+        cached = datasets.load_from_disk(str(path))
+        cached[len(cached) - 1]  # the last window: a cut-short file fails here, not mid-training
+        features = cached.features
+    except Exception as exc:  # any failure to read a cache is a bad cache: json, arrow, OS
+        reason = " ".join(str(exc).split())[:300]
+        raise GatedPluginError(
+            f"cached activations in {path} cannot be read ({type(exc).__name__}: {reason}); "
+            "re-cache with `sae-gated cache CONFIG`"
+        ) from None
     expected = (cfg.training_window, d_in)
     if cfg.hook_name not in features:
         raise GatedPluginError(
