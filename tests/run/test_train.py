@@ -176,8 +176,15 @@ def test_resumed_run_matches_uninterrupted_run(
     total_steps, stop_after = 64, 32
     # The paper's lr (3e-4): at 2e-3 the step-to-step noise of 128-token batches dominates, and
     # any change in the data order moves the weights as far as the whole second half does.
-    cfg_a = run_config(tmp_path / "a", steps=total_steps, n_checkpoints=1, lr=3e-4)
-    cfg_b = run_config(tmp_path / "b", steps=total_steps, n_checkpoints=1, lr=3e-4)
+    # A full-scale encoder init: from the small default one, W_enc grows several-fold within
+    # 64 steps, and the data order of the second half (below) then decides most of its norm.
+    settings: dict[str, Any] = {
+        "n_checkpoints": 1,
+        "lr": 3e-4,
+        "sae": {"d_sae": 1152, "l1_coefficient": 5.0, "encoder_init_scale": 1.0},
+    }
+    cfg_a = run_config(tmp_path / "a", steps=total_steps, **settings)
+    cfg_b = run_config(tmp_path / "b", steps=total_steps, **settings)
 
     training.train(cfg_a, model=smollm2)
     trainer_a, losses_a = steps.trainer, list(steps.loss)
