@@ -41,6 +41,7 @@ from sae_gated_plugin.errors import (
     GatedPluginError,
     TrainingDivergedError,
     TrainingInterruptedError,
+    WriteFaultError,
 )
 from sae_gated_plugin.io import atomic_write_text, follow_umask, staging_folder, write_faults
 from sae_gated_plugin.run.config import ResamplingSettings, TrainRunConfig, check_cache_matches
@@ -289,14 +290,18 @@ class GuardedTrainer(SAETrainer):
         staging_name = f".{checkpoint_name}.partial"
         final = Path(base) / checkpoint_name
         intact = f"training stopped; {checkpoint_intact(self.last_checkpoint())}"
-        with write_faults(final, intact), staging_folder(Path(base) / staging_name) as staging:
-            super().save_checkpoint(staging_name, base_path, wandb_aliases)
-            for name, text in self.checkpoint_files.items():
-                atomic_write_text(staging / name, text)
-            follow_umask(staging)
-            if final.exists():  # the same token count saved twice: keep the newer one
-                shutil.rmtree(final)
-            os.replace(staging, final)
+        try:
+            with write_faults(final, intact), staging_folder(Path(base) / staging_name) as staging:
+                super().save_checkpoint(staging_name, base_path, wandb_aliases)
+                for name, text in self.checkpoint_files.items():
+                    atomic_write_text(staging / name, text)
+                follow_umask(staging)
+                if final.exists():  # the same token count saved twice: keep the newer one
+                    shutil.rmtree(final)
+                os.replace(staging, final)
+        except WriteFaultError:
+            self.close_progress_bar()  # the message starts its own line
+            raise
 
     def last_checkpoint(self) -> Path | None:
         """The newest checkpoint folder of this run, if any."""
