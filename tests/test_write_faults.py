@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from safetensors.torch import save_file
 from sae_lens import SAE
+from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_gated_plugin.arch.config import GatedPaperSAEConfig
