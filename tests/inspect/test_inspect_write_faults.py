@@ -49,6 +49,6 @@ def test_a_read_only_disk_writes_nothing(
 ) -> None:
     disk = small_disk(64)
     read_only(disk)
-    with pytest.raises(WriteFaultError, match="Read-only file system.*nothing was written there"):
+    with pytest.raises(WriteFaultError, match=r"Read-only file system.*nothing was written there"):
         _write(report, disk / "browser", None, {})
     assert list(disk.iterdir()) == []

@@ -46,9 +46,11 @@ def test_the_side_lock_keeps_out_a_second_sweep_even_after_a_replace(tmp_path: P
     with open_results(path) as append:
         append(record(0))
         os.replace(tmp_path / path.name, tmp_path / "moved.jsonl")
-        with pytest.raises(GatedPluginError, match="being written by another sweep"):
-            with open_results(path):
-                pass
+        with (
+            pytest.raises(GatedPluginError, match="being written by another sweep"),
+            open_results(path),
+        ):
+            pass
     with open_results(path) as append:  # free again once the first one is done
         append(record(1))
     assert [r["seed"] for r in read_results(path)] == [1]
@@ -77,7 +79,7 @@ def test_a_read_only_disk_writes_nothing(
         append(record(0))
     before = path.read_bytes()
     read_only(disk)
-    with pytest.raises(WriteFaultError, match="Read-only file system.*results file is unchanged"):
-        with open_results(path):
-            pass
+    refused = r"Read-only file system.*results file is unchanged"
+    with pytest.raises(WriteFaultError, match=refused), open_results(path):
+        pass
     assert path.read_bytes() == before
