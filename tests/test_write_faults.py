@@ -2,12 +2,17 @@
 with one line naming the path, the cause and what is intact, and leaves nothing that looks
 finished but is not. A full disk gives ENOSPC; the same tmpfs remounted read-only gives EROFS.
 EACCES, EPERM, EDQUOT and EIO go through the same errno handling (``io.write_faults``); root
-cannot be refused by permissions, so they are not made here."""
+cannot be refused by permissions, so they are not made here. Where no tmpfs can be mounted
+(not root), a file-size limit (EFBIG) still makes a write fail for real."""
 
 from __future__ import annotations
 
 import errno
 import os
+import resource
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +42,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 Disk = Callable[[int], Path]
 D_MODEL, CONTEXT, VOCAB = 16, 16, 64
 HOOK = "blocks.0.hook_resid_post"
+SCRIPT = Path(sys.executable).with_name("sae-gated")
 NO_SPACE = os.strerror(errno.ENOSPC)
 READ_ONLY = os.strerror(errno.EROFS)
 
@@ -259,3 +265,32 @@ def test_an_unnamed_write_fault_is_still_one_line(small_disk: Disk) -> None:
     assert message is not None and NO_SPACE in message and "\n" not in message
     assert write_fault_cause(RuntimeError("Error while serializing: StorageFull")) == NO_SPACE
     assert write_fault_cause(ValueError("a bug")) is None
+
+
+# ---- without root: a file-size limit (EFBIG) instead of a small disk ----------------------
+def limited_file_size(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` capping file size at ``limit`` bytes, with SIGXFSZ ignored so a write
+    past it fails with EFBIG instead of killing the process (works without root)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_convert_past_a_file_size_limit_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+    src = saved_gated_paper(tmp_path / "src", d_sae=4096)
+    dst = tmp_path / "gated"
+    done = subprocess.run(
+        [str(SCRIPT), "convert", str(src), str(dst), "--to", "gated"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limited_file_size(64 * 1024),
+        timeout=300,
+    )
+    assert done.returncode == EXIT_FAILED, done.stderr
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert str(dst) in line and os.strerror(errno.EFBIG) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
