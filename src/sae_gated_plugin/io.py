@@ -194,3 +194,12 @@ def write_fault(target: Path | str, cause: str, intact: str) -> WriteFaultError:
     error = WriteFaultError(f"cannot write {target} ({cause}); {intact}")
     error.cause = cause
     return error
+
+
+def unchanged_or_nothing(target: Path | str) -> str:
+    """What an atomic write of ``target`` that failed leaves: the earlier file, or nothing."""
+    return (
+        f"the earlier {Path(target).name} is unchanged"
+        if Path(target).exists()
+        else ("nothing was written")
+    )
