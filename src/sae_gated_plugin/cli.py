@@ -423,7 +423,7 @@ def _write_fault_message(exc: Exception) -> str | None:
     if cause is None:
         return None
     where = getattr(exc, "filename", None)
-    target = f"cannot write {where}" if where else "a write failed"
+    target = f"{where}: a file operation failed" if where else "a write failed"
     detail = "" if where else f" [{type(exc).__name__}: {str(exc).splitlines()[0][:200]}]"
     return (
         f"{target} ({cause}){detail}; every file written before is complete, none was left "

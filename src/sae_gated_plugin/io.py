@@ -198,8 +198,6 @@ def write_fault(target: Path | str, cause: str, intact: str) -> WriteFaultError:
 
 def unchanged_or_nothing(target: Path | str) -> str:
     """What an atomic write of ``target`` that failed leaves: the earlier file, or nothing."""
-    return (
-        f"the earlier {Path(target).name} is unchanged"
-        if Path(target).exists()
-        else ("nothing was written")
-    )
+    if Path(target).exists():
+        return f"the earlier {Path(target).name} is unchanged"
+    return "nothing was written"
