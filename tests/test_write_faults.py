@@ -182,19 +182,41 @@ def test_cache_on_a_full_or_read_only_disk_exits_1_and_leaves_no_cache(
 
 
 # ---- sweep --------------------------------------------------------------------------------
-def sweep_config(folder: Path, output: Path, save: str) -> Path:
+def sweep_config(
+    folder: Path, output: Path, save: str, coefficients: tuple[float, ...] = (1, 4)
+) -> Path:
     settings = {
         "output": str(output),
+        "cache_path": str(folder / "activations"),
         "cache_tokens": 64 * CONTEXT,
         "save": save,
         "run": run_settings(
             training_tokens=8 * 64, sae={"d_sae": 256}, eval={"n_sequences": 8, "batch_size": 4}
         ),
         "grids": [
-            {"name": "g", "architectures": ["gated_paper"], "coefficients": {"gated_paper": [1, 4]}}
+            {
+                "name": "g",
+                "architectures": ["gated_paper"],
+                "coefficients": {"gated_paper": list(coefficients)},
+            }
         ],
     }
     return write_yaml(folder, settings)
+
+
+def test_sweep_results_on_a_full_disk_keep_every_line_complete(
+    tiny: Any, small_disk: Disk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = small_disk(4) / "sweep.jsonl"  # one page: lines of ~0.6 KB, 10 of them
+    coefficients = tuple(float(c) for c in range(1, 11))
+    config = sweep_config(tmp_path, output, "none", coefficients)
+    assert main(["sweep", str(config)]) == EXIT_FAILED
+    line = fault_line(capsys, output, NO_SPACE)
+    assert "every line before it is complete (run the sweep again to finish)" in line
+    records = read_results(output)
+    assert 0 < len(records) < len(coefficients)
+    assert output.read_bytes().endswith(b"\n")  # the cut line was taken back out
+    assert f"{float(coefficients[len(records)])}" in line  # the first one not added
 
 
 def test_sweep_saving_saes_on_a_full_disk_keeps_every_line_and_sae_whole(
