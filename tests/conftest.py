@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,3 +48,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def smollm2() -> Any:
     """The embedded SmolLM2-135M, loaded once for every test in the session that needs it."""
     return embedded.load_smollm2()
+
+
+# ---- a small disk for write-fault tests ------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """``small_disk(kib)``: a fresh tmpfs of that size mounted in ``tmp_path`` (writes past it
+    fail with ENOSPC), unmounted after the test; skips where mounting needs a root we lack."""
+    mounted: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def read_only() -> Callable[[Path], None]:
+    """``read_only(folder)``: remount a ``small_disk`` read-only (EROFS, even for root)."""
+
+    def remount(folder: Path) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    return remount

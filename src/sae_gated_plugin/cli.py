@@ -22,6 +22,7 @@ from sae_gated_plugin.errors import (
     GatedPluginError,
     TrainingDivergedError,
     TrainingInterruptedError,
+    WriteFaultError,
 )
 from sae_gated_plugin.sweep.selection import Y_METRICS
 
@@ -402,6 +403,32 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("sae-gated: interrupted; nothing was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except WriteFaultError as exc:
+        print(f"sae-gated: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        message = _write_fault_message(exc)
+        if message is None:
+            raise
+        print(f"sae-gated: {message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# ---- write faults no write site named: one line, no traceback -----------------------------
+def _write_fault_message(exc: Exception) -> str | None:
+    """One line for a write the machine refused (disk full, read-only...), else None."""
+    from sae_gated_plugin.io import write_fault_cause
+
+    cause = write_fault_cause(exc)
+    if cause is None:
+        return None
+    where = getattr(exc, "filename", None)
+    target = f"{where}: a file operation failed" if where else "a write failed"
+    detail = "" if where else f" [{type(exc).__name__}: {str(exc).splitlines()[0][:200]}]"
+    return (
+        f"{target} ({cause}){detail}; every file written before is complete, none was left "
+        "half-written under its final name"
+    )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.errors import GatedPluginError, WriteFaultError
 from sae_gated_plugin.eval.metrics import EvalReport
 from sae_gated_plugin.inspect.api import inspect_sae
 from sae_gated_plugin.inspect.command import INSPECT_FILENAME, check_output_folder
-from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder
+from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder, write_fault
 from sae_gated_plugin.run.config import TrainRunConfig, parse_config
 from sae_gated_plugin.run.train import train
 from sae_gated_plugin.sources import load_language_model, resolve_device
@@ -106,9 +106,12 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
                 if old.is_dir():
                     os.replace(old, staging / f"old-{name}")  # removed with the staging folder
                 os.replace(staging / name, old)
-    except BaseException:
+    except BaseException as exc:
         if created and not any(output.iterdir()):
             output.rmdir()
+        if isinstance(exc, WriteFaultError):  # said of the staging folder, now removed
+            intact = "nothing was written" if created else "the earlier demo output is unchanged"
+            raise write_fault(output, exc.cause or "write failed", intact) from None
         raise
     sae_path = output / SAE_FOLDER
     print(evaluation.to_table())

@@ -30,3 +30,11 @@ class TrainingInterruptedError(RuntimeError):
 class DistributedTrainingError(RuntimeError):
     """A rank of a torchrun launch failed, or lost a peer that failed (a collective raised or
     timed out); the message names the rank, the cause and the last complete checkpoint."""
+
+
+class WriteFaultError(OSError):
+    """A write failed for a reason of the machine (disk full, read-only, no permission, I/O
+    error). The message is one line: the file or folder, the cause, and what is intact. Stays an
+    ``OSError`` so ``except OSError`` code keeps working; the CLI exits 1 with the message."""
+
+    cause: str = ""  # e.g. "No space left on device"

@@ -4,6 +4,7 @@ temporary file ``os.replace``d, or a staged folder moved in), with ``0o666 & ~um
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.errors import GatedPluginError, WriteFaultError
 
 try:
     import fcntl
@@ -177,3 +178,68 @@ def folder_written_whole(target: Path) -> Iterator[Path]:
             os.replace(target, aside)
         os.replace(staging, target)
         shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---- write faults: the machine refused a write --------------------------------------------
+WRITE_FAULT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EFBIG}
+)
+"""The errnos of a write the machine refused (not a bug of the plugin or of its input)."""
+_FAULT_TEXTS = {os.strerror(code): code for code in WRITE_FAULT_ERRNOS}
+# Writers that report the OS error only in their message (safetensors, pyarrow, torch.save).
+_FAULT_TEXTS.update({"StorageFull": errno.ENOSPC, "ReadOnlyFilesystem": errno.EROFS})
+
+
+def write_fault_cause(exc: BaseException, where: Path | None = None) -> str | None:
+    """The cause (``os.strerror`` text, e.g. "No space left on device") when ``exc`` is a write
+    the machine refused, else None. ``where``: a folder to probe for free space when the writer
+    says only that the write failed (``torch.save``)."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_FAULT_ERRNOS:
+        return os.strerror(exc.errno)
+    if not isinstance(exc, (OSError, RuntimeError, ValueError)) and type(exc).__name__ not in (
+        "SafetensorError",
+    ):
+        return None
+    text = str(exc)
+    for needle, code in _FAULT_TEXTS.items():
+        if needle in text:
+            return os.strerror(code)
+    if where is not None and "write failed" in text:
+        with contextlib.suppress(OSError):
+            stats = os.statvfs(where)
+            if stats.f_bavail * stats.f_frsize < 64 * 1024:
+                return os.strerror(errno.ENOSPC)
+            if stats.f_flag & os.ST_RDONLY:
+                return os.strerror(errno.EROFS)
+    return None
+
+
+@contextmanager
+def write_faults(target: Path | str, intact: str) -> Iterator[None]:
+    """Turn a write fault raised inside into ``WriteFaultError``: "cannot write ``target``
+    (cause); ``intact``" (say there what is left complete, e.g. "nothing was written")."""
+    try:
+        yield
+    except (WriteFaultError, GatedPluginError):
+        raise
+    except Exception as exc:
+        folder = Path(target) if Path(target).is_dir() else Path(target).parent
+        cause = write_fault_cause(exc, folder if folder.exists() else None)
+        if cause is None:
+            raise
+        raise write_fault(target, cause, intact) from exc
+
+
+def write_fault(target: Path | str, cause: str, intact: str) -> WriteFaultError:
+    """The ``WriteFaultError`` "cannot write ``target`` (``cause``); ``intact``"; its ``cause``
+    attribute keeps the cause for a caller that says it again for a folder of its own."""
+    error = WriteFaultError(f"cannot write {target} ({cause}); {intact}")
+    error.cause = cause
+    return error
+
+
+def unchanged_or_nothing(target: Path | str) -> str:
+    """What an atomic write of ``target`` that failed leaves: the earlier file, or nothing."""
+    if Path(target).exists():
+        return f"the earlier {Path(target).name} is unchanged"
+    return "nothing was written"

@@ -3,14 +3,16 @@ seed error bars."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
+from sae_gated_plugin.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, main
 from sae_gated_plugin.sweep.plot import X_LABEL, build_figure
 from sae_gated_plugin.sweep.selection import group_lines
 
@@ -108,3 +110,23 @@ def test_plot_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "no result line has a field 'colour'" in capsys.readouterr().err
     assert main(["plot", str(results), "--select", "architecture=topk"]) == EXIT_INVALID
     assert "no result lines to plot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_plot_onto_a_full_or_read_only_disk_exits_1_and_writes_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    small_disk: Callable[[int], Path],
+    read_only: Callable[[Path], None],
+    fault: str,
+) -> None:
+    results = write_results(tmp_path / "sweep.jsonl", sweep_records())
+    disk = small_disk(8)  # a figure is larger than 8 KiB
+    if fault == "read-only":
+        read_only(disk)
+    assert main(["plot", str(results), "--output", str(disk / "plot")]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    cause = os.strerror(errno.ENOSPC if fault == "full" else errno.EROFS)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert str(disk / "plot.png") in err and cause in err and "nothing was written" in err
+    assert list(disk.iterdir()) == []

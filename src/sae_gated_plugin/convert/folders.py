@@ -24,7 +24,7 @@ from sae_gated_plugin.arch.artifacts import (
 )
 from sae_gated_plugin.arch.schema import ARCHITECTURE
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.io import atomic_write_bytes, staging_folder
+from sae_gated_plugin.io import atomic_write_bytes, staging_folder, write_faults
 
 T = TypeVar("T")
 
@@ -114,6 +114,17 @@ def write_sae_folder(
     """Write a SAELens folder at ``dst`` (``weights``: tensors, or a safetensors file to copy)
     through a staging folder that ``check`` may refuse by raising; return what it says."""
     dst = check_destination(dst)
+    with write_faults(dst, "nothing was written; the source is unchanged"):
+        return _write_staged(dst, cfg, weights, check, sparsity)
+
+
+def _write_staged(
+    dst: Path,
+    cfg: dict[str, Any],
+    weights: dict[str, torch.Tensor] | Path,
+    check: Callable[[Path], T],
+    sparsity: Path | None,
+) -> T:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with staging_folder(dst.parent / f".{dst.name}.convert-partial") as staging:
         staging.mkdir()

@@ -18,6 +18,7 @@ from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import EvalReport, write_report
 from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
+from sae_gated_plugin.io import unchanged_or_nothing, write_faults
 from sae_gated_plugin.sources import (
     announce,
     load_hub_text_dataset,
@@ -68,7 +69,8 @@ def evaluate_saved_sae(
         exclude_token_ids=excluded_token_ids(model, text.exclude_special_tokens),
         batch_size=batch_size,
     )
-    write_report(report, output)
+    with write_faults(output, unchanged_or_nothing(output)):
+        write_report(report, output)
     return report
 
 

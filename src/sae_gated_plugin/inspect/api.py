@@ -21,7 +21,7 @@ from sae_gated_plugin.inspect.data import InspectReport, LatentReport
 from sae_gated_plugin.inspect.decoder import logit_effects, nearest_latents
 from sae_gated_plugin.inspect.neuronpedia import write_neuronpedia_export
 from sae_gated_plugin.inspect.site import write_site
-from sae_gated_plugin.io import atomic_write_json, folder_written_whole
+from sae_gated_plugin.io import atomic_write_json, folder_written_whole, write_faults
 from sae_gated_plugin.sources import (
     activation_width,
     announce,
@@ -180,10 +180,11 @@ def _write(
 ) -> Path:
     """The browser (and the export), each staged and moved into place when complete."""
     if neuronpedia is not None:
-        with folder_written_whole(neuronpedia) as staging:
+        intact = _intact(neuronpedia)
+        with write_faults(neuronpedia, intact), folder_written_whole(neuronpedia) as staging:
             write_neuronpedia_export(report, staging, **creator)
             (staging / EXPORT_MARKER).touch()
-    with folder_written_whole(output) as staging:
+    with write_faults(output, _intact(output)), folder_written_whole(output) as staging:
         write_site(report, staging)
         summary = {key: value for key, value in asdict(report).items() if key != "latents"}
         summary["latents"] = [
@@ -193,3 +194,8 @@ def _write(
         ]  # fmt: skip
         atomic_write_json(staging / INSPECT_FILENAME, summary)
     return output / "index.html"
+
+
+def _intact(target: Path) -> str:
+    """What a failed write of ``target`` leaves (its staging folder is removed)."""
+    return "the earlier output is unchanged" if target.exists() else "nothing was written there"

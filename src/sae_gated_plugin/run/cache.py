@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sae_gated_plugin.errors import GatedPluginError
-from sae_gated_plugin.io import staging_folder
+from sae_gated_plugin.io import staging_folder, write_faults
 from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.saelens_bridge import ModelCacheActivationsRunner, cache_config
 from sae_gated_plugin.sources import (
@@ -43,7 +43,8 @@ def cache_activations(
         model = load_language_model(cfg.model_name, device)
     staging = path.with_name(path.name + ".partial")
     settings = cache_config(cfg, activation_width(model, cfg.hook_name), device, staging)
-    with staging_folder(staging):
+    intact = "nothing was written (the partial cache was removed)"
+    with write_faults(path, intact), staging_folder(staging):
         with dataset_load_errors(cfg.dataset, dataset):
             runner = ModelCacheActivationsRunner(settings, model, dataset)
         runner.run()

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import IO
 
 from sae_gated_plugin.arch.artifacts import CFG_FILENAME
-from sae_gated_plugin.errors import GatedPluginError
+from sae_gated_plugin.errors import GatedPluginError, WriteFaultError
+from sae_gated_plugin.io import write_faults
 
 try:
     import fcntl
@@ -66,22 +67,28 @@ def own_output_folder(path: Path) -> Iterator[OutputFolder]:
     check_no_finished_sae(path)
     created = not path.exists()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        with write_faults(path, "nothing was written"):
+            path.mkdir(parents=True, exist_ok=True)
+    except WriteFaultError:
+        raise
     except OSError as exc:
         raise GatedPluginError(f"output_path {path} cannot be created ({exc.strerror})") from None
     folder = OutputFolder(path, created)
     lock_path = path / LOCK_FILENAME
     try:
-        with open(lock_path, "a+", encoding="utf-8") as handle:
+        with write_faults(lock_path, "nothing was written"):
+            handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+        with handle:
             if not _try_lock(handle):
                 raise GatedPluginError(
                     f"output_path {path} is in use by another sae-gated run "
                     f"({_holder(lock_path)}); wait for it or choose another output_path"
                 )
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
+            with write_faults(lock_path, "nothing was written"):
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
             check_no_finished_sae(path)  # a run that finished while we waited for the lock
             yield folder
     except BaseException:

@@ -41,8 +41,9 @@ from sae_gated_plugin.errors import (
     GatedPluginError,
     TrainingDivergedError,
     TrainingInterruptedError,
+    WriteFaultError,
 )
-from sae_gated_plugin.io import atomic_write_text, follow_umask, staging_folder
+from sae_gated_plugin.io import atomic_write_text, follow_umask, staging_folder, write_faults
 from sae_gated_plugin.run.config import ResamplingSettings, TrainRunConfig, check_cache_matches
 from sae_gated_plugin.run.resampling import DeadLatentResampler
 from sae_gated_plugin.sources import (
@@ -288,21 +289,23 @@ class GuardedTrainer(SAETrainer):
             return
         staging_name = f".{checkpoint_name}.partial"
         final = Path(base) / checkpoint_name
-        with staging_folder(Path(base) / staging_name) as staging:
-            super().save_checkpoint(staging_name, base_path, wandb_aliases)
-            for name, text in self.checkpoint_files.items():
-                atomic_write_text(staging / name, text)
-            follow_umask(staging)
-            if final.exists():  # the same token count saved twice: keep the newer one
-                shutil.rmtree(final)
-            os.replace(staging, final)
+        intact = f"training stopped; {checkpoint_intact(self.last_checkpoint())}"
+        try:
+            with write_faults(final, intact), staging_folder(Path(base) / staging_name) as staging:
+                super().save_checkpoint(staging_name, base_path, wandb_aliases)
+                for name, text in self.checkpoint_files.items():
+                    atomic_write_text(staging / name, text)
+                follow_umask(staging)
+                if final.exists():  # the same token count saved twice: keep the newer one
+                    shutil.rmtree(final)
+                os.replace(staging, final)
+        except WriteFaultError:
+            self.close_progress_bar()  # the message starts its own line
+            raise
 
     def last_checkpoint(self) -> Path | None:
         """The newest checkpoint folder of this run, if any."""
-        if self.cfg.checkpoint_path is None or not Path(self.cfg.checkpoint_path).is_dir():
-            return None
-        folders = [p for p in Path(self.cfg.checkpoint_path).iterdir() if p.name.isdigit()]
-        return max(folders, key=lambda p: int(p.name), default=None)
+        return last_checkpoint(self.cfg.checkpoint_path)
 
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
         """One optimiser step, then resampling (only ``step`` sees the batch after the optimiser
@@ -387,6 +390,20 @@ class GuardedTrainer(SAETrainer):
 Guarded = TypeVar("Guarded", bound=GuardedTrainer)
 
 
+def last_checkpoint(checkpoint_path: Path | str | None) -> Path | None:
+    """The newest complete checkpoint folder under ``checkpoint_path``, if any (staging
+    folders, hidden, are never one)."""
+    if checkpoint_path is None or not Path(checkpoint_path).is_dir():
+        return None
+    folders = [p for p in Path(checkpoint_path).iterdir() if p.name.isdigit()]
+    return max(folders, key=lambda p: int(p.name), default=None)
+
+
+def checkpoint_intact(last: Path | None) -> str:
+    """What a failed save leaves to resume from, said in a message."""
+    return f"the last complete checkpoint is {last}" if last else "no checkpoint was saved"
+
+
 def adopt(trainer: SAETrainer, cls: type[Guarded], **guard_kwargs: Any) -> Guarded:
     """Re-type a trainer SAELens built as ``cls`` and set the plugin's state on it."""
     trainer.__class__ = cls
@@ -442,7 +459,9 @@ class GatedRunner(LanguageModelSAETrainingRunner):
     ) -> None:
         """SAELens's final save, staged and moved in with ``cfg.json`` last (never half-written)."""
         output = Path(output_path)
-        with staging_folder(output / ".final.partial") as staging:
+        last = checkpoint_intact(last_checkpoint(self.cfg.checkpoint_path))
+        intact = f"the trained SAE was not saved; {last}"
+        with write_faults(output, intact), staging_folder(output / ".final.partial") as staging:
             super().save_final_sae(sae, str(staging), log_feature_sparsity)
             follow_umask(staging)
             files = sorted(staging.iterdir(), key=lambda f: f.name == "cfg.json")

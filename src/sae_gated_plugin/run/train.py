@@ -15,7 +15,7 @@ from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import EvalReport, write_report
 from sae_gated_plugin.eval.splice import evaluate_sae, excluded_token_ids
 from sae_gated_plugin.eval.tokens import eval_tokens_from_dataset
-from sae_gated_plugin.io import atomic_write_text
+from sae_gated_plugin.io import atomic_write_text, write_faults
 from sae_gated_plugin.run.config import TrainRunConfig
 from sae_gated_plugin.run.output_folder import own_output_folder
 from sae_gated_plugin.run.resume import check_resume
@@ -62,7 +62,8 @@ def train(
         check_resume(cfg, resume_from)
     with own_output_folder(output) as folder:
         runner, model = prepare_runner(cfg, device, resume_from, model, sae_config)
-        record_run_config(runner, cfg)
+        with write_faults(output / TRAIN_CONFIG_FILENAME, "nothing was trained"):
+            record_run_config(runner, cfg)
         folder.keep = True  # from here on, checkpoints may exist: the folder stays
         trained = runner.run()
         report = None
@@ -102,5 +103,8 @@ def evaluate_run(cfg: TrainRunConfig, sae: SAE[Any], model: HookedTransformer) -
         exclude_token_ids=excluded_token_ids(model, cfg.exclude_special_tokens),
         batch_size=cfg.eval.batch_size,
     )
-    write_report(report, Path(cfg.output_path) / EVAL_FILENAME)
+    output = Path(cfg.output_path)
+    intact = f"the trained SAE in {output} is complete; evaluate it with `sae-gated eval`"
+    with write_faults(output / EVAL_FILENAME, intact):
+        write_report(report, output / EVAL_FILENAME)
     return report

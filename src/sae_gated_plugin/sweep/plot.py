@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from sae_gated_plugin.io import atomic_write_bytes
+from sae_gated_plugin.io import atomic_write_bytes, unchanged_or_nothing, write_faults
 from sae_gated_plugin.sweep.selection import GAMMA, Y_METRICS, group_lines, read_selected
 
 X_LABEL = "L0 (active latents per token, log scale)"
@@ -77,5 +77,6 @@ def plot_sweep(
     for path in paths:  # rendered in memory, then written atomically
         buffer = BytesIO()
         figure.savefig(buffer, format=path.suffix[1:], dpi=150)
-        atomic_write_bytes(path, buffer.getvalue())
+        with write_faults(path, unchanged_or_nothing(path)):
+            atomic_write_bytes(path, buffer.getvalue())
     return paths

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from sae_gated_plugin.arch.artifacts import EVAL_FILENAME, SPARSITY_FILENAME
 from sae_gated_plugin.errors import GatedPluginError
 from sae_gated_plugin.eval.metrics import write_report
-from sae_gated_plugin.io import follow_umask, staging_folder
+from sae_gated_plugin.io import follow_umask, staging_folder, write_faults
 from sae_gated_plugin.run.saelens_bridge import set_run_metadata
 from sae_gated_plugin.sweep.config import GridPoint, SweepConfig
 from sae_gated_plugin.sweep.points import Finished, coefficient_field
@@ -105,6 +105,15 @@ class SweepSaves:
                 f"{self.folder / name} already holds the SAE of results line {line_key(taken[0])}"
             )
         target = self.folder / name
+        intact = (
+            f"the result of {line_key(record)} and its SAE were not added; every results line "
+            "and saved SAE before it is complete (run the sweep again to finish)"
+        )
+        with write_faults(target, intact):
+            self._write_staged(finished, name, target)
+        return {**record, SAE_PATH_FIELD: relative}
+
+    def _write_staged(self, finished: Finished, name: str, target: Path) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         with staging_folder(self.folder / f".{name}{STAGING_SUFFIX}") as staging:
             staging.mkdir()
@@ -112,7 +121,6 @@ class SweepSaves:
             # A folder no results line names: moved in by a sweep killed before its line.
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
-        return {**record, SAE_PATH_FIELD: relative}
 
     def prune(self, records: Sequence[dict[str, Any]]) -> None:
         """With ``frontier``: remove the folders of lines no longer on their line's frontier."""
