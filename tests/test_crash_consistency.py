@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from crash_harness import Watch, check_untorn, crash_points, run_child, schedule, visible
 from safetensors.torch import load_file
 
-from crash_harness import Watch, check_untorn, crash_points, run_child, schedule, visible
 from sae_gated_plugin.arch.artifacts import validate_sae_folder
 from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
 from sae_gated_plugin.arch.sae import GatedPaperTrainingSAE
@@ -72,8 +72,9 @@ RESUMED_GAP = 0.08
 
 
 def train_stage(out: Path) -> str:
-    """Where a killed run stopped: before any checkpoint, after checkpoint N, or finished."""
-    if (out / "sae_weights.safetensors").exists():
+    """Where a killed run stopped: before any checkpoint, after checkpoint N, or finished (its
+    ``cfg.json`` is moved in last)."""
+    if (out / "cfg.json").exists():
         return "after the final SAE"
     done = newest_checkpoint(out)
     return f"after checkpoint {done.name}" if done else "before any checkpoint"
@@ -112,7 +113,7 @@ def test_train_killed_anywhere_resumes_to_the_reference_sae(tmp_path: Path) -> N
         stage = train_stage(out) if killed.killed else "finished before the kill"
         stages.append(stage)
         checkpoint = newest_checkpoint(out)
-        if not (out / "sae_weights.safetensors").exists():
+        if not (out / "cfg.json").exists():
             args = ["train", str(cfg)] + (["--resume", str(checkpoint)] if checkpoint else [])
             rerun = run_child(args, Watch([]), side / "err2", child_env())
             assert rerun.returncode == 0, f"point {i} ({stage}): {rerun.stderr}"
