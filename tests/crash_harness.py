@@ -2,9 +2,10 @@
 
 A child's progress is what it shows from outside: lines on its stderr, paths that appear under
 the folders it writes (staging folders and renames included), and requests a LocalHub answers.
-A run without a kill records how many such events a whole run has; kill point ``i`` of ``n``
-waits for event ``round(i * events / n)`` and then a small random delay, so the points spread
-over the whole run, start-up included. No product code is involved.
+A run without a kill records when each event came; kill point ``i`` of ``n`` aims at a random
+moment of the ``i``-th ``n``-th of that run and is taken as "the last event before it, then the
+rest of the way as a delay", so the points spread over the whole run, start-up included, and
+each is anchored on the child's own progress. No product code is involved.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Outcome:
     killed: bool
     events: int
     seconds: float
+    times: list[float]
     stderr: str
     returncode: int | None
 
@@ -74,10 +76,11 @@ def run_child(
         child = subprocess.Popen(
             [str(SCRIPT), *args], stdout=subprocess.DEVNULL, stderr=err, env=env
         )
-    killed, events, fired_at = False, 0, None
+    killed, events, fired_at, times = False, 0, None, []
     while child.poll() is None:
         events = watch.count(log)
         now = time.monotonic()
+        times += [now - start] * (events - len(times))
         if kill_at is not None and fired_at is None and events >= kill_at:
             fired_at = now
         if fired_at is not None and now - fired_at >= delay:
@@ -92,13 +95,19 @@ def run_child(
     if not killed:
         events = watch.count(log)
     text = log.read_text(encoding="utf-8", errors="replace")
-    return Outcome(killed, events, time.monotonic() - start, text, child.returncode)
+    seconds = time.monotonic() - start
+    return Outcome(killed, events, seconds, times, text, child.returncode)
 
 
-def schedule(n: int, events: int, seed: int, max_delay: float) -> list[tuple[int, float]]:
-    """``n`` (event, delay) kill points spread over a run of ``events`` events."""
+def schedule(n: int, reference: Outcome, seed: int) -> list[tuple[int, float]]:
+    """``n`` (event, delay) kill points spread over the run ``reference``."""
     rng = random.Random(seed)
-    return [(round(i * events / n), rng.uniform(0, max_delay)) for i in range(n)]
+    points = []
+    for i in range(n):
+        moment = (i + rng.random()) / n * reference.seconds
+        before = [t for t in reference.times if t <= moment]
+        points.append((len(before), moment - (before[-1] if before else 0.0)))
+    return points
 
 
 def visible(root: Path) -> Iterable[Path]:

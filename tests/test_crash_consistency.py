@@ -116,7 +116,7 @@ def test_train_killed_anywhere_resumes_to_the_reference_sae(tmp_path: Path) -> N
     reference_out = work / "out"
     expected = load_file(reference_out / "sae_weights.safetensors")
     stages = []
-    points = schedule(crash_points(CI_POINTS["train"]), reference.events, seed=1, max_delay=0.5)
+    points = schedule(crash_points(CI_POINTS["train"]), reference, seed=1)
     for i, (event, delay) in enumerate(points):
         work, side, cfg = setup(f"point-{i}")
         out = work / "out"
@@ -196,7 +196,7 @@ def test_sweep_killed_anywhere_reruns_to_the_reference_results(tmp_path: Path) -
     expected = sweep_state(work / "sweep.jsonl")
     assert len(expected) == 4
     stages = []
-    points = schedule(crash_points(CI_POINTS["sweep"]), reference.events, seed=2, max_delay=0.2)
+    points = schedule(crash_points(CI_POINTS["sweep"]), reference, seed=2)
     for i, (event, delay) in enumerate(points):
         work, side, cfg = setup(f"point-{i}")
         killed = run_child(
@@ -248,7 +248,7 @@ def test_convert_killed_anywhere_leaves_nothing_or_all(tmp_path: Path) -> None:
     assert reference.returncode == 0, reference.stderr
     expected = folder_bytes(dst)
     stages = []
-    points = schedule(crash_points(CI_POINTS["convert"]), reference.events, seed=3, max_delay=0.3)
+    points = schedule(crash_points(CI_POINTS["convert"]), reference, seed=3)
     for i, (event, delay) in enumerate(points):
         dst, killed = convert(f"point-{i}", kill_at=event, delay=delay)
         check_untorn(dst.parent)
@@ -300,7 +300,7 @@ def test_push_killed_anywhere_is_old_or_new_and_a_rerun_completes(tmp_path: Path
         assert old != new
         stages = []
         n = crash_points(CI_POINTS["push"])
-        for i, (event, delay) in enumerate(schedule(n, reference.events, seed=4, max_delay=0.1)):
+        for i, (event, delay) in enumerate(schedule(n, reference, seed=4)):
             repo_id = f"crash/point-{i}"
             push_sae(first, repo_id, token=TOKEN, endpoint=hub.endpoint)
             killed = push(second, repo_id, kill_at=event, delay=delay)
