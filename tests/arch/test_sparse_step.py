@@ -141,11 +141,13 @@ def compare_paths(
     return sparse_out, dense_grads
 
 
+@pytest.mark.parametrize("fused", (True, False), ids=("fused", "unfused"))
 @pytest.mark.parametrize("density", DENSITIES, ids=lambda d: f"{d:.1%}")
 @pytest.mark.parametrize(("aux", "penalty", "norm"), SWITCHES, ids=["-".join(s) for s in SWITCHES])
 def test_sparse_step_equals_dense_float32(
-    density: float, aux: str, penalty: str, norm: str
+    density: float, aux: str, penalty: str, norm: str, fused: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(sparse, "FUSED_GATHERS", fused)
     sae, x = make_sae(density, aux, penalty, norm)
     out, dense_grads = compare_paths(sae, x, tol=1e-5)
 
@@ -189,6 +191,7 @@ def test_sparse_step_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     for aux, penalty, norm in (
         ("frozen", "l1", "unit"),
         ("trainable", "decoder_norm_weighted", "free"),
+        ("trainable", "l1", "unit"),
     ):
         sae, x = make_sae(0.05, aux, penalty, norm, dtype="bfloat16")
         compare_paths(sae, x.bfloat16(), tol=3e-2)
