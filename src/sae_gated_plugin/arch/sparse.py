@@ -27,7 +27,7 @@ from sae_gated_plugin.arch.kernels import (
 )
 
 PROBE_ROWS = 256  # rows whose open fraction decides dense or sparse (the batch is shuffled)
-FUSED_GATHERS = True
+FUSED_GATHERS = False
 """Run each pair of gathers over the same pairs as one call (``arch/fused.py``); False: one
 call per gather, the simpler reference the tests compare with."""
 
@@ -210,7 +210,6 @@ def sparse_step_applies(sae: Any, sae_in: torch.Tensor) -> bool:
         and sae_in.dim() == 2
         and not sae_in.requires_grad
         and sae_in.is_floating_point()
-        and not torch.is_autocast_enabled(sae_in.device.type)
         and isinstance(sae.activation_fn, torch.nn.ReLU)
         and not hooked
     )
@@ -242,8 +241,8 @@ def sparse_training_forward_pass(
     Arguments as the reference pass's; ``encoder_pre``'s storage is reused for ``hidden_pre``.
     The returned ``feature_acts`` and ``hidden_pre`` carry no gradient (SAELens's trainer only
     counts firing latents). A latent shard sums fraction, decodes and penalty with ``latent_sum``.
+    Under autocast the step runs in the parameters' dtype from the half-precision ``E``.
     """
-    cfg = sae.cfg
     threshold = density_threshold(sae_in.device)
     if threshold <= 0 or not sparse_step_applies(sae, sae_in):
         return None
@@ -251,6 +250,16 @@ def sparse_training_forward_pass(
     shard = not sae.holds_all_latents
     if open_fraction(pre, sae.b_gate, latent_sum=sae.latent_sum if shard else None) >= threshold:
         return None
+    # Under autocast E comes in half precision; the dense path adds it to the float32 biases,
+    # so the same pairs open and the rest of the step runs in the parameters' dtype.
+    with torch.autocast(sae_in.device.type, enabled=False):
+        return _sparse_step(sae, step_input, sae_in, pre.to(sae.b_gate.dtype), shard)
+
+
+def _sparse_step(
+    sae: Any, step_input: TrainStepInput, sae_in: torch.Tensor, pre: torch.Tensor, shard: bool
+) -> TrainStepOutput:
+    cfg = sae.cfg
     with torch.no_grad():
         pairs = find_open_pairs(pre, sae.b_gate)
         scale = sae.r_mag.exp()
