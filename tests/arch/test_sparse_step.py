@@ -141,13 +141,11 @@ def compare_paths(
     return sparse_out, dense_grads
 
 
-@pytest.mark.parametrize("fused", (True, False), ids=("fused", "unfused"))
 @pytest.mark.parametrize("density", DENSITIES, ids=lambda d: f"{d:.1%}")
 @pytest.mark.parametrize(("aux", "penalty", "norm"), SWITCHES, ids=["-".join(s) for s in SWITCHES])
 def test_sparse_step_equals_dense_float32(
-    density: float, aux: str, penalty: str, norm: str, fused: bool, monkeypatch: pytest.MonkeyPatch
+    density: float, aux: str, penalty: str, norm: str
 ) -> None:
-    monkeypatch.setattr(sparse, "FUSED_GATHERS", fused)
     sae, x = make_sae(density, aux, penalty, norm)
     out, dense_grads = compare_paths(sae, x, tol=1e-5)
 

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from sae_gated_plugin.arch.config import GatedPaperTrainingSAEConfig
-from sae_gated_plugin.arch.fused import two_bag_sums, two_sampled_dots, two_table_bag_sums
 from sae_gated_plugin.arch.kernels import (
     at,
     density_threshold,
@@ -27,9 +26,6 @@ from sae_gated_plugin.arch.kernels import (
 )
 
 PROBE_ROWS = 256  # rows whose open fraction decides dense or sparse (the batch is shuffled)
-FUSED_GATHERS = False
-"""Run each pair of gathers over the same pairs as one call (``arch/fused.py``); False: one
-call per gather, the simpler reference the tests compare with."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,6 @@ class _Options(NamedTuple):
     # Return this module's parts of the sums over latents, without b_dec: a latent shard adds
     # them across ranks outside, where autograd gives b_dec its decode gradient.
     parts: bool
-    fused: bool  # FUSED_GATHERS
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -118,11 +113,8 @@ class _SparseGatedStep(torch.autograd.Function):
         sae_in, w_enc, b_gate, r_mag, b_mag, w_dec, b_dec = args
         n_rows = sae_in.shape[0]
         gates = pairs.pre + at(b_gate, pairs.cols)
-        if options.fused:
-            recon, aux_recon = two_bag_sums(pairs.cols, pairs.row_starts, w_dec, features, gates)
-        else:
-            recon = _weighted_rows(pairs, w_dec, features, latent_major=False)
-            aux_recon = _weighted_rows(pairs, w_dec, gates, latent_major=False)
+        recon = _weighted_rows(pairs, w_dec, features, latent_major=False)
+        aux_recon = _weighted_rows(pairs, w_dec, gates, latent_major=False)
         if not options.parts:
             recon, aux_recon = recon + b_dec, aux_recon + b_dec
         if options.weighted_penalty:
@@ -151,14 +143,8 @@ class _SparseGatedStep(torch.autograd.Function):
         gates = pairs.pre_t + at(b_gate, cols)
         norms = w_dec.norm(dim=-1) if options.weighted_penalty else None
 
-        if options.fused:
-            recon_dots, aux_dots = two_sampled_dots(
-                pairs.latent_starts, pairs.rows_t, cols, w_dec, (d_recon, d_aux)
-            )
-        else:
-            recon_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_recon)
-            aux_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_aux)
-        recon_dots, aux_dots = recon_dots.to(acc), aux_dots.to(acc)
+        recon_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_recon).to(acc)
+        aux_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_aux).to(acc)
         d_magnitude = torch.where(magnitude > 0, recon_dots, 0)
         penalty_weight = d_penalty.to(acc) / n_rows
         per_pair_penalty = (
@@ -175,15 +161,9 @@ class _SparseGatedStep(torch.autograd.Function):
         grad_w_enc = _weighted_rows(pairs, x_c, d_pre, latent_major=True).t() if needs[4] else None
         grad_w_dec = None
         if needs[8]:
-            features = torch.relu(magnitude)
-            if options.aux_trainable and options.fused:
-                grad_w_dec = two_table_bag_sums(
-                    pairs.rows_t, pairs.latent_starts, cols, (d_recon, d_aux), (features, gates)
-                )
-            else:
-                grad_w_dec = _weighted_rows(pairs, d_recon, features, latent_major=True)
-                if options.aux_trainable:
-                    grad_w_dec += _weighted_rows(pairs, d_aux, gates, latent_major=True)
+            grad_w_dec = _weighted_rows(pairs, d_recon, torch.relu(magnitude), latent_major=True)
+            if options.aux_trainable:
+                grad_w_dec += _weighted_rows(pairs, d_aux, gates, latent_major=True)
             if norms is not None:  # d ||W_j|| / d W_j = W_j / ||W_j||, times sum_b gate_bj / B
                 gate_sums = _latent_sums(pairs, gates.to(acc), n_latents) * penalty_weight
                 per_row = gate_sums / norms.to(acc).clamp_min(torch.finfo(acc).tiny)
@@ -275,7 +255,6 @@ def _sparse_step(
         aux_trainable=cfg.aux_decoder == "trainable",
         weighted_penalty=cfg.sparsity_penalty == "decoder_norm_weighted",
         parts=shard,
-        fused=FUSED_GATHERS,
     )
     centring = sae.encoder_centring() if shard and cfg.apply_b_dec_to_input else sae.b_dec
     params = (sae.W_enc, sae.b_gate, sae.r_mag, sae.b_mag, sae.decoder_weight(), centring)
