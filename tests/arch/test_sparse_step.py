@@ -275,6 +275,34 @@ def test_saelens_trainer_step_runs_the_sparse_path(monkeypatch: pytest.MonkeyPat
         assert_relative(sparse_grads[name], dense_grads[name], 1e-5, f"grad {name}")
 
 
+def test_saelens_trainer_step_with_autocast_runs_the_sparse_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SAELens's trainer with ``autocast=True`` (bfloat16 on CPU) at 1% open latents takes the
+    sparse path, and its losses are the float32 dense step's within bfloat16 rounding."""
+    monkeypatch.delenv(kernels.THRESHOLD_ENV, raising=False)
+    sae, x = make_sae(0.01)
+    want = run_step(sae, x, sparse_path=False)[0].losses
+    trainer = SAETrainer(
+        SAETrainerConfig(
+            total_training_samples=10 * BATCH,
+            train_batch_size_samples=BATCH,
+            adam_beta1=0.0,
+            lr=1e-4,
+            lr_end=1e-4,
+            autocast=True,
+        ),
+        sae,
+        data_provider=iter([]),
+    )
+    spy = ApplySpy()
+    monkeypatch.setattr(sparse._SparseGatedStep, "apply", spy)
+    output = trainer.step(x)
+    assert spy.calls == 1
+    for name in LOSS_NAMES:
+        assert_relative(output.losses[name], want[name], 2e-2, name)
+
+
 def test_dense_initial_state_keeps_the_dense_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """At SAELens's initialisation about half the gates are open: the shipped threshold must
     choose the dense path there."""
