@@ -13,6 +13,12 @@ PyTorch's default Adam (what SAETrainer builds), foreach and fused.
     python benchmarks/step_speed.py                                   # CPU: d_sae 4608 16384
     python benchmarks/step_speed.py --device cuda --d-sae 16384 65536 --batch 4096
     python benchmarks/step_speed.py --calibrate                       # dense/sparse crossover
+    python benchmarks/step_speed.py --d-sae 131072 --states 0.01 --contenders auto floor
+    python benchmarks/step_speed.py --states 0.01 --profile step_profile.txt  # op table
+
+Large sizes: the dense contenders (SAELens's and gated_paper's dense path) need several
+batch x d_sae tensors at once; ``--contenders`` leaves them out. The process's peak resident
+memory is printed after each size.
 
 Ratios, not seconds, carry over between machines. Close other CPU-heavy processes first.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 import warnings
@@ -44,6 +51,13 @@ from sae_gated_plugin.arch.kernels import THRESHOLD_ENV
 from sae_gated_plugin.arch.sparse import open_fraction
 
 Step = Callable[[], None]
+CONTENDERS = {
+    "auto": "gated_paper (auto: as shipped)",
+    "dense": "gated_paper dense path",
+    "gated": "gated (SAELens)",
+    "standard": "standard (SAELens)",
+    "floor": "x @ W_gate (floor)",
+}
 
 
 @dataclass
@@ -70,17 +84,23 @@ def sparse_threshold(value: str | None) -> Iterator[None]:
             os.environ[THRESHOLD_ENV] = saved
 
 
-def build_saes(d_in: int, d_sae: int, device: str) -> dict[str, TrainingSAE]:
-    """The contenders' SAEs, same shapes; gated_paper and gated share their weights."""
+def build_saes(
+    d_in: int, d_sae: int, device: str, others: tuple[str, ...] = ("gated", "standard")
+) -> dict[str, TrainingSAE]:
+    """gated_paper and the ``others`` of SAELens's, same shapes and shared weights."""
     common = {"d_in": d_in, "d_sae": d_sae, "device": device}
     paper = GatedPaperTrainingSAE(GatedPaperTrainingSAEConfig(**common))
-    gated = GatedTrainingSAE(GatedTrainingSAEConfig(**common))
-    gated.load_state_dict(paper.state_dict())
-    standard = StandardTrainingSAE(StandardTrainingSAEConfig(**common))
-    with torch.no_grad():  # same encoder and decoder as the gated SAEs
-        standard.W_enc.copy_(paper.W_enc)
-        standard.W_dec.copy_(paper.W_dec)
-    return {"gated_paper": paper, "gated": gated, "standard": standard}
+    saes: dict[str, TrainingSAE] = {"gated_paper": paper}
+    if "gated" in others:
+        saes["gated"] = GatedTrainingSAE(GatedTrainingSAEConfig(**common))
+        saes["gated"].load_state_dict(paper.state_dict())
+    if "standard" in others:
+        standard = StandardTrainingSAE(StandardTrainingSAEConfig(**common))
+        with torch.no_grad():  # same encoder and decoder as the gated SAEs
+            standard.W_enc.copy_(paper.W_enc)
+            standard.W_dec.copy_(paper.W_dec)
+        saes["standard"] = standard
+    return saes
 
 
 @torch.no_grad()
@@ -176,22 +196,28 @@ def median_ms(contender: Contender) -> float:
 
 
 def state_contenders(
-    saes: dict[str, TrainingSAE], batch: torch.Tensor, floor: Step
+    saes: dict[str, TrainingSAE], batch: torch.Tensor, floor: Step, keys: list[str]
 ) -> list[Contender]:
-    """The table's rows for one state of the SAEs."""
-    return [
-        Contender("gated_paper (auto: as shipped)", make_step(saes["gated_paper"], batch), []),
-        Contender("gated_paper dense path", make_step(saes["gated_paper"], batch, "0"), []),
-        Contender("gated (SAELens)", make_step(saes["gated"], batch), []),
-        Contender("standard (SAELens)", make_step(saes["standard"], batch), []),
-        Contender("x @ W_gate (floor)", floor, []),
-    ]
+    """The table's rows for one state of the SAEs (``keys`` of ``CONTENDERS``, in its order)."""
+    paper = saes["gated_paper"]
+    steps: dict[str, Callable[[], Step]] = {
+        "auto": lambda: make_step(paper, batch),
+        "dense": lambda: make_step(paper, batch, "0"),
+        "gated": lambda: make_step(saes["gated"], batch),
+        "standard": lambda: make_step(saes["standard"], batch),
+        "floor": lambda: floor,
+    }
+    return [Contender(name, steps[key](), []) for key, name in CONTENDERS.items() if key in keys]
+
+
+def ratio(ms: float, baseline: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if baseline is None else f"{ms / baseline:>{width}.2f}"
 
 
 def print_state(title: str, contenders: list[Contender], density: float, device: str) -> None:
     by_name = {c.name: median_ms(c) for c in contenders}
-    gated, standard = by_name["gated (SAELens)"], by_name["standard (SAELens)"]
-    floor = by_name["x @ W_gate (floor)"]
+    gated, standard = by_name.get(CONTENDERS["gated"]), by_name.get(CONTENDERS["standard"])
+    floor = by_name.get(CONTENDERS["floor"])
     print(f"\n{title}: open fraction {density:.2%}")
     print(
         f"{'':<32}{'ms/step':>9}{'/ gated':>9}{'/ standard':>11}{'/ floor':>9}"
@@ -200,17 +226,34 @@ def print_state(title: str, contenders: list[Contender], density: float, device:
     for c in contenders:
         ms = by_name[c.name]
         peak = "" if c.peak_bytes is None else f"{c.peak_bytes / 2**20:.0f}"
+        share = "-" if floor is None else f"{floor / ms:.0%}"
         print(
-            f"{c.name:<32}{ms:>9.1f}{ms / gated:>9.2f}{ms / standard:>11.2f}"
-            f"{ms / floor:>9.2f}{floor / ms:>9.0%}{peak:>10}"
+            f"{c.name:<32}{ms:>9.1f}{ratio(ms, gated, 9)}{ratio(ms, standard, 11)}"
+            f"{ratio(ms, floor, 9)}{share:>9}{peak:>10}"
         )
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_profile(step: Step, path: str, title: str) -> None:
+    """One more step under the profiler; its ops' table, top 10 by self CPU time, to ``path``."""
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+    with open(path, "w") as out:
+        out.write(f"{title}\n{table}\n")
+    print(f"\nprofile of one step ({title}) written to {path}")
 
 
 def benchmark_size(args: argparse.Namespace, d_sae: int) -> None:
     """Every state for one d_sae: build, time interleaved, measure peak memory, print."""
     torch.manual_seed(0)
     batch = torch.randn(args.batch, args.d_in, device=args.device)
-    saes = build_saes(args.d_in, d_sae, args.device)
+    saes = build_saes(args.d_in, d_sae, args.device, tuple(args.contenders))
     paper = saes["gated_paper"]
     x_c = (batch - paper.b_dec.detach()).contiguous()
     w_gate = paper.W_enc.detach()
@@ -221,7 +264,7 @@ def benchmark_size(args: argparse.Namespace, d_sae: int) -> None:
     for state in args.states:
         if state != "init":
             set_open_fraction(saes, batch, float(state))
-        contenders = state_contenders(saes, batch, floor)
+        contenders = state_contenders(saes, batch, floor, args.contenders)
         run_interleaved(contenders, args.device, args.rounds, args.repeats)
         for contender in contenders:
             contender.peak_bytes = peak_step_bytes(contender.step, args.device)
@@ -229,13 +272,17 @@ def benchmark_size(args: argparse.Namespace, d_sae: int) -> None:
             density = open_fraction((batch - paper.b_dec) @ paper.W_enc, paper.b_gate, args.batch)
         title = f"d_sae {d_sae}, {'initial state' if state == 'init' else f'~{state} open'}"
         print_state(title, contenders, density, args.device)
+        if args.profile:
+            profile_title = f"{title} (open fraction {density:.2%}), gated_paper as shipped"
+            write_profile(make_step(paper, batch), args.profile, profile_title)
+    print(f"process peak resident memory after d_sae {d_sae}: {peak_rss_mib():.0f} MiB")
 
 
 def calibrate(args: argparse.Namespace, d_sae: int) -> None:
     """Dense and sparse gated_paper steps across open fractions: where does sparse stop paying?"""
     torch.manual_seed(0)
     batch = torch.randn(args.batch, args.d_in, device=args.device)
-    saes = build_saes(args.d_in, d_sae, args.device)
+    saes = build_saes(args.d_in, d_sae, args.device, others=())
     paper = saes["gated_paper"]
     print(f"\nd_sae {d_sae}: {'open':>7}{'dense ms':>10}{'sparse ms':>11}{'sparse/dense':>14}")
     for density in args.calibrate_densities:
@@ -243,17 +290,18 @@ def calibrate(args: argparse.Namespace, d_sae: int) -> None:
         dense = Contender("dense", make_step(paper, batch, "0"), [])
         sparse = Contender("sparse", make_step(paper, batch, "inf"), [])
         run_interleaved([dense, sparse], args.device, args.rounds, args.repeats)
-        ratio = median_ms(sparse) / median_ms(dense)
+        sparse_over_dense = median_ms(sparse) / median_ms(dense)
         print(
-            f"{'':<12}{density:>7.1%}{median_ms(dense):>10.1f}{median_ms(sparse):>11.1f}{ratio:>14.2f}"
+            f"{'':<12}{density:>7.1%}{median_ms(dense):>10.1f}{median_ms(sparse):>11.1f}{sparse_over_dense:>14.2f}"
         )
+    print(f"process peak resident memory after d_sae {d_sae}: {peak_rss_mib():.0f} MiB")
 
 
 def adam_share(args: argparse.Namespace, d_sae: int) -> None:
     """Adam's time against a whole gated_paper step, for each Adam implementation."""
     torch.manual_seed(0)
     batch = torch.randn(args.batch, args.d_in, device=args.device)
-    saes = build_saes(args.d_in, d_sae, args.device)
+    saes = build_saes(args.d_in, d_sae, args.device, others=())
     paper = saes["gated_paper"]
     set_open_fraction(saes, batch, 0.01)
     step = Contender("gated_paper step at ~1% open", make_step(paper, batch), [])
@@ -300,6 +348,15 @@ def parse_args() -> argparse.Namespace:
         default=["init", "0.01", "0.05"],
         help="'init' (SAELens's initialisation) and/or open fractions set through b_gate",
     )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=list(CONTENDERS),
+        default=list(CONTENDERS),
+        help="rows of the table (leave out the dense ones at large d_sae)",
+    )
+    parser.add_argument("--no-adam", action="store_true", help="skip Adam's share")
+    parser.add_argument("--profile", help="write the op table of one gated_paper step here")
     parser.add_argument("--calibrate", action="store_true", help="dense/sparse crossover only")
     parser.add_argument(
         "--calibrate-densities",
@@ -326,7 +383,8 @@ def main() -> None:
             calibrate(args, d_sae)
         else:
             benchmark_size(args, d_sae)
-            adam_share(args, d_sae)
+            if not args.no_adam:
+                adam_share(args, d_sae)
 
 
 if __name__ == "__main__":

@@ -189,9 +189,40 @@ def test_sparse_step_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     for aux, penalty, norm in (
         ("frozen", "l1", "unit"),
         ("trainable", "decoder_norm_weighted", "free"),
+        ("trainable", "l1", "unit"),
     ):
         sae, x = make_sae(0.05, aux, penalty, norm, dtype="bfloat16")
         compare_paths(sae, x.bfloat16(), tol=3e-2)
+
+
+def max_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return (got.double() - want.double()).abs().max().item()
+
+
+@pytest.mark.parametrize("density", (0.01, 0.05), ids=lambda d: f"{d:.0%}")
+@pytest.mark.parametrize(("aux", "penalty", "norm"), SWITCHES, ids=["-".join(s) for s in SWITCHES])
+def test_sparse_step_under_autocast(density: float, aux: str, penalty: str, norm: str) -> None:
+    """SAELens's ``autocast: true`` (bfloat16 autocast around the forward pass) keeps the sparse
+    step. Both paths then open the gates from the same bfloat16 ``E``: the sparse step matches
+    the dense one under autocast within bfloat16 rounding. Against the float32 step the losses
+    agree to 2e-2; the gradients differ where a bfloat16 ``E`` flips a gate, and the sparse
+    step's gradients are no further from float32's than the dense autocast step's."""
+    sae, x = make_sae(density, aux, penalty, norm)
+    want_out, want_grads = run_step(sae, x, sparse_path=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sparse_out, sparse_grads = run_step(sae, x, sparse_path=True)
+        dense_out, dense_grads = run_step(sae, x, sparse_path=False)
+    assert sparse_out.sae_out.dtype == torch.float32
+    assert_relative(sparse_out.sae_out, dense_out.sae_out, 2e-2, "sae_out")
+    for name in LOSS_NAMES:
+        assert_relative(sparse_out.losses[name], dense_out.losses[name], 2e-2, name)
+        assert_relative(sparse_out.losses[name], want_out.losses[name], 2e-2, f"{name} (f32)")
+    for name in PARAM_NAMES:
+        assert_relative(sparse_grads[name], dense_grads[name], 2e-2, f"grad {name}")
+        scale = want_grads[name].abs().max().item()
+        dense_error = max_error(dense_grads[name], want_grads[name])
+        sparse_error = max_error(sparse_grads[name], want_grads[name])
+        assert sparse_error <= 1.25 * dense_error + 2e-2 * scale, f"grad {name} (f32)"
 
 
 def capture_grads(sae: GatedPaperTrainingSAE) -> dict[str, torch.Tensor]:
@@ -244,6 +275,34 @@ def test_saelens_trainer_step_runs_the_sparse_path(monkeypatch: pytest.MonkeyPat
         assert_relative(sparse_grads[name], dense_grads[name], 1e-5, f"grad {name}")
 
 
+def test_saelens_trainer_step_with_autocast_runs_the_sparse_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SAELens's trainer with ``autocast=True`` (bfloat16 on CPU) at 1% open latents takes the
+    sparse path, and its losses are the float32 dense step's within bfloat16 rounding."""
+    monkeypatch.delenv(kernels.THRESHOLD_ENV, raising=False)
+    sae, x = make_sae(0.01)
+    want = run_step(sae, x, sparse_path=False)[0].losses
+    trainer = SAETrainer(
+        SAETrainerConfig(
+            total_training_samples=10 * BATCH,
+            train_batch_size_samples=BATCH,
+            adam_beta1=0.0,
+            lr=1e-4,
+            lr_end=1e-4,
+            autocast=True,
+        ),
+        sae,
+        data_provider=iter([]),
+    )
+    spy = ApplySpy()
+    monkeypatch.setattr(sparse._SparseGatedStep, "apply", spy)
+    output = trainer.step(x)
+    assert spy.calls == 1
+    for name in LOSS_NAMES:
+        assert_relative(output.losses[name], want[name], 2e-2, name)
+
+
 def test_dense_initial_state_keeps_the_dense_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """At SAELens's initialisation about half the gates are open: the shipped threshold must
     choose the dense path there."""
@@ -256,7 +315,8 @@ def test_dense_initial_state_keeps_the_dense_path(monkeypatch: pytest.MonkeyPatc
 
 
 def test_sparse_step_declines_what_it_cannot_reproduce(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hooks on the feature hook points, an input that needs a gradient, or autocast: dense."""
+    """Hooks on the feature hook points or an input that needs a gradient: dense (autocast
+    keeps the sparse step)."""
     monkeypatch.setenv(kernels.THRESHOLD_ENV, "1.0")
     sae, x = make_sae(0.01)
     sae_in = sae.normalised_input(x)
@@ -264,7 +324,7 @@ def test_sparse_step_declines_what_it_cannot_reproduce(monkeypatch: pytest.Monke
     assert sparse.sparse_step_applies(sae, sae_in)
     assert not sparse.sparse_step_applies(sae, sae_in.clone().requires_grad_(True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not sparse.sparse_step_applies(sae, sae_in)
+        assert sparse.sparse_step_applies(sae, sae_in)
     handle = sae.hook_sae_acts_post.register_forward_hook(lambda *args: None)
     try:
         assert not sparse.sparse_step_applies(sae, sae_in)

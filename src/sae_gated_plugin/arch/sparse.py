@@ -51,20 +51,20 @@ def find_open_pairs(pre: torch.Tensor, b_gate: torch.Tensor) -> OpenPairs:
     pre = pre.contiguous()
     # pre > -b_gate is exactly pre + b_gate > 0: the difference of two floats rounds to 0 only
     # when it is 0, so the set is the dense path's without materialising pi_gate.
-    mask = torch.gt(pre, b_gate.neg())
-    flat = nonzero_flat(mask)
+    flat = nonzero_flat(torch.gt(pre, b_gate.neg()))
     row_starts = torch.searchsorted(flat, torch.arange(n_rows, device=pre.device) * n_latents)
-    flat_t = nonzero_flat(mask.t().contiguous())
-    del mask
-    cols_t = flat_t.div(n_rows, rounding_mode="floor")
-    rows_t = flat_t - cols_t * n_rows
-    latent_starts = torch.searchsorted(
-        flat_t, torch.arange(n_latents + 1, device=pre.device) * n_rows
+    cols = flat.remainder(n_latents)
+    pre_pairs = at(pre.view(-1), flat)
+    # Latent-major order from the row-major pairs: a stable sort by latent keeps the rows
+    # ascending within each latent, and costs far less than transposing the batch x d_sae mask.
+    narrow = cols.to(torch.int32) if n_latents < 2**31 else cols  # sorts twice as fast
+    cols_t, order = torch.sort(narrow, stable=True)
+    cols_t = cols_t.long()
+    rows_t = at(flat.div(n_latents, rounding_mode="floor"), order)
+    latent_starts = torch.searchsorted(cols_t, torch.arange(n_latents + 1, device=pre.device))
+    return OpenPairs(
+        flat, cols, row_starts, pre_pairs, rows_t, cols_t, latent_starts, at(pre_pairs, order)
     )
-    pre_flat = pre.view(-1)
-    pre_t = at(pre_flat, rows_t * n_latents + cols_t)
-    row_major = (flat, flat.remainder(n_latents), row_starts, at(pre_flat, flat))
-    return OpenPairs(*row_major, rows_t, cols_t, latent_starts, pre_t)
 
 
 class _Options(NamedTuple):
@@ -144,12 +144,12 @@ class _SparseGatedStep(torch.autograd.Function):
         norms = w_dec.norm(dim=-1) if options.weighted_penalty else None
 
         recon_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_recon).to(acc)
+        aux_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_aux).to(acc)
         d_magnitude = torch.where(magnitude > 0, recon_dots, 0)
         penalty_weight = d_penalty.to(acc) / n_rows
         per_pair_penalty = (
             penalty_weight if norms is None else penalty_weight * at(norms.to(acc), cols)
         )
-        aux_dots = sampled_dots(pairs.latent_starts, pairs.rows_t, w_dec, d_aux).to(acc)
         d_gate = aux_dots + per_pair_penalty
         scale_acc = scale.to(acc)
         d_pre = d_magnitude * scale_t.to(acc) + d_gate
@@ -192,7 +192,6 @@ def sparse_step_applies(sae: Any, sae_in: torch.Tensor) -> bool:
         and sae_in.dim() == 2
         and not sae_in.requires_grad
         and sae_in.is_floating_point()
-        and not torch.is_autocast_enabled(sae_in.device.type)
         and isinstance(sae.activation_fn, torch.nn.ReLU)
         and not hooked
     )
@@ -224,8 +223,8 @@ def sparse_training_forward_pass(
     Arguments as the reference pass's; ``encoder_pre``'s storage is reused for ``hidden_pre``.
     The returned ``feature_acts`` and ``hidden_pre`` carry no gradient (SAELens's trainer only
     counts firing latents). A latent shard sums fraction, decodes and penalty with ``latent_sum``.
+    Under autocast the step runs in the parameters' dtype from the half-precision ``E``.
     """
-    cfg = sae.cfg
     threshold = density_threshold(sae_in.device)
     if threshold <= 0 or not sparse_step_applies(sae, sae_in):
         return None
@@ -233,6 +232,16 @@ def sparse_training_forward_pass(
     shard = not sae.holds_all_latents
     if open_fraction(pre, sae.b_gate, latent_sum=sae.latent_sum if shard else None) >= threshold:
         return None
+    # Under autocast E comes in half precision; the dense path adds it to the float32 biases,
+    # so the same pairs open and the rest of the step runs in the parameters' dtype.
+    with torch.autocast(sae_in.device.type, enabled=False):
+        return _sparse_step(sae, step_input, sae_in, pre.to(sae.b_gate.dtype), shard)
+
+
+def _sparse_step(
+    sae: Any, step_input: TrainStepInput, sae_in: torch.Tensor, pre: torch.Tensor, shard: bool
+) -> TrainStepOutput:
+    cfg = sae.cfg
     with torch.no_grad():
         pairs = find_open_pairs(pre, sae.b_gate)
         scale = sae.r_mag.exp()

@@ -26,9 +26,10 @@ class _TangentGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (weight,) = ctx.saved_tensors
-        unit_rows = weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        parallel = (grad * unit_rows).sum(dim=-1, keepdim=True)
-        return grad - parallel * unit_rows
+        # grad - (grad . w / |w|^2) w: two reductions and one fused pass, no row-sized temporary.
+        squared_norms = torch.linalg.vecdot(weight, weight).clamp_min(1e-24)
+        parallel = torch.linalg.vecdot(grad, weight) / squared_norms
+        return torch.addcmul(grad, weight, parallel.unsqueeze(-1), value=-1)
 
 
 def tangent_gradient(weight: torch.Tensor) -> torch.Tensor:
