@@ -1,10 +1,12 @@
-"""``sae-gated demo``: train a ``gated_paper`` SAE on embedded SmolLM2-135M and corpus, evaluate,
-save, reload it with ``SAE.load_from_disk`` (identical outputs), write ``report.json`` and the
-SAE's feature browser."""
+"""``sae-gated demo``: train a ``gated_paper`` SAE on embedded SmolLM2-135M and corpus (from
+activations cached once and read in epochs, as the SmolLM2 sweep does), evaluate, save, reload it
+with ``SAE.load_from_disk`` (identical outputs), write ``report.json`` and the SAE's feature
+browser."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ from transformer_lens import HookedTransformer
 from sae_gated_plugin.errors import GatedPluginError, WriteFaultError
 from sae_gated_plugin.eval.metrics import EvalReport
 from sae_gated_plugin.inspect.api import inspect_sae
-from sae_gated_plugin.inspect.command import INSPECT_FILENAME, check_output_folder
+from sae_gated_plugin.inspect.options import INSPECT_FILENAME, check_output_folder
 from sae_gated_plugin.io import atomic_write_json, read_json, staging_folder, write_fault
+from sae_gated_plugin.run.cache import cache_activations
 from sae_gated_plugin.run.config import TrainRunConfig, parse_config
 from sae_gated_plugin.run.train import train
 from sae_gated_plugin.sources import load_language_model, resolve_device
@@ -35,22 +38,29 @@ DEMO_SETTINGS: dict[str, Any] = {
     "hook_name": "blocks.5.hook_resid_post",
     "dataset": "wiki-summaries",
     "context_size": 128,
-    "training_tokens": 200_000,
+    "training_tokens": 1_000_000,
     "train_batch_size_tokens": 1024,
     "store_batch_size_prompts": 8,
     "n_batches_in_buffer": 32,
     "n_batches_for_norm_estimate": 5,
     "lr": 2e-3,
     "n_checkpoints": 0,
-    "sae": {"d_sae": 2304, "l1_coefficient": 5.0},
+    "sae": {"d_sae": 2304, "l1_coefficient": 3.0},
     "eval": {"n_sequences": 32, "batch_size": 8},
 }
 """The demo run: small enough for a 2-core CPU in minutes, large enough to be a real SAE."""
+CACHE_TOKENS = 250_000
+"""Tokens of activations the demo caches; training reads them in epochs (the language model,
+not the SAE step, is what costs time on a CPU)."""
+CACHE_FOLDER = "activations"
 
 
-def demo_config(sae_path: Path) -> TrainRunConfig:
-    """The demo's run config, writing the SAE to ``sae_path``."""
-    return parse_config({**DEMO_SETTINGS, "output_path": str(sae_path)}, source="demo")
+def demo_config(sae_path: Path, cache_path: Path) -> TrainRunConfig:
+    """The demo's run config, training from the activations cached in ``cache_path`` and writing
+    the SAE to ``sae_path``."""
+    cached = {"use_cached_activations": True, "cached_activations_path": str(cache_path)}
+    settings = {**DEMO_SETTINGS, "output_path": str(sae_path), "saelens": cached}
+    return parse_config(settings, source="demo")
 
 
 def check_reload_identical(trained: Any, sae_path: Path, hook_name: str, model: Any) -> None:
@@ -131,15 +141,21 @@ def run_demo(output: Path = Path("demo-output")) -> dict[str, Any]:
 def _train_into(staging: Path) -> tuple[dict[str, Any], EvalReport, HookedTransformer]:
     """Train, evaluate and reload-check the demo SAE in ``staging``; write its report there."""
     staging.mkdir()
-    cfg = demo_config(staging / SAE_FOLDER)
+    cfg = demo_config(staging / SAE_FOLDER, staging / CACHE_FOLDER)
     started = time.perf_counter()
     model = load_language_model(cfg.model_name, resolve_device(cfg.device))
+    print(
+        f"Caching {CACHE_TOKENS:,} tokens of activations; training reads them "
+        f"{cfg.training_tokens / CACHE_TOKENS:g} times"
+    )
+    cache_activations(cfg.model_copy(update={"training_tokens": CACHE_TOKENS}), model=model)
     result = train(cfg, model=model)
     check_reload_identical(result.trained_sae, result.output_path, cfg.hook_name, model)
     assert result.report is not None
     report = {
         **result.report.to_dict(),
         "tokens_trained": cfg.training_tokens,
+        "tokens_cached": CACHE_TOKENS,
         "d_sae": result.trained_sae.cfg.d_sae,
         "l1_coefficient": cfg.sae.l1_coefficient,
         "reload_identical": True,
@@ -148,4 +164,5 @@ def _train_into(staging: Path) -> tuple[dict[str, Any], EvalReport, HookedTransf
         "written_by": DEMO_MARKER,
     }
     atomic_write_json(staging / REPORT_FILENAME, report)
+    shutil.rmtree(staging / CACHE_FOLDER)
     return report, result.report, model

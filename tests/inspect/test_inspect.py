@@ -18,7 +18,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 from sae_gated_plugin import GatedPaperSAE, GatedPaperSAEConfig
 from sae_gated_plugin.cli import EXIT_INVALID, EXIT_OK, main
-from sae_gated_plugin.inspect.command import INSPECT_FILENAME
+from sae_gated_plugin.inspect.options import INSPECT_FILENAME
 
 pytestmark = [
     pytest.mark.embedded,

@@ -16,10 +16,10 @@ from sae_gated_plugin.eval.saved import held_out_text, held_out_windows, load_sa
 from sae_gated_plugin.eval.splice import describe_positions, excluded_token_ids
 from sae_gated_plugin.inspect.activations import activation_batches
 from sae_gated_plugin.inspect.collect import LatentStatistics
-from sae_gated_plugin.inspect.command import EXPORT_MARKER, INSPECT_FILENAME, parse_latents
 from sae_gated_plugin.inspect.data import InspectReport, LatentReport
 from sae_gated_plugin.inspect.decoder import logit_effects, nearest_latents
 from sae_gated_plugin.inspect.neuronpedia import write_neuronpedia_export
+from sae_gated_plugin.inspect.options import EXPORT_MARKER, INSPECT_FILENAME, parse_latents
 from sae_gated_plugin.inspect.site import write_site
 from sae_gated_plugin.io import atomic_write_json, folder_written_whole, write_faults
 from sae_gated_plugin.sources import (
