@@ -6,7 +6,6 @@ browser."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ CACHE_TOKENS = 250_000
 """Tokens of activations the demo caches; training reads them in epochs (the language model,
 not the SAE step, is what costs time on a CPU)."""
 CACHE_FOLDER = "activations"
+"""The cache's folder inside the demo's staging folder; it goes when the staging folder does."""
 
 
 def demo_config(sae_path: Path, cache_path: Path) -> TrainRunConfig:
@@ -164,5 +164,4 @@ def _train_into(staging: Path) -> tuple[dict[str, Any], EvalReport, HookedTransf
         "written_by": DEMO_MARKER,
     }
     atomic_write_json(staging / REPORT_FILENAME, report)
-    shutil.rmtree(staging / CACHE_FOLDER)
     return report, result.report, model
